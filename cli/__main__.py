@@ -1,0 +1,7 @@
+"""``python -m saliency.cli``."""
+
+import sys
+
+from saliency.cli.main import main
+
+sys.exit(main())

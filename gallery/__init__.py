@@ -1,0 +1,1 @@
+"""Static HTML gallery of explanations (built from a ``saliency explain`` run)."""

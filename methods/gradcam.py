@@ -1,0 +1,62 @@
+"""Grad-CAM: class activation maps weighted by spatially averaged gradients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from saliency.methods.base import Method, require_bool
+from torch import Tensor, nn
+
+from saliency.engine import Chunk, Engine, Points
+from saliency.layers import find_layer
+from saliency.targets import Target
+
+
+@dataclass(frozen=True)
+class GradCAM(Method):
+    r"""Feature maps of a layer weighted by their spatially averaged gradients.
+
+    .. math:: L = \mathrm{ReLU}\Big(\sum_k \alpha_k A^k\Big),\quad
+              \alpha_k = \frac{1}{hw} \sum_{u,v} \frac{\partial f_t}{\partial A^k_{uv}}
+
+    upsampled bilinearly (``align_corners=False``) to the input's H×W; shape ``(N, 1, H, W)``.
+    Selvaraju et al. (2017), "Grad-CAM: Visual Explanations from Deep Networks via
+    Gradient-based Localization", ICCV, arXiv:1610.02391.
+
+    Options:
+        layer: a dotted module name, a module, or ``None`` for the last module whose output is
+            an ``(N, C, h, w)`` map with h·w > 1.
+        relu: keep only positive evidence (the paper's definition).
+    """
+
+    layer: str | nn.Module | None = None
+    relu: bool = True
+
+    output = "layer"
+    paper = "Selvaraju et al. 2017, arXiv:1610.02391"
+
+    def __post_init__(self) -> None:
+        require_bool("relu", self.relu)
+
+    def channel_weights(self, chunk: Chunk) -> Tensor:
+        """α_k per point and channel, shape ``(m, C, 1, 1)``."""
+        return chunk.grads.mean(dim=(2, 3), keepdim=True)
+
+    def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
+        layer = find_layer(engine.model, self.layer, lambda: engine.forward(inputs[:1]))
+        size = inputs.shape[-2:]
+
+        def cam(chunk: Chunk) -> Tensor:
+            assert chunk.activations is not None
+            weights = self.channel_weights(chunk)
+            maps = (weights * chunk.activations).sum(dim=1, keepdim=True)
+            # bf16/fp16 activations are upsampled in float32; float64 stays float64.
+            maps = maps.to(torch.promote_types(maps.dtype, torch.float32))
+            if self.relu:
+                maps = F.relu(maps)
+            return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+        maps = engine.accumulate(Points.of(inputs), target, cam, layer=layer)
+        return maps.to(inputs.dtype)

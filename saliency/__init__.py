@@ -1,0 +1,50 @@
+"""Gradient-based saliency maps for PyTorch image models.
+
+>>> import saliency
+>>> ex = saliency.explain(model, inputs, method="integrated_gradients", steps=32)
+>>> ex.attributions.shape, ex.targets
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from saliency import errors
+from saliency.engine import Engine, Precision
+from saliency.explain import explain
+from saliency.explanation import Explanation
+from saliency.loading import (
+    ImageBatch,
+    LoadedModel,
+    Preprocess,
+    load_images,
+    load_model,
+    open_image,
+)
+from saliency.methods.base import Method
+from saliency.methods.registry import get_method, list_methods, register_method, unregister_method
+from saliency.rendering import render
+
+try:
+    __version__ = version("saliency-kit")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "Engine",
+    "Explanation",
+    "ImageBatch",
+    "LoadedModel",
+    "Method",
+    "Precision",
+    "Preprocess",
+    "__version__",
+    "errors",
+    "explain",
+    "get_method",
+    "list_methods",
+    "load_images",
+    "load_model",
+    "open_image",
+    "register_method",
+    "render",
+    "unregister_method",
+]

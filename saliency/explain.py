@@ -1,0 +1,104 @@
+"""``saliency.explain``: the one entry point that runs any registered method."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import PIL.Image
+from torch import Tensor
+
+from saliency.engine import Engine, Precision
+from saliency.errors import InvalidOptionError
+from saliency.explanation import Explanation
+from saliency.methods.base import Method
+from saliency.methods.registry import get_method, list_methods
+from saliency.model_state import evaluation_state
+from saliency.targets import TargetSpec, resolve_target
+
+Images = Tensor | Sequence[Tensor | PIL.Image.Image]
+
+
+def explain(
+    model: Callable[[Tensor], Any],
+    inputs: Tensor,
+    method: str | Method = "gradient",
+    target: TargetSpec = None,
+    *,
+    batch_size: int | None = None,
+    create_graph: bool = False,
+    precision: Precision = "fp32",
+    images: Images | None = None,
+    **options: Any,
+) -> Explanation:
+    """Explain a model's predictions on a batch of inputs.
+
+    Args:
+        model: maps an ``(N, C, H, W)`` float tensor to ``(N, K)`` scores (or anything a
+            callable ``target`` understands). Put in eval mode during the call; its flags,
+            parameters' ``requires_grad`` and ``.grad`` and its hooks are left as they were.
+        inputs: ``(N, C, H, W)`` float tensor on the model's device; never modified.
+        method: a registered name (see :func:`saliency.list_methods`) or a Method instance.
+        target: ``None`` (argmax per sample), an int, N ints, or a callable
+            ``outputs -> (N,)`` scores.
+        batch_size: maximum points per forward/backward chunk; ``None`` = automatic.
+        create_graph: keep the graph so the attributions can be differentiated (second order).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast of the forward pass.
+        images: what the inputs show, for overlays (``(N, 3, H, W)`` in [0, 1] or uint8, or a
+            list of tensors/PIL images of any size); default: the inputs rescaled per sample.
+        **options: the method's options (see ``saliency methods``).
+
+    Returns:
+        An :class:`Explanation` with raw, signed ``attributions`` in the inputs' dtype and
+        device: ``(N, C, H, W)`` for input-space methods, ``(N, 1, H, W)`` for layer methods.
+    """
+    name, instance = _method(method, options)
+    _check_inputs(inputs)
+    engine = Engine(model, batch_size=batch_size, create_graph=create_graph, precision=precision)
+    with evaluation_state(model, keep_parameter_grads=create_graph):
+        outputs = None if _is_function(target) else engine.predict(inputs)
+        resolved = resolve_target(target, outputs, len(inputs))
+        attributions = instance.attribute(engine, inputs, resolved)
+        extras = instance.extras(engine, inputs, resolved, attributions)
+    if not create_graph:
+        attributions = attributions.detach()
+    return Explanation(
+        attributions=attributions.to(inputs.dtype),
+        targets=resolved.indices,
+        method=name,
+        options=instance.options(),
+        inputs=inputs,
+        images=images,
+        outputs=outputs,
+        extras=extras,
+    )
+
+
+def _method(method: str | Method, options: dict[str, Any]) -> tuple[str, Method]:
+    if isinstance(method, Method):
+        if options:
+            raise InvalidOptionError(
+                f"options {sorted(options)} were given with a Method instance; set them on the "
+                "instance instead"
+            )
+        name = next((n for n in list_methods() if type(method) is get_method(n)), None)
+        return name or type(method).__name__, method
+    return method, get_method(method).create(**options)
+
+
+def _check_inputs(inputs: object) -> None:
+    if not isinstance(inputs, Tensor) or inputs.ndim != 4 or not inputs.is_floating_point():
+        given = (
+            f"a {inputs.dtype} tensor of shape {tuple(inputs.shape)}"
+            if isinstance(inputs, Tensor)
+            else f"a {type(inputs).__name__}"
+        )
+        raise InvalidOptionError(
+            f"inputs must be a floating-point (N, C, H, W) tensor; got {given}"
+        )
+    if len(inputs) == 0:
+        raise InvalidOptionError("inputs hold no samples (N = 0)")
+
+
+def _is_function(target: TargetSpec) -> bool:
+    return callable(target) and not isinstance(target, Tensor)

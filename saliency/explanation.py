@@ -1,0 +1,209 @@
+"""The result of :func:`saliency.explain`, with rendering, saving and notebook display."""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from torch import Tensor, nn
+
+from saliency.output_files import write_atomic, write_text_atomic
+from saliency.rendering import render
+
+_NOTEBOOK_MAX_IMAGES = 8
+
+
+@dataclass
+class Explanation:
+    """Attributions for a batch, with what is needed to show and save them.
+
+    Attributes:
+        attributions: raw, signed maps on the inputs' device and dtype; ``(N, C, H, W)`` for
+            input-space methods, ``(N, 1, H, W)`` for layer methods.
+        targets: ``(N,)`` resolved class indices, or ``None`` for a callable target.
+        method: the registered method name.
+        options: the method's option values.
+        inputs: the explained inputs.
+        images: what the inputs show, for overlays (see :func:`saliency.explain`).
+        outputs: float32 model outputs ``(N, K)`` at the inputs (``None`` for callable targets).
+        extras: per-sample diagnostics, e.g. ``completeness_error`` of integrated gradients.
+    """
+
+    attributions: Tensor
+    targets: Tensor | None
+    method: str
+    options: dict[str, Any]
+    inputs: Tensor | None = field(default=None, repr=False)
+    images: Tensor | Sequence[Tensor | PIL.Image.Image] | None = field(default=None, repr=False)
+    outputs: Tensor | None = field(default=None, repr=False)
+    extras: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.attributions)
+
+    def backgrounds(self) -> Tensor | Sequence[Tensor | PIL.Image.Image]:
+        """The images overlays are drawn on: ``images``, else the inputs rescaled to [0, 1]."""
+        if self.images is not None:
+            return self.images
+        if self.inputs is None:
+            raise ValueError("this Explanation has neither images nor inputs to draw overlays on")
+        flat = self.inputs.detach().float().flatten(1)
+        low = flat.amin(1).view(-1, 1, 1, 1)
+        span = (flat.amax(1).view(-1, 1, 1, 1) - low).clamp_min(1e-12)
+        rescaled = (self.inputs.detach().float() - low) / span
+        return (
+            rescaled
+            if rescaled.shape[1] == 3
+            else rescaled.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+        )
+
+    def render(
+        self, images: Tensor | Sequence[Tensor | PIL.Image.Image] | None = None, **options: Any
+    ) -> Tensor | list[Tensor] | list[PIL.Image.Image]:
+        """Render the maps with :func:`saliency.render` (default: overlays on :meth:`backgrounds`).
+
+        Returns uint8 ``(N, H, W, 3)`` tensors, a list of them for mixed sizes, or PIL images
+        with ``as_pil=True``.
+        """
+        if images is None and options.get("style", "overlay") != "heatmap":
+            images = self.backgrounds()
+        return render(self.attributions.detach(), images, **options)
+
+    def pictures(
+        self, images: Tensor | Sequence[Tensor | PIL.Image.Image] | None = None, **options: Any
+    ) -> list[PIL.Image.Image]:
+        """:meth:`render` as a list of PIL images."""
+        pictures = self.render(images, **{**options, "as_pil": True})
+        assert isinstance(pictures, list)
+        return [p for p in pictures if isinstance(p, PIL.Image.Image)]
+
+    def save(self, directory: str | Path, **render_options: Any) -> list[Path]:
+        """Write overlays ``NNNN_<method>.png``, raw ``<method>.npy`` and ``<method>.json``.
+
+        Every file is written to a temporary name and renamed, so none is ever half-written.
+
+        Returns:
+            The written paths.
+        """
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [
+            _save_png(picture, folder / f"{i:04d}_{self.method}.png")
+            for i, picture in enumerate(self.pictures(**render_options))
+        ]
+        raw = self.attributions.detach().float().cpu().numpy()
+        paths.append(write_atomic(folder / f"{self.method}.npy", lambda f: np.save(f, raw)))
+        paths.append(
+            write_text_atomic(folder / f"{self.method}.json", json.dumps(self.metadata(), indent=2))
+        )
+        return paths
+
+    def metadata(self) -> dict[str, Any]:
+        """A JSON-ready summary: method, options, targets, shape and library versions."""
+        return {
+            "method": self.method,
+            "options": json_safe(self.options),
+            "targets": None if self.targets is None else self.targets.tolist(),
+            "shape": list(self.attributions.shape),
+            "extras": {k: v.tolist() for k, v in self.extras.items()},
+            "versions": versions(),
+        }
+
+    def show(
+        self, images: Tensor | Sequence[Tensor | PIL.Image.Image] | None = None, **options: Any
+    ) -> Any:
+        """A matplotlib figure: one row per sample, the image beside its overlay."""
+        import matplotlib.pyplot as plt
+
+        pictures = self.pictures(images, **options)
+        originals = self._background_pictures(images)
+        figure, axes = plt.subplots(len(pictures), 2, figsize=(6, 3 * len(pictures)), squeeze=False)
+        for row, (original, picture) in enumerate(zip(originals, pictures, strict=True)):
+            axes[row, 0].imshow(original)
+            axes[row, 1].imshow(picture)
+            title = self.method if self.targets is None else f"{self.method} → {self.targets[row]}"
+            axes[row, 1].set_title(title)
+            for axis in axes[row]:
+                axis.axis("off")
+        figure.tight_layout()
+        return figure
+
+    def _repr_png_(self) -> bytes:
+        """Notebook display: overlays of the first samples side by side."""
+        count = min(len(self), _NOTEBOOK_MAX_IMAGES)
+        head = Explanation(
+            self.attributions[:count],
+            None,
+            self.method,
+            self.options,
+            None,
+            _head(self.backgrounds(), count),
+        )
+        pictures = head.pictures()
+        height = max(p.height for p in pictures)
+        strip = PIL.Image.new("RGB", (sum(p.width for p in pictures), height), "white")
+        left = 0
+        for picture in pictures:
+            strip.paste(picture, (left, 0))
+            left += picture.width
+        buffer = io.BytesIO()
+        strip.save(buffer, "PNG")
+        return buffer.getvalue()
+
+    def _background_pictures(
+        self, images: Tensor | Sequence[Tensor | PIL.Image.Image] | None
+    ) -> list[PIL.Image.Image]:
+        backgrounds = images if images is not None else self.backgrounds()
+        return [_to_pil(b) for b in backgrounds]
+
+
+def _save_png(picture: PIL.Image.Image, path: Path) -> Path:
+    return write_atomic(path, lambda handle: picture.save(handle, "PNG"))
+
+
+def _head(images: Tensor | Sequence[Any], count: int) -> Tensor | list[Any]:
+    return images[:count] if isinstance(images, Tensor) else list(images)[:count]
+
+
+def _to_pil(image: Tensor | PIL.Image.Image) -> PIL.Image.Image:
+    if isinstance(image, PIL.Image.Image):
+        return image.convert("RGB")
+    pixels = image.detach()
+    if pixels.is_floating_point():
+        pixels = (pixels.clamp(0, 1) * 255).round()
+    return PIL.Image.fromarray(pixels.to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+
+
+def json_safe(value: Any) -> Any:
+    """Options made JSON-serialisable: tensors and modules are described, not dumped."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, Tensor):
+        return {"tensor": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
+    if isinstance(value, nn.Module):
+        return {"module": type(value).__name__}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+def versions() -> dict[str, str]:
+    """Versions of this package and the libraries that shape its results."""
+    found = {"python": platform.python_version()}
+    for distribution in ("saliency-kit", "torch", "torchvision"):
+        try:
+            found[distribution] = version(distribution)
+        except PackageNotFoundError:
+            found[distribution] = "not installed"
+    return found

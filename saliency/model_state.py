@@ -1,0 +1,43 @@
+"""Put a model in the state a gradient evaluation needs, and put it back exactly afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@contextmanager
+def evaluation_state(model: Callable[..., Any], keep_parameter_grads: bool) -> Iterator[None]:
+    """Eval mode, gradients enabled, and — unless kept — no parameter requires grad.
+
+    Parameters that do not require grad make autograd skip every weight gradient, which saves
+    the memory of the saved tensors. With ``keep_parameter_grads=True`` (``create_graph``) the
+    graph must reach the parameters, so their flags stay as the user set them. Every module's
+    ``training`` flag and every parameter's ``requires_grad`` is restored in ``finally``, also
+    when the model raises.
+
+    Args:
+        model: an ``nn.Module`` (its state is managed) or any callable (left alone).
+        keep_parameter_grads: leave ``requires_grad`` of the parameters untouched.
+    """
+    if not isinstance(model, nn.Module):
+        with torch.enable_grad():
+            yield
+        return
+    training = [(module, module.training) for module in model.modules()]
+    frozen = [] if keep_parameter_grads else [p for p in model.parameters() if p.requires_grad]
+    try:
+        model.eval()
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+        with torch.enable_grad():
+            yield
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
+        for module, flag in training:
+            module.training = flag

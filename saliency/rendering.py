@@ -1,0 +1,455 @@
+"""Render attribution maps as images, in torch, on the attributions' device.
+
+Pipeline: reduce channels → normalise each sample (sign, scale, clamp) → upsample bilinearly to
+each background → colour through a 256-entry lookup table → blend → ``uint8``.
+
+Every step is built from correctly rounded element-wise ops, sorts, integer sums and integer
+gathers on ``attributions.device``, so CPU and CUDA give the same pixels. Only the final
+``uint8`` image leaves the device, and only when PIL output is asked for.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Literal, get_args, overload
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from saliency.errors import InvalidOptionError, accepted
+
+__all__ = [
+    "ChannelReduction",
+    "Normalization",
+    "Sign",
+    "Style",
+    "colormap_lut",
+    "normalize_maps",
+    "reduce_channels",
+    "render",
+]
+
+Sign = Literal["absolute", "positive", "negative", "all"]
+ChannelReduction = Literal["sum", "max_abs"]
+Normalization = Literal["percentile", "cumulative_mass"]
+Style = Literal["heatmap", "overlay", "masked"]
+
+ImageInput = Tensor | Sequence[Tensor | Image.Image]
+
+LUT_SIZE = 256
+DEFAULT_CMAP = "inferno"
+DEFAULT_DIVERGING_CMAP = "RdBu_r"
+_EXAMPLE_CMAPS = ("inferno", "viridis", "magma", "gray", "jet", "RdBu_r", "bwr", "seismic")
+
+
+def _check_choice(option: str, value: object, choices_type: object) -> None:
+    choices = get_args(choices_type)
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidOptionError(
+            f"{option}={value!r} is not supported; accepted: {accepted(choices)}"
+        )
+
+
+def _check_number(option: str, value: object, ok: Callable[[float], bool], interval: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(float(value)):
+        raise InvalidOptionError(
+            f"{option}={value!r} is out of range; accepted: a number in {interval}"
+        )
+    return float(value)
+
+
+def _check_attributions(attributions: object) -> Tensor:
+    if not isinstance(attributions, Tensor):
+        got = type(attributions).__name__
+    elif attributions.dim() != 4 or 0 in attributions.shape[1:]:
+        got = f"a tensor of shape {tuple(attributions.shape)}"
+    else:
+        return attributions
+    raise InvalidOptionError(
+        f"attributions must be a 4-D tensor (N, C, H, W), or (N, 1, H, W) for Grad-CAM maps, "
+        f"with C, H, W > 0; got {got}"
+    )
+
+
+def reduce_channels(attributions: Tensor, reduction: ChannelReduction = "sum") -> Tensor:
+    """Reduce ``(N, C, H, W)`` attributions to ``(N, H, W)`` signed maps.
+
+    Args:
+        attributions: Raw, signed attributions; ``(N, 1, H, W)`` maps just drop the channel.
+        reduction: ``"sum"``: :math:`m = \\sum_c a_c`. ``"max_abs"``: :math:`m = a_{c^*}` with
+            :math:`c^* = \\arg\\max_c |a_c|` (first channel on ties), so the sign is kept.
+
+    Returns:
+        The ``(N, H, W)`` maps, in the attributions' dtype and on their device.
+
+    Raises:
+        InvalidOptionError: Unknown ``reduction`` or attributions that are not 4-D.
+    """
+    _check_choice("reduction", reduction, ChannelReduction)
+    attributions = _check_attributions(attributions)
+    if attributions.shape[1] == 1:
+        return attributions[:, 0]
+    if reduction == "max_abs":
+        index = attributions.abs().argmax(dim=1, keepdim=True)
+        return attributions.gather(1, index)[:, 0]
+    total = attributions[:, 0]
+    for channel in range(1, attributions.shape[1]):  # fixed order: same sums on every device
+        total = total + attributions[:, channel]
+    return total
+
+
+def _select_sign(maps: Tensor, sign: Sign) -> Tensor:
+    if sign == "absolute":
+        return maps.abs()
+    if sign == "positive":
+        return maps.clamp(min=0.0)
+    if sign == "negative":
+        return maps.neg().clamp(min=0.0)
+    return maps
+
+
+def _percentile(values: Tensor, percentile: float) -> Tensor:
+    """Per-row percentile of ``(N, M)`` values, interpolated linearly as numpy's default.
+
+    Two ``kthvalue`` selections (exact order statistics, O(M)) instead of ``torch.quantile``,
+    which refuses inputs of more than ``2**24`` elements.
+    """
+    position = percentile / 100.0 * (values.shape[1] - 1)
+    low = math.floor(position)
+    below = values.kthvalue(low + 1, dim=1).values
+    if position == low:
+        return below
+    above = values.kthvalue(min(low + 2, values.shape[1]), dim=1).values
+    return below + (above - below) * (position - low)
+
+
+def _cumulative_mass_of_sorted(values: Tensor, outlier_perc: float) -> Tensor:
+    """Per-row value where the cumulative sum of ascending ``(N, M)`` values first reaches
+    ``(100 - outlier_perc)%`` of the total (captum's visualisation threshold).
+
+    The sums run in fixed point (int64, the row maximum = ``2**bits``), which is exact and
+    order-free, so every device finds the same threshold.
+    """
+    bits = 62 - values.shape[1].bit_length()
+    as_double = values.double()
+    peak = as_double[:, -1:].clamp(min=torch.finfo(torch.float64).tiny)
+    cumulative = (as_double / peak * float(2**bits)).round().long().cumsum(dim=1)
+    threshold = cumulative[:, -1:].double() * (0.01 * (100.0 - outlier_perc))
+    index = (cumulative.double() < threshold).sum(dim=1, keepdim=True)
+    return values.gather(1, index.clamp(max=values.shape[1] - 1))[:, 0]
+
+
+def normalize_maps(
+    maps: Tensor,
+    sign: Sign = "absolute",
+    normalization: Normalization = "percentile",
+    percentile: float = 99.0,
+    outlier_perc: float = 2.0,
+) -> Tensor:
+    """Normalise signed ``(N, H, W)`` maps, one scale per sample.
+
+    The selected values are :math:`|a|` (``"absolute"``), :math:`\\max(a, 0)` (``"positive"``),
+    :math:`\\max(-a, 0)` (``"negative"``) or :math:`a` (``"all"``); the result is
+    :math:`\\mathrm{clamp}(v / s, 0, 1)`, or :math:`\\mathrm{clamp}(v / s, -1, 1)` for ``"all"``,
+    where the scale :math:`s` is computed from :math:`|v|` over all pixels of the sample:
+
+    - ``"percentile"``: the ``percentile``-th percentile (linear interpolation, as numpy's).
+    - ``"cumulative_mass"``: sort ascending, :math:`s = |v|_{(k)}` for the first :math:`k` with
+      :math:`\\sum_{i \\le k} |v|_{(i)} \\ge (1 - \\text{outlier\\_perc}/100) \\sum_i |v|_{(i)}`
+      (captum's ``_normalize_attr``).
+
+    A zero scale falls back to the sample's maximum; an all-zero sample gives zeros; NaN gives 0.
+
+    Args:
+        maps: ``(N, H, W)`` signed maps, any float dtype and device.
+        sign: Which values to show.
+        normalization: How the scale is chosen.
+        percentile: In ``(0, 100]``; used by ``"percentile"``.
+        outlier_perc: In ``[0, 100)``; used by ``"cumulative_mass"``.
+
+    Returns:
+        ``float32`` maps of the same shape, in ``[0, 1]`` (``[-1, 1]`` for ``"all"``).
+
+    Raises:
+        InvalidOptionError: An unknown choice, a number out of range, or maps that are not
+            ``(N, H, W)`` with ``H, W > 0``.
+    """
+    _check_choice("sign", sign, Sign)
+    _check_choice("normalization", normalization, Normalization)
+    percentile = _check_number("percentile", percentile, lambda v: 0 < v <= 100, "(0, 100]")
+    outlier_perc = _check_number("outlier_perc", outlier_perc, lambda v: 0 <= v < 100, "[0, 100)")
+    if not isinstance(maps, Tensor) or maps.dim() != 3 or 0 in maps.shape[1:]:
+        got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise InvalidOptionError(f"maps must be a (N, H, W) tensor with H, W > 0; got {got}")
+    selected = _select_sign(maps.float(), sign)
+    magnitudes = selected.abs().flatten(1)
+    if normalization == "percentile":
+        scale = _percentile(magnitudes, percentile)
+    else:
+        scale = _cumulative_mass_of_sorted(magnitudes.sort(dim=1).values, outlier_perc)
+    scale = torch.where(scale > 0, scale, magnitudes.amax(dim=1))
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    normalized = (selected / scale[:, None, None]).clamp(-1.0 if sign == "all" else 0.0, 1.0)
+    return torch.nan_to_num(normalized, nan=0.0)
+
+
+def colormap_lut(name: str, device: torch.device | str = "cpu") -> Tensor:
+    """The ``(256, 3)`` ``float32`` RGB lookup table in ``[0, 1]`` of a matplotlib colormap.
+
+    Entry :math:`i` is the colormap's colour :math:`i` when resampled to 256 colours. Built once
+    per ``(name, device)`` and cached: treat the returned tensor as read-only.
+
+    Raises:
+        InvalidOptionError: ``name`` is not a colormap registered in ``matplotlib.colormaps``.
+    """
+    if not isinstance(name, str):
+        raise InvalidOptionError(f"cmap={name!r} is not a colormap name (a str)")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return _cached_lut(name, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_lut(name: str, device: torch.device) -> Tensor:
+    import matplotlib
+    import numpy as np
+
+    try:
+        colormap = matplotlib.colormaps[name]
+    except KeyError:
+        raise InvalidOptionError(
+            f"cmap={name!r} is not a matplotlib colormap; accepted: any name in "
+            f"matplotlib.colormaps, e.g. {accepted(_EXAMPLE_CMAPS)}"
+        ) from None
+    rgba = colormap.resampled(LUT_SIZE)(np.arange(LUT_SIZE))
+    return torch.tensor(rgba[:, :3], dtype=torch.float32, device=device)
+
+
+def _resize_axis(maps: Tensor, dim: int, size: int) -> Tensor:
+    """Bilinear (``align_corners=False``) resampling of one axis, as ``F.interpolate`` does."""
+    length = maps.shape[dim]
+    if length == size:
+        return maps
+    target = torch.arange(size, dtype=torch.float64, device=maps.device)
+    source = ((target + 0.5) * (length / size) - 0.5).clamp(min=0.0)
+    first = source.floor().long().clamp(max=length - 1)
+    second = (first + 1).clamp(max=length - 1)
+    shape = [1] * maps.dim()
+    shape[dim] = size
+    weight = (source - first.double()).float().view(shape)
+    kept = maps.index_select(dim, first) * (1.0 - weight)
+    return kept + maps.index_select(dim, second) * weight
+
+
+def _lut_index(maps: Tensor, sign: Sign) -> Tensor:
+    scaled = (maps + 1.0) * ((LUT_SIZE - 1) / 2) if sign == "all" else maps * (LUT_SIZE - 1)
+    return scaled.round().long().clamp(0, LUT_SIZE - 1)
+
+
+def _to_uint8(rgb: Tensor) -> Tensor:
+    return (rgb * 255.0).round().clamp(0, 255).to(torch.uint8).contiguous()
+
+
+def _unit_float(image: Tensor) -> Tensor:
+    if image.dtype == torch.uint8:
+        return image.float() / 255.0
+    if image.is_floating_point():
+        return image.float()
+    raise InvalidOptionError(
+        f"images of dtype {image.dtype} are not supported; accepted: uint8 or float in [0, 1]"
+    )
+
+
+def _background(item: object, device: torch.device) -> Tensor:
+    """One background as a ``(h, w, 3)`` ``float32`` tensor in ``[0, 1]`` on ``device``."""
+    if isinstance(item, Image.Image):
+        rgb = item.convert("RGB")
+        data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+        item = data.view(rgb.height, rgb.width, 3).permute(2, 0, 1)
+    if not isinstance(item, Tensor) or item.dim() != 3 or item.shape[0] != 3:
+        got = tuple(item.shape) if isinstance(item, Tensor) else type(item).__name__
+        raise InvalidOptionError(
+            f"each image must be a (3, h, w) uint8/float tensor or a PIL image; got {got}"
+        )
+    return _unit_float(item.to(device)).permute(1, 2, 0)
+
+
+def _backgrounds(images: object, count: int, device: torch.device) -> Tensor | list[Tensor]:
+    """Backgrounds as one ``(N, h, w, 3)`` tensor when they share a size, else a list."""
+    if isinstance(images, Tensor):
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise InvalidOptionError(
+                f"images must be a (N, 3, h, w) tensor; got shape {tuple(images.shape)}"
+            )
+        found = images.shape[0]
+    elif isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
+        found = len(images)
+    else:
+        raise InvalidOptionError(
+            f"images must be a (N, 3, h, w) tensor or a sequence of (3, h, w) tensors or PIL "
+            f"images; got {type(images).__name__}"
+        )
+    if found != count:
+        raise InvalidOptionError(f"got {found} images for {count} attribution maps")
+    if isinstance(images, Tensor):
+        return _unit_float(images.to(device)).permute(0, 2, 3, 1)
+    items = [_background(item, device) for item in images]
+    same_size = len({tuple(item.shape) for item in items}) == 1
+    return torch.stack(items) if same_size else items
+
+
+def _compose(
+    maps: Tensor, background: Tensor | None, lut: Tensor, style: Style, sign: Sign, alpha: float
+) -> Tensor:
+    """Colour and blend normalised ``(n, H, W)`` maps over ``(n, h, w, 3)`` backgrounds."""
+    height, width = maps.shape[1:] if background is None else background.shape[1:3]
+    maps = _resize_axis(_resize_axis(maps, 1, height), 2, width)
+    if style == "masked":
+        assert background is not None
+        return _to_uint8(background * maps.abs()[..., None])
+    colour = lut[_lut_index(maps, sign)]
+    if style == "heatmap":
+        return _to_uint8(colour)
+    assert background is not None
+    return _to_uint8(background * (1.0 - alpha) + colour * alpha)
+
+
+def _to_pil(rendered: Tensor | list[Tensor]) -> list[Image.Image]:
+    on_cpu = list(rendered.cpu()) if isinstance(rendered, Tensor) else [t.cpu() for t in rendered]
+    return [Image.fromarray(image.numpy()) for image in on_cpu]
+
+
+@overload
+def render(
+    attributions: Tensor,
+    images: ImageInput | None = ...,
+    *,
+    style: Style = ...,
+    sign: Sign = ...,
+    reduction: ChannelReduction = ...,
+    normalization: Normalization = ...,
+    percentile: float = ...,
+    outlier_perc: float = ...,
+    cmap: str | None = ...,
+    alpha: float = ...,
+    as_pil: Literal[False] = ...,
+) -> Tensor | list[Tensor]: ...
+
+
+@overload
+def render(
+    attributions: Tensor,
+    images: ImageInput | None = ...,
+    *,
+    style: Style = ...,
+    sign: Sign = ...,
+    reduction: ChannelReduction = ...,
+    normalization: Normalization = ...,
+    percentile: float = ...,
+    outlier_perc: float = ...,
+    cmap: str | None = ...,
+    alpha: float = ...,
+    as_pil: Literal[True],
+) -> list[Image.Image]: ...
+
+
+@overload
+def render(
+    attributions: Tensor,
+    images: ImageInput | None = ...,
+    *,
+    style: Style = ...,
+    sign: Sign = ...,
+    reduction: ChannelReduction = ...,
+    normalization: Normalization = ...,
+    percentile: float = ...,
+    outlier_perc: float = ...,
+    cmap: str | None = ...,
+    alpha: float = ...,
+    as_pil: bool = ...,
+) -> Tensor | list[Tensor] | list[Image.Image]: ...
+
+
+def render(
+    attributions: Tensor,
+    images: ImageInput | None = None,
+    *,
+    style: Style = "overlay",
+    sign: Sign = "absolute",
+    reduction: ChannelReduction = "sum",
+    normalization: Normalization = "percentile",
+    percentile: float = 99.0,
+    outlier_perc: float = 2.0,
+    cmap: str | None = None,
+    alpha: float = 0.5,
+    as_pil: bool = False,
+) -> Tensor | list[Tensor] | list[Image.Image]:
+    """Render raw attributions as ``uint8`` RGB images on the attributions' device.
+
+    The maps are reduced (:func:`reduce_channels`), normalised per sample
+    (:func:`normalize_maps`), upsampled bilinearly (``align_corners=False``) to each
+    background's size and coloured with :func:`colormap_lut`: index
+    :math:`\\mathrm{round}(255 m)`, or :math:`\\mathrm{round}(127.5 (m + 1))` for ``sign="all"``
+    (0 → 128, the diverging colormap's centre). Styles:
+
+    - ``"heatmap"``: the colour :math:`c`.
+    - ``"overlay"``: :math:`(1 - \\alpha)\\, x + \\alpha\\, c` over the image :math:`x`.
+    - ``"masked"``: :math:`x \\cdot |m|`.
+
+    Args:
+        attributions: ``(N, C, H, W)`` or ``(N, 1, H, W)`` raw, signed attributions (any float
+            dtype, computed in ``float32``, detached).
+        images: Backgrounds, moved to the attributions' device: a ``(N, 3, h, w)`` float
+            (``[0, 1]``) or ``uint8`` tensor, or ``N`` items each a ``(3, h, w)`` tensor or a
+            PIL image (any mode); sizes may differ. Required for ``"overlay"``/``"masked"``;
+            for ``"heatmap"`` they only set the output size (default: ``H × W``).
+        style: What to draw.
+        sign: Which values to show (see :func:`normalize_maps`).
+        reduction: Channel reduction (see :func:`reduce_channels`).
+        normalization: Scale per sample (see :func:`normalize_maps`).
+        percentile: In ``(0, 100]``, for ``"percentile"``.
+        outlier_perc: In ``[0, 100)``, for ``"cumulative_mass"``.
+        cmap: A matplotlib colormap name; ``None`` → ``"inferno"``, or ``"RdBu_r"`` for
+            ``sign="all"``.
+        alpha: Heatmap weight in ``[0, 1]`` for ``"overlay"``.
+        as_pil: Return PIL RGB images (the only step that copies to the CPU).
+
+    Returns:
+        A contiguous ``uint8`` tensor ``(N, H, W, 3)`` on the attributions' device when all
+        outputs share one size, else a list of ``(H_i, W_i, 3)`` tensors; with ``as_pil``, a
+        list of ``N`` PIL images.
+
+    Raises:
+        InvalidOptionError: A bad choice or number, a bad shape, a missing background or a
+            count of images that differs from ``N``.
+    """
+    _check_choice("style", style, Style)
+    _check_choice("sign", sign, Sign)
+    alpha = _check_number("alpha", alpha, lambda v: 0 <= v <= 1, "[0, 1]")
+    attributions = _check_attributions(attributions)
+    if images is None and style != "heatmap":
+        raise InvalidOptionError(
+            f"style={style!r} needs images (the backgrounds); pass images=... or use "
+            f"style='heatmap'"
+        )
+    device = attributions.device
+    if cmap is None:
+        cmap = DEFAULT_DIVERGING_CMAP if sign == "all" else DEFAULT_CMAP
+    lut = colormap_lut(cmap, device)
+    signed = reduce_channels(attributions.detach().float(), reduction)
+    maps = normalize_maps(signed, sign, normalization, percentile, outlier_perc)
+    backgrounds = None if images is None else _backgrounds(images, len(maps), device)
+    rendered: Tensor | list[Tensor]
+    if backgrounds is None or isinstance(backgrounds, Tensor):
+        rendered = _compose(maps, backgrounds, lut, style, sign, alpha)
+    else:
+        rendered = [
+            _compose(maps[i : i + 1], background[None], lut, style, sign, alpha)[0]
+            for i, background in enumerate(backgrounds)
+        ]
+    return _to_pil(rendered) if as_pil else rendered

@@ -1,0 +1,159 @@
+"""Targets: which scalar score of the model output is explained for each sample.
+
+A user passes a *target specification* (``None``, an ``int``, a sequence or tensor of ints, or a
+callable); :func:`resolve_target` turns it into a :class:`Target` that selects one score per
+evaluated point, whatever chunk of points the engine is evaluating.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from saliency.errors import InvalidTargetError, ModelOutputError
+
+ScoreFunction: TypeAlias = Callable[[Any], Tensor]
+TargetSpec: TypeAlias = int | Sequence[int] | Tensor | ScoreFunction | None
+
+ACCEPTED_TARGETS = (
+    "None (each sample's highest-scoring class), an int class index, a sequence or 1-D integer "
+    "tensor of N class indices, or a callable mapping the model output to N scores"
+)
+
+
+@runtime_checkable
+class Target(Protocol):
+    """Selects the explained score of each point from the model output of a chunk of points."""
+
+    @property
+    def indices(self) -> Tensor | None:
+        """``(N,)`` class indices, or ``None`` for a callable target."""
+        ...
+
+    def scores(self, outputs: Any, samples: Tensor) -> Tensor:
+        """The ``(m,)`` scores of ``m`` points; ``samples[j]`` is point ``j``'s sample index."""
+        ...
+
+    def repeat(self, times: int) -> Target:
+        """The target for ``times`` stacked copies of the batch (copy-major order)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ClassTarget:
+    """One class index per sample: ``score_j = outputs[j, indices[samples[j]]]``."""
+
+    indices: Tensor
+
+    def scores(self, outputs: Any, samples: Tensor) -> Tensor:
+        outputs = check_outputs(outputs, len(samples))
+        classes = self.indices.to(outputs.device)[samples.to(outputs.device)]
+        return outputs.gather(1, classes[:, None]).squeeze(1)
+
+    def repeat(self, times: int) -> ClassTarget:
+        return ClassTarget(self.indices.repeat(times))
+
+
+@dataclass(frozen=True)
+class FunctionTarget:
+    """A user function from the model output of ``m`` points to their ``(m,)`` scores."""
+
+    function: ScoreFunction
+    indices: Tensor | None = None
+
+    def scores(self, outputs: Any, samples: Tensor) -> Tensor:
+        scores = self.function(outputs)
+        if not isinstance(scores, Tensor) or scores.shape != (len(samples),):
+            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise InvalidTargetError(
+                f"target function returned {shape} for a chunk of {len(samples)} inputs; it must "
+                f"return a tensor of shape ({len(samples)},), one score per input"
+            )
+        return scores
+
+    def repeat(self, times: int) -> FunctionTarget:
+        return self
+
+
+def check_outputs(outputs: Any, count: int) -> Tensor:
+    """Check that a model output is an ``(count, K)`` tensor of scores and return it."""
+    if not isinstance(outputs, Tensor) or outputs.ndim != 2 or outputs.shape[0] != count:
+        given = (
+            f"a tensor of shape {tuple(outputs.shape)}"
+            if isinstance(outputs, Tensor)
+            else f"a {type(outputs).__name__}"
+        )
+        raise ModelOutputError(
+            f"the model returned {given} for {count} inputs; a class target needs scores of shape "
+            f"({count}, K). For other outputs (segmentation, detection, dicts) pass a callable "
+            "target that maps the output to one score per input"
+        )
+    return outputs
+
+
+def resolve_target(spec: TargetSpec, outputs: Tensor | None, count: int) -> Target:
+    """Turn a target specification into a :class:`Target` for ``count`` samples.
+
+    Args:
+        spec: the user's target (see :data:`ACCEPTED_TARGETS`).
+        outputs: the model's ``(count, K)`` scores at the inputs; ``None`` only for callables.
+        count: the number of samples N.
+
+    Raises:
+        InvalidTargetError: a target of the wrong type, length or range.
+        ModelOutputError: outputs that are not ``(count, K)`` scores.
+    """
+    if callable(spec) and not isinstance(spec, Tensor):
+        return FunctionTarget(spec)
+    if outputs is None:
+        raise InvalidTargetError("class targets need the model outputs at the inputs")
+    outputs = check_outputs(outputs, count)
+    if spec is None:
+        return ClassTarget(outputs.detach().argmax(dim=1))
+    indices = _as_indices(spec, count, outputs.device)
+    _check_range(indices, outputs.shape[1])
+    return ClassTarget(indices)
+
+
+def _as_indices(spec: object, count: int, device: torch.device) -> Tensor:
+    if isinstance(spec, bool) or (isinstance(spec, Tensor) and spec.dtype == torch.bool):
+        raise InvalidTargetError(f"target {spec!r} is a boolean; accepted: {ACCEPTED_TARGETS}")
+    if isinstance(spec, int):
+        return torch.full((count,), spec, dtype=torch.long, device=device)
+    if isinstance(spec, Tensor):
+        if spec.is_floating_point() or spec.is_complex() or spec.ndim > 1:
+            raise InvalidTargetError(
+                f"target tensor of dtype {spec.dtype} and shape {tuple(spec.shape)}; "
+                f"accepted: {ACCEPTED_TARGETS}"
+            )
+        values = spec.to(device=device, dtype=torch.long).reshape(-1)
+        if spec.ndim == 0:
+            return values.expand(count).clone()
+    elif isinstance(spec, Sequence) and not isinstance(spec, str):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in spec):
+            raise InvalidTargetError(
+                f"target {spec!r} holds non-integers; accepted: {ACCEPTED_TARGETS}"
+            )
+        values = torch.tensor(list(spec), dtype=torch.long, device=device)
+    else:
+        raise InvalidTargetError(f"target {spec!r} is not accepted; accepted: {ACCEPTED_TARGETS}")
+    if values.numel() != count:
+        raise InvalidTargetError(
+            f"target has {values.numel()} class indices for {count} inputs; give one per input "
+            "or a single int for all"
+        )
+    return values
+
+
+def _check_range(indices: Tensor, num_classes: int) -> None:
+    bad = (indices < 0) | (indices >= num_classes)
+    if bool(bad.any()):
+        value = int(indices[bad][0])
+        raise InvalidTargetError(
+            f"target class {value} is out of range; the model has {num_classes} classes, so "
+            f"accepted indices are 0 to {num_classes - 1}"
+        )

@@ -1,0 +1,108 @@
+"""The real ``saliency`` command, run as a subprocess (``python -m saliency.cli`` and the script).
+
+Each run imports torch (seconds of CPU), so the runs are few and all started at once by one
+module fixture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+import saliency
+
+MODULE = (sys.executable, "-m", "saliency.cli")
+SCRIPT = shutil.which("saliency")
+RUNS: dict[str, tuple[str, ...]] = {
+    "module --version": (*MODULE, "--version"),
+    "module --help": (*MODULE, "--help"),
+    "module methods": (*MODULE, "methods"),
+}
+if SCRIPT is not None:  # the installed console script (entry point saliency.cli.main:main)
+    RUNS["script methods"] = (SCRIPT, "methods")
+
+
+@pytest.fixture(scope="module")
+def results() -> Iterator[dict[str, subprocess.CompletedProcess[str]]]:
+    environment = {**os.environ, "PYTHONIOENCODING": "utf-8", "COLUMNS": "100"}
+    started = {
+        name: subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            env=environment,
+        )
+        for name, command in RUNS.items()
+    }
+    finished = {}
+    try:
+        for name, process in started.items():
+            stdout, stderr = process.communicate(timeout=120)
+            finished[name] = subprocess.CompletedProcess(
+                RUNS[name], process.returncode, stdout, stderr
+            )
+    finally:
+        for process in started.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    yield finished
+
+
+def method_blocks(text: str) -> dict[str, str]:
+    """``saliency methods`` output split into one block per method, keyed by name."""
+    blocks = {}
+    for block in re.split(r"\n\s*\n", text.strip()):
+        name = block.split(None, 1)[0]
+        blocks[name] = block
+    return blocks
+
+
+def check(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"{result.args} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_version(results: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    output = check(results["module --version"])
+    assert output.strip() == f"saliency {saliency.__version__}"
+    assert saliency.__version__ != "0.0.0+unknown"
+
+
+def test_help(results: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    output = check(results["module --help"])
+    assert output.startswith("usage: saliency")
+    assert "methods" in output
+    for name in saliency.list_methods():  # the epilog reads the registry
+        assert name in output
+
+
+@pytest.mark.parametrize("run", ["module methods", "script methods"])
+def test_methods_lists_every_method_with_options(
+    results: dict[str, subprocess.CompletedProcess[str]], run: str
+) -> None:
+    assert run in results, "the installed `saliency` command is not on PATH"
+    output = check(results[run])
+    assert results[run].stderr == ""
+    blocks = method_blocks(output)
+    assert sorted(blocks) == saliency.list_methods()
+    for name, block in blocks.items():
+        method = saliency.get_method(name)
+        assert method.summary() in block
+        assert f"({method.output} space)" in block
+        options = [f for f in dataclasses.fields(method) if f.init]
+        if not options:
+            assert "options: none" in block
+        for option in options:
+            assert re.search(rf"\b{re.escape(option.name)}=", block), (name, option.name, block)
+            if option.default is not dataclasses.MISSING:
+                assert f"{option.name}={option.default!r}" in block
