@@ -11,16 +11,10 @@ from saliency import errors
 from saliency.engine import Engine, Precision
 from saliency.explain import explain
 from saliency.explanation import Explanation
-from saliency.loading import (
-    ImageBatch,
-    LoadedModel,
-    Preprocess,
-    load_images,
-    load_model,
-    open_image,
-)
+from saliency.images import ImageBatch, Preprocess, load_images, open_image
 from saliency.methods.base import Method
 from saliency.methods.registry import get_method, list_methods, register_method, unregister_method
+from saliency.models import LoadedModel, load_model, register_model_source
 from saliency.rendering import render
 
 try:
@@ -45,6 +39,7 @@ __all__ = [
     "load_model",
     "open_image",
     "register_method",
+    "register_model_source",
     "render",
     "unregister_method",
 ]

@@ -1,4 +1,4 @@
-"""Tests for saliency.loading: image decoding, preprocessing, batches, model loading (offline)."""
+"""Tests for saliency.images and saliency.models: decoding, preprocessing, model loading offline."""
 
 from __future__ import annotations
 
@@ -16,16 +16,13 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
-from saliency import loading
+from saliency import images, models
 from saliency.errors import ImageLoadError, InvalidOptionError, ModelLoadError
-from saliency.loading import (
-    ImageBatch,
+from saliency.images import ImageBatch, Preprocess, load_images, open_image
+from saliency.models import (
     LoadedModel,
-    Preprocess,
     list_model_sources,
-    load_images,
     load_model,
-    open_image,
     register_model_source,
     unregister_model_source,
 )
@@ -100,7 +97,7 @@ def test_sixteen_bit_byte_orders(tmp_path: Path, mode: str) -> None:
     values = np.array([[65535, 32768, 0]], dtype=np.uint16)
     order = ">u2" if mode == "I;16B" else "<u2"
     source = Image.frombytes(mode, (3, 1), values.astype(order).tobytes())
-    image = loading._to_rgb(source)
+    image = images._to_rgb(source)
     assert pixels(image)[0, :, 1].tolist() == [255, 128, 0]
 
 
@@ -188,7 +185,7 @@ def test_cmyk_known_colour(tmp_path: Path, suffix: str) -> None:
 def test_ycbcr(tmp_path: Path) -> None:
     image = Image.new("RGB", (4, 4), (200, 30, 60)).convert("YCbCr")
     assert image.mode == "YCbCr"
-    got = pixels(loading._to_rgb(image)).astype(int)
+    got = pixels(images._to_rgb(image)).astype(int)
     assert np.abs(got[0, 0] - [200, 30, 60]).max() <= 2
 
 
@@ -304,7 +301,7 @@ def test_unconvertible_mode_message(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     def unsupported(image: Image.Image) -> Image.Image:
         raise ValueError("conversion not supported")
 
-    monkeypatch.setattr(loading, "_to_rgb", unsupported)
+    monkeypatch.setattr(images, "_to_rgb", unsupported)
     expect_error(path, "cannot convert image mode 'RGB' to RGB")
 
 
@@ -495,7 +492,7 @@ def test_torchvision_weights_from_cache(offline_hub: Path) -> None:
     reference = torchvision.models.mobilenet_v3_small().eval()
     offline_hub.mkdir(parents=True)
     torch.save(reference.state_dict(), offline_hub / os.path.basename(weights.url))
-    assert loading._weights_member("mobilenet_v3_small", "imagenet1k_v1") == weights
+    assert models._weights_member("mobilenet_v3_small", "imagenet1k_v1") == weights
     for spec in ("DEFAULT", "MobileNet_V3_Small_Weights.IMAGENET1K_V1"):
         loaded = load_model("mobilenet_v3_small", spec)
         assert isinstance(loaded, LoadedModel)
