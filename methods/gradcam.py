@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from saliency.methods.base import Method, require_bool
 from torch import Tensor, nn
 
 from saliency.engine import Chunk, Engine, Points
 from saliency.layers import find_layer
+from saliency.methods.base import Method, require_bool
 from saliency.targets import Target
 
 

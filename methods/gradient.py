@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saliency.methods.base import Method
 from torch import Tensor
 
 from saliency.engine import Engine, Points
+from saliency.methods.base import Method
 from saliency.targets import Target
 
 

@@ -7,12 +7,12 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from saliency.methods.base import Method, require_bool, require_int
 from torch import Tensor
 
 from saliency.baselines import BASELINE_NAMES, BaselineSpec, make_baseline
 from saliency.engine import Chunk, Engine, Points
 from saliency.errors import InvalidOptionError
+from saliency.methods.base import Method, require_bool, require_int
 from saliency.targets import Target
 
 

@@ -14,9 +14,8 @@ from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import TypeVar, overload
 
-from saliency.methods.base import Method
-
 from saliency.errors import DuplicateMethodError, UnknownMethodError
+from saliency.methods.base import Method
 
 ENTRY_POINT_GROUP = "saliency.methods"
 DISTRIBUTION = "saliency-kit"

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from saliency.methods.base import Method, require_bool, require_float, require_int
-from saliency.methods.registry import get_method
 from torch import Tensor
 
 from saliency.engine import Engine
 from saliency.errors import InvalidOptionError
+from saliency.methods.base import Method, require_bool, require_float, require_int
+from saliency.methods.registry import get_method
 from saliency.targets import Target
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from saliency.methods import registry
-from saliency.methods.base import Method
 from torch import Tensor, nn
 
 import saliency
 from saliency.errors import DuplicateMethodError, UnknownMethodError
+from saliency.methods import registry
+from saliency.methods.base import Method
 
 BUILT_INS = {
     "gradient": "saliency.methods.gradient:Gradient",
