@@ -1,0 +1,1 @@
+"""Attribution-quality metrics, batched on the model's device."""
