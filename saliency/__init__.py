@@ -11,11 +11,13 @@ from saliency import errors
 from saliency.engine import Engine, Precision
 from saliency.explain import explain
 from saliency.explanation import Explanation
+from saliency.hvp import hvp
 from saliency.images import ImageBatch, Preprocess, load_images, open_image
 from saliency.methods.base import Method
 from saliency.methods.registry import get_method, list_methods, register_method, unregister_method
 from saliency.models import LoadedModel, load_model, register_model_source
 from saliency.rendering import render
+from saliency.smooth_relu import smooth_relu
 
 try:
     __version__ = version("saliency-kit")
@@ -34,6 +36,7 @@ __all__ = [
     "errors",
     "explain",
     "get_method",
+    "hvp",
     "list_methods",
     "load_images",
     "load_model",
@@ -41,5 +44,6 @@ __all__ = [
     "register_method",
     "register_model_source",
     "render",
+    "smooth_relu",
     "unregister_method",
 ]

@@ -1,0 +1,319 @@
+"""Every metric for one model × method on a batch with ground-truth masks, as one table row.
+
+:func:`evaluate_method` explains the inputs with :func:`saliency.explain`, computes each metric
+per sample, and returns the explanation, the per-sample values and a row of means named like the
+``metrics.json`` / ``metrics.csv`` columns (``docs/manifest.md``). :func:`evaluate_scenes` does
+the same for :mod:`saliency.shapes` scenes and a model loaded by name (e.g. ``"demo:shapes"``),
+and :func:`write_metrics` writes the rows.
+
+>>> scenes = generate_scenes(24, seed=TEST_SEED)
+>>> results = evaluate_scenes("demo:shapes", scenes)
+>>> write_metrics([r.row for r in results], "out/")
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from saliency.errors import InvalidOptionError
+from saliency.explain import explain
+from saliency.explanation import Explanation
+from saliency.images import Preprocess
+from saliency.metrics.faithfulness import deletion_auc, insertion_auc
+from saliency.metrics.localisation import pointing_game, relevance_mass, relevance_rank
+from saliency.metrics.relevance import Reduction
+from saliency.metrics.sanity import parameter_randomisation
+from saliency.metrics.shortcut import marker_object_mass
+from saliency.models import load_model
+from saliency.output_files import write_text_atomic
+from saliency.shapes import Scenes
+
+__all__ = [
+    "DEMO_METHOD_OPTIONS",
+    "METRIC_NAMES",
+    "MethodEvaluation",
+    "MetricSettings",
+    "evaluate_method",
+    "evaluate_scenes",
+    "sample_metrics",
+    "write_metrics",
+]
+
+METRIC_NAMES: tuple[str, ...] = (
+    "pointing_game",
+    "relevance_mass",
+    "relevance_rank",
+    "deletion_auc",
+    "insertion_auc",
+    "marker_mass",
+    "object_mass",
+)
+"""Row columns computed per sample (the marker columns only with marker masks)."""
+
+DEMO_METHOD_OPTIONS: dict[str, dict[str, Any]] = {
+    "gradient": {},
+    "integrated_gradients": {"steps": 32},
+    "smoothgrad": {"samples": 16, "seed": 0},
+    "gradcam": {},
+}
+"""The four built-in methods with deterministic options sized for the 2-core CPU demo."""
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    """How the metrics are computed.
+
+    Attributes:
+        reduction: Channels → pixel relevance (see :mod:`saliency.metrics.relevance`).
+        tolerance: Pointing-game tolerance in pixels.
+        step: Deletion/insertion step, a fraction of the pixels.
+        deletion_substrate: ``"zeros"``, ``"blur"``, a number or a tensor.
+        insertion_substrate: Same choices.
+        blur_sigma: σ in pixels of the ``"blur"`` substrate.
+        sanity_samples: Inputs (the first ones) used for the parameter-randomisation check;
+            0 skips it. It adds one ``sanity_<layer>`` column per randomised layer.
+        seed: Seeds the parameter randomisation.
+    """
+
+    reduction: Reduction = "abs"
+    tolerance: float = 0.0
+    step: float = 0.05
+    deletion_substrate: Any = "zeros"
+    insertion_substrate: Any = "blur"
+    blur_sigma: float = 5.0
+    sanity_samples: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class MethodEvaluation:
+    """The result of :func:`evaluate_method`.
+
+    Attributes:
+        row: ``{"model", "method", <metric>: mean, ...}`` — one ``metrics.json`` row.
+        samples: ``{<metric>: (N,) values}`` (sanity columns cover the first inputs only).
+        explanation: The explanation the metrics were computed from.
+        seconds: Wall time of explaining and measuring.
+    """
+
+    row: dict[str, Any]
+    samples: dict[str, Tensor]
+    explanation: Explanation
+    seconds: float
+
+
+def sample_metrics(
+    model: Callable[[Tensor], Tensor],
+    inputs: Tensor,
+    attributions: Tensor,
+    masks: Tensor,
+    targets: Tensor,
+    *,
+    marker_masks: Tensor | None = None,
+    settings: MetricSettings = MetricSettings(),
+    batch_size: int | None = None,
+) -> dict[str, Tensor]:
+    """Per-sample localisation, faithfulness and (with marker masks) shortcut metrics.
+
+    Args:
+        model: The explained model.
+        inputs: ``(N, C, H, W)`` model inputs on its device.
+        attributions: Their raw attributions.
+        masks: ``(N, H, W)`` object masks.
+        targets: ``(N,)`` explained classes (deletion/insertion track their probability).
+        marker_masks: ``(N, H, W)`` marker masks, or None.
+        settings: How to compute them.
+        batch_size: Perturbed inputs per forward pass (None: automatic).
+
+    Returns:
+        ``{name: (N,) float32}`` for the names of :data:`METRIC_NAMES` that apply.
+    """
+    reduction = settings.reduction
+    values = {
+        "pointing_game": pointing_game(
+            attributions, masks, tolerance=settings.tolerance, reduction=reduction
+        ),
+        "relevance_mass": relevance_mass(attributions, masks, reduction=reduction),
+        "relevance_rank": relevance_rank(attributions, masks, reduction=reduction),
+    }
+    common: dict[str, Any] = {
+        "target": targets,
+        "step": settings.step,
+        "blur_sigma": settings.blur_sigma,
+        "reduction": reduction,
+        "batch_size": batch_size,
+    }
+    values["deletion_auc"] = deletion_auc(
+        model, inputs, attributions, substrate=settings.deletion_substrate, **common
+    )
+    values["insertion_auc"] = insertion_auc(
+        model, inputs, attributions, substrate=settings.insertion_substrate, **common
+    )
+    if marker_masks is not None:
+        mass = marker_object_mass(attributions, masks, marker_masks, reduction=reduction)
+        values["marker_mass"], values["object_mass"] = mass.marker, mass.object
+    return {name: value.float() for name, value in values.items()}
+
+
+def evaluate_method(
+    model: nn.Module,
+    inputs: Tensor,
+    masks: Tensor,
+    method: str,
+    *,
+    model_name: str,
+    target: Tensor | int | Sequence[int] | None = None,
+    marker_masks: Tensor | None = None,
+    options: Mapping[str, Any] | None = None,
+    settings: MetricSettings = MetricSettings(),
+    batch_size: int | None = None,
+) -> MethodEvaluation:
+    """Explain ``inputs`` with ``method`` and compute every metric: one row per model × method.
+
+    Args:
+        model: The model, on the inputs' device.
+        inputs: ``(N, C, H, W)`` model inputs.
+        masks: ``(N, H, W)`` object masks.
+        method: A registered method name.
+        model_name: The row's ``model`` value.
+        target: Classes to explain (None: the predictions); use the true labels for
+            localisation against the object's mask.
+        marker_masks: Marker masks, for the ``marker_mass`` and ``object_mass`` columns.
+        options: The method's options (e.g. ``DEMO_METHOD_OPTIONS[method]``).
+        settings: How to compute the metrics.
+        batch_size: Points per forward/backward chunk (None: automatic).
+    """
+    started = time.perf_counter()
+    options = dict(options or {})
+    explanation = explain(model, inputs, method, target, batch_size=batch_size, **options)
+    assert explanation.targets is not None
+    samples = sample_metrics(
+        model,
+        inputs,
+        explanation.attributions,
+        masks,
+        explanation.targets,
+        marker_masks=marker_masks,
+        settings=settings,
+        batch_size=batch_size,
+    )
+    if settings.sanity_samples > 0:
+        count = min(settings.sanity_samples, len(inputs))
+        correlations = parameter_randomisation(
+            model,
+            inputs[:count],
+            method,
+            target=explanation.targets[:count],
+            seed=settings.seed,
+            reduction=settings.reduction,
+            batch_size=batch_size,
+            **options,
+        )
+        samples.update({f"sanity_{layer}": rho for layer, rho in correlations.items()})
+    row: dict[str, Any] = {"model": model_name, "method": method}
+    row.update({name: float(value.double().mean()) for name, value in samples.items()})
+    return MethodEvaluation(row, samples, explanation, time.perf_counter() - started)
+
+
+def evaluate_scenes(
+    model_name: str,
+    scenes: Scenes,
+    methods: Mapping[str, Mapping[str, Any]] | Sequence[str] = DEMO_METHOD_OPTIONS,
+    *,
+    target: Literal["label", "predicted"] = "label",
+    device: str | torch.device | None = None,
+    settings: MetricSettings = MetricSettings(),
+    batch_size: int | None = None,
+) -> list[MethodEvaluation]:
+    """Every method × metric for a model loaded by name on :mod:`saliency.shapes` scenes.
+
+    Args:
+        model_name: Anything :func:`saliency.load_model` accepts, e.g. ``"demo:shapes"``.
+        scenes: The scenes (their masks, and marker masks when they have markers).
+        methods: Method names, or ``{name: options}``.
+        target: Explain the true ``"label"`` or the ``"predicted"`` class.
+        device: Where to run (None: CPU).
+        settings: How to compute the metrics.
+        batch_size: Points per forward/backward chunk (None: automatic).
+
+    Returns:
+        One :class:`MethodEvaluation` per method, in order.
+    """
+    if target not in ("label", "predicted"):
+        raise InvalidOptionError(f"target={target!r}; accepted: 'label', 'predicted'")
+    loaded = load_model(model_name, device=device)
+    if not isinstance(loaded.transform, Preprocess):
+        raise InvalidOptionError(f"{model_name} has no Preprocess to normalise scenes with")
+    on_device = scenes.to(next(loaded.model.parameters()).device)
+    inputs = loaded.transform.normalize(on_device.images)
+    has_markers = scenes.config.marker != "none"
+    plan = dict(methods) if isinstance(methods, Mapping) else {name: {} for name in methods}
+    return [
+        evaluate_method(
+            loaded.model,
+            inputs,
+            on_device.masks,
+            method,
+            model_name=model_name,
+            target=on_device.labels if target == "label" else None,
+            marker_masks=on_device.marker_masks if has_markers else None,
+            options=options,
+            settings=settings,
+            batch_size=batch_size,
+        )
+        for method, options in plan.items()
+    ]
+
+
+def _json_number(value: Any) -> Any:
+    """NaN and infinities become null (JSON has no spelling for them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_metrics(
+    rows: Sequence[Mapping[str, Any]],
+    directory: str | os.PathLike[str],
+    notes: str | None = None,
+) -> tuple[Path, Path]:
+    """Write ``metrics.json`` (``{"rows": [...], "notes": ...}``) and ``metrics.csv`` atomically.
+
+    The CSV has the columns ``model``, ``method``, then every other key in first-seen order;
+    a row without a key leaves its cell empty.
+
+    Returns:
+        The two paths.
+    """
+    for row in rows:
+        if "model" not in row or "method" not in row:
+            raise InvalidOptionError(f"every row needs 'model' and 'method' keys, got {dict(row)}")
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    document: dict[str, Any] = {
+        "rows": [{k: _json_number(v) for k, v in row.items()} for row in rows]
+    }
+    if notes is not None:
+        document["notes"] = notes
+    json_path = write_text_atomic(root / "metrics.json", json.dumps(document, indent=2) + "\n")
+    columns = ["model", "method"]
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path = write_text_atomic(root / "metrics.csv", buffer.getvalue())
+    return json_path, csv_path

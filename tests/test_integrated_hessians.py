@@ -1,0 +1,224 @@
+"""Integrated Hessians (Janizek et al. 2021): IG of the query's summed IG.
+
+Completeness on a smooth model, symmetry Γ_ij = Γ_ji of single features, zero off-query
+interactions of an additive model, agreement with a brute-force nested-autograd reference, and
+the ``query`` option (box, mask, default, validation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import saliency
+from saliency.errors import InvalidOptionError
+from saliency.methods.integrated_gradients import gauss_legendre
+
+C, H, W = 2, 4, 4
+TARGET = [0, 2]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def smooth_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(C, 4, 3, padding=1),
+        nn.Softplus(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(4 * H * W, 3),
+    ).double()
+
+
+class Additive(nn.Module):
+    """f_k(x) = Σ_i a_ki tanh(x_i) + b_ki x_i²: no feature interacts with another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(3)
+        self.a = nn.Parameter(torch.randn(C * H * W, 3, generator=generator, dtype=torch.float64))
+        self.b = nn.Parameter(torch.randn(C * H * W, 3, generator=generator, dtype=torch.float64))
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.flatten(1)
+        return torch.tanh(flat) @ self.a + flat.square() @ self.b
+
+
+def make_inputs() -> Tensor:
+    return torch.randn(2, C, H, W, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+def ih(model: nn.Module, x: Tensor, **options: Any) -> Tensor:
+    return saliency.explain(model, x, "integrated_hessians", target=TARGET, **options).attributions
+
+
+def ig(model: nn.Module, x: Tensor, steps: int, baseline: Any = 0.0) -> Tensor:
+    return saliency.explain(
+        model, x, "integrated_gradients", target=TARGET, steps=steps, baseline=baseline
+    ).attributions
+
+
+def single(c: int, y: int, x: int) -> Tensor:
+    mask = torch.zeros(C, H, W, dtype=torch.bool)
+    mask[c, y, x] = True
+    return mask
+
+
+def brute_force(
+    model: nn.Module, x: Tensor, baseline: Tensor, mask: Tensor, inner: int, outer: int
+) -> Tensor:
+    """Outer IG of g(z) = Σ_{i∈Q} IG_i(z), with g differentiated by autograd end to end."""
+    alpha, alpha_w = gauss_legendre(inner, x.device)
+    beta, beta_w = gauss_legendre(outer, x.device)
+    delta = x - baseline
+    rows = torch.arange(len(x))
+    total = torch.zeros_like(x)
+    for b, bw in zip(beta, beta_w, strict=True):
+        z = (baseline + b * delta).requires_grad_(True)
+        inner_sum = torch.zeros_like(x)
+        for a, aw in zip(alpha, alpha_w, strict=True):
+            p = baseline + a * (z - baseline)
+            (grad,) = torch.autograd.grad(model(p)[rows, TARGET].sum(), p, create_graph=True)
+            inner_sum = inner_sum + aw * grad
+        g = ((z - baseline) * inner_sum * mask).sum()
+        (dg,) = torch.autograd.grad(g, z)
+        total = total + bw * dg
+    return delta * total
+
+
+def test_matches_brute_force_nested_autograd() -> None:
+    model, x = smooth_model(), make_inputs()
+    baseline = torch.full_like(x, 0.3)
+    mask = torch.zeros(C, H, W, dtype=torch.bool)
+    mask[:, 1:3, 2] = True
+    ours = ih(model, x, query=mask, inner_steps=3, outer_steps=4, baseline=0.3)
+    expected = brute_force(model, x, baseline, mask.expand_as(x), inner=3, outer=4)
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-13)
+
+
+def test_completeness_on_a_smooth_model() -> None:
+    model, x = smooth_model(), make_inputs()
+    box = (1, 0, 3, 2)
+    mask = torch.zeros(H, W, dtype=torch.bool)
+    mask[1:3, 0:2] = True
+    ex = saliency.explain(
+        model,
+        x,
+        "integrated_hessians",
+        target=TARGET,
+        query=box,
+        outer_steps=8,
+        return_error=True,
+    )
+    expected = (ig(model, x, steps=8) * mask).flatten(1).sum(1)
+    totals = ex.attributions.flatten(1).sum(1)
+    torch.testing.assert_close(totals, expected, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(
+        ex.extras["completeness_error"], (totals - expected).float(), rtol=0, atol=1e-6
+    )
+    assert ex.extras["completeness_error"].abs().max() < 1e-6
+
+
+def test_symmetry_of_single_feature_interactions() -> None:
+    model, x = smooth_model(), make_inputs()
+    i, j = (0, 1, 1), (1, 1, 2)
+    from_i = ih(model, x, query=single(*i), inner_steps=4, outer_steps=4)
+    from_j = ih(model, x, query=single(*j), inner_steps=4, outer_steps=4)
+    gamma_ij, gamma_ji = from_i[:, j[0], j[1], j[2]], from_j[:, i[0], i[1], i[2]]
+    assert gamma_ij.abs().min() > 1e-5, "the interaction should not be trivially zero"
+    torch.testing.assert_close(gamma_ij, gamma_ji, rtol=1e-10, atol=1e-14)
+
+
+def test_additive_model_has_no_off_query_interactions() -> None:
+    model, x = Additive(), make_inputs()
+    mask = torch.zeros(C, H, W, dtype=torch.bool)
+    mask[0, :2, :] = True
+    mask[1, 3, 3] = True
+    attributions = ih(model, x, query=mask, inner_steps=8, outer_steps=8)
+    off = attributions[~mask.expand_as(x)]
+    assert off.abs().max() < 1e-14
+    # Γ_ii of an additive model is the feature's own IG.
+    on = mask.expand_as(x)
+    torch.testing.assert_close(attributions[on], ig(model, x, steps=8)[on], rtol=1e-6, atol=1e-9)
+
+
+def test_whole_image_query_gives_integrated_gradients() -> None:
+    model, x = smooth_model(), make_inputs()
+    everything = torch.ones(H, W, dtype=torch.bool)
+    ours = ih(model, x, query=everything, inner_steps=8, outer_steps=8)
+    torch.testing.assert_close(ours, ig(model, x, steps=16), rtol=1e-4, atol=1e-6)
+
+
+def test_default_query_is_the_centre_pixel_and_box_equals_mask() -> None:
+    model, x = smooth_model(), make_inputs()
+    options = {"inner_steps": 2, "outer_steps": 2}
+    default = ih(model, x, **options)
+    centre = torch.zeros(H, W, dtype=torch.bool)
+    centre[H // 2, W // 2] = True
+    torch.testing.assert_close(default, ih(model, x, query=centre, **options), rtol=0, atol=0)
+    box = (H // 2, W // 2, H // 2 + 1, W // 2 + 1)
+    torch.testing.assert_close(default, ih(model, x, query=box, **options), rtol=0, atol=0)
+    listed = ih(model, x, query=list(box), **options)
+    torch.testing.assert_close(default, listed, rtol=0, atol=0)
+
+
+def test_relu_network_through_smooth_relu_keeps_completeness() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(C, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * H * W, 3)
+    ).double()
+    x = make_inputs()
+    with saliency.smooth_relu(model, beta=5.0):
+        ex = saliency.explain(
+            model, x, "integrated_hessians", target=TARGET, query=(0, 0, 2, 2), return_error=True
+        )
+    assert ex.extras["completeness_error"].abs().max() < 1e-4
+    assert not any(isinstance(m, nn.Softplus) for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        (0, 0, H + 1, 2),
+        (2, 0, 2, 2),
+        (0, 0, 1),
+        (0.0, 0, 1, 1),
+        "0,0,1,1",
+        torch.zeros(H, W, dtype=torch.bool),
+        torch.ones(H, W),
+        torch.ones(3, 3, dtype=torch.bool),
+        torch.ones(5, 2, C, H, W, dtype=torch.bool),
+    ],
+    ids=[
+        "outside",
+        "empty box",
+        "three ints",
+        "float",
+        "string",
+        "empty mask",
+        "float mask",
+        "mask shape",
+        "mask too many dims",
+    ],
+)
+def test_bad_queries_raise(query: Any) -> None:
+    with pytest.raises(InvalidOptionError, match="query"):
+        ih(smooth_model(), make_inputs(), query=query, inner_steps=1, outer_steps=1)
+
+
+@pytest.mark.parametrize("option", ["inner_steps", "outer_steps"])
+def test_bad_steps_raise(option: str) -> None:
+    with pytest.raises(InvalidOptionError, match=option):
+        ih(smooth_model(), make_inputs(), **{option: 0})
