@@ -207,6 +207,11 @@ def add_parser(commands: Any) -> None:
     running.add_argument(
         "-q", "--quiet", action="store_true", help="no progress, only errors and the summary"
     )
+    running.add_argument(
+        "--gallery",
+        action="store_true",
+        help="build the HTML gallery (OUT/index.html) at the end of the run, as `saliency gallery`",
+    )
     reserved = {
         text.lstrip("-").replace("-", "_")
         for action in parser._actions
@@ -436,4 +441,18 @@ def _execute(
         )
         return EXIT_INTERRUPTED
     print(summary)
+    if arguments.gallery and not _build_gallery(out):
+        return EXIT_FAILED
     return EXIT_FAILED if recorder.failed else EXIT_OK
+
+
+def _build_gallery(out: Path) -> bool:
+    """Build the run's gallery; report a failure without losing the finished run."""
+    from saliency.gallery import GalleryError, build_gallery  # only runs that ask for it
+
+    try:
+        print(f"saliency explain: gallery: {build_gallery(out)}")
+    except (GalleryError, OSError) as error:
+        print(f"saliency explain: error: the gallery could not be built: {error}", file=sys.stderr)
+        return False
+    return True

@@ -235,3 +235,25 @@ def test_corrupt_manifest_is_replaced_with_a_warning(
     )
     assert code == 0 and "not valid JSON" in err
     assert json.loads((out / "manifest.json").read_text())["inputs"][0]["status"] == "ok"
+
+
+def test_gallery_flag_builds_the_gallery_of_the_run(
+    capsys: pytest.CaptureFixture[str], photo: Path, weights: Path, tmp_path: Path
+) -> None:
+    """`explain --gallery` ends with the run's gallery: escaped names, failures listed."""
+    hostile = "<img src=x onerror=alert(1)>.png"
+    Image.new("RGB", (20, 16), "red").save(photo / hostile)
+    (photo / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    code, stdout, err = explain(
+        capsys, photo, *model_args(weights), "--method", "gradient,gradcam", "--out", out,
+        "--gallery", "--quiet",
+    )  # fmt: skip
+    assert code == 1, err  # the broken file failed, everything else was done
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "gallery:" in stdout and str(out / "index.html") in stdout
+    assert hostile not in page  # never raw HTML
+    assert "&lt;img src=x onerror=alert(1)&gt;.png" in page or "\\u003cimg" in page
+    assert "broken.png" in page
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert {entry["status"] for entry in manifest["inputs"]} == {"ok", "error"}

@@ -7,6 +7,7 @@ One concept per module, each returning one value per sample (``(N,)`` tensors):
 - :mod:`~saliency.metrics.faithfulness`: deletion and insertion curves and AUC.
 - :mod:`~saliency.metrics.sanity`: cascading parameter randomisation, Spearman correlation.
 - :mod:`~saliency.metrics.shortcut`: marker versus object relevance mass.
+- :mod:`~saliency.metrics.fragility`: explanation robustness under adversarial perturbation.
 - :mod:`~saliency.metrics.report`: every metric for a model × method as one table row.
 
 A new metric module adds one import block below and its names to ``__all__``.
@@ -21,6 +22,7 @@ from saliency.metrics.faithfulness import (
     perturbation_curve,
     trapezoid_auc,
 )
+from saliency.metrics.fragility import fragility
 from saliency.metrics.localisation import dilate, pointing_game, relevance_mass, relevance_rank
 from saliency.metrics.relevance import Reduction, as_masks, relevance_map
 from saliency.metrics.report import (
@@ -58,6 +60,7 @@ __all__ = [
     "dilate",
     "evaluate_method",
     "evaluate_scenes",
+    "fragility",
     "gaussian_blur",
     "insertion_auc",
     "make_substrate",
