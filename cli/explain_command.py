@@ -5,6 +5,11 @@ Writes ``OUT/<relpath>/<method>.<format>`` overlays at each image's own resoluti
 input size (see :mod:`saliency.cli.model_input`). Runs resume by default; exit codes: 0 every
 input done, 1 some inputs failed (the others were processed), 2 a usage or set-up error found
 before any work, 130 interrupted (what was done is kept; rerun to resume).
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) every process plans the whole run, does its share of the
+inputs and records it in ``OUT/manifest.rank-R.json``; rank 0 then merges the shares into
+``OUT/manifest.json`` (see :mod:`saliency.cli.distributed` and
+:mod:`saliency.cli.distributed_manifest`).
 """
 
 from __future__ import annotations
@@ -14,14 +19,22 @@ import contextlib
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
 import torch
 
-from saliency.cli import method_options
-from saliency.cli.inputs import InputError, discover
-from saliency.cli.manifest import ManifestError, read_manifest
+from saliency.cli import distributed, method_options
+from saliency.cli.distributed_manifest import (
+    RankResult,
+    merge,
+    rank_manifest_name,
+    read_earlier,
+    write_start,
+)
+from saliency.cli.inputs import FoundInput, InputError, discover
+from saliency.cli.manifest import MANIFEST_NAME, InputRecord, write_manifest
 from saliency.cli.model_input import DEFAULT_SIZE
 from saliency.cli.model_setup import (
     ReadyModel,
@@ -32,7 +45,7 @@ from saliency.cli.model_setup import (
 )
 from saliency.cli.outputs import FORMATS, OutputSpec
 from saliency.cli.pipeline import Compute, Pipeline
-from saliency.cli.plan import Plan, ResumeConflict, make_plan
+from saliency.cli.plan import Job, Plan, ResumeConflict, make_plan
 from saliency.cli.progress import Progress, format_duration
 from saliency.cli.recording import RunRecorder, now_iso
 from saliency.cli.settings import (
@@ -43,6 +56,7 @@ from saliency.cli.settings import (
     choose_methods,
     image_pixel_limit,
     method_names,
+    positive_int,
     prepare_out,
     render_options,
 )
@@ -52,6 +66,7 @@ from saliency.methods.registry import list_methods
 from saliency.rendering import Sign
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+_LABEL = "saliency explain"
 _BATCH_CPU, _BATCH_GPU = 16, 32
 _DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default decompression-bomb limit
 
@@ -80,6 +95,11 @@ model, weights, target, precision or method options are never mixed silently: su
 stops with exit code 2 unless --overwrite. Ctrl-C stops cleanly: finished outputs and the
 manifest are kept, and the rerun resumes. Every file is written to a temporary name and
 renamed; nothing is written outside OUT.
+
+Many GPUs or machines: torchrun --nproc-per-node N -m saliency.cli explain ... shares
+the inputs among N processes, one per GPU (cuda:LOCAL_RANK); each records its share in
+OUT/manifest.rank-R.json and rank 0 merges them into OUT/manifest.json. Across machines,
+OUT must be on a shared file system.
 
 Exit codes: 0 every input done; 1 some inputs failed (each has its error in the manifest)
 and every other input was processed; 2 usage or set-up error (unknown method, model,
@@ -123,7 +143,7 @@ def add_parser(commands: Any) -> None:
     model.add_argument("--precision", choices=PRECISIONS, default="fp32", help="default: fp32")
     model.add_argument(
         "--input-size",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="square side the whole image is resized to for the model (default: the model's "
         f"crop size, else {DEFAULT_SIZE})",
@@ -144,7 +164,7 @@ def add_parser(commands: Any) -> None:
     )
     explaining.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help=f"at most N images per forward/backward pass, and N images explained together "
         f"(default: automatic: {_BATCH_CPU} images per batch on CPU, {_BATCH_GPU} on GPU, "
@@ -190,7 +210,7 @@ def add_parser(commands: Any) -> None:
     )
     running.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=min(4, os.cpu_count() or 1),
         metavar="N",
         help="decoding threads, and as many writing threads (default: up to 4)",
@@ -230,13 +250,6 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(run=run, generated_options=generated)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: accepted: an integer >= 1")
-    return value
-
-
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -245,7 +258,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def _threads(text: str) -> int | str:
-    return text if text == "auto" else _positive_int(text)
+    return text if text == "auto" else positive_int(text)
 
 
 def _torch_threads(choice: int | str) -> int:
@@ -262,22 +275,82 @@ def _choices(literal: Any) -> list[str]:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    """Run the command; returns the exit code."""
+    """Run the command; returns the exit code (this rank's, under torchrun)."""
     threads = torch.get_num_threads()
+    ranks: distributed.Ranks | None = None
     try:
-        return _run(arguments)
+        ranks = distributed.detect()
+        if ranks is None:
+            return _run(arguments, None)
+        with distributed.process_group(ranks, arguments.device) as group:
+            return _run(arguments, group)
     except UsageError as exc:
-        print(f"saliency explain: error: {exc}", file=sys.stderr)
+        if ranks is None or ranks.is_main:  # every rank has the same (agreed) error
+            print(f"{_LABEL}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # during set-up: nothing was written yet
-        print("saliency explain: interrupted", file=sys.stderr)
+        print(f"{_LABEL}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         torch.set_num_threads(threads)  # --threads: only for this run (matters in process)
 
 
-def _run(arguments: argparse.Namespace) -> int:
+@dataclass
+class _Setup:
+    """Everything a run needs, checked before any work (the same on every rank)."""
+
+    out: Path
+    methods: dict[str, ChosenMethod]
+    overlay: dict[str, Any]
+    ready: ReadyModel
+    target: int | None
+    run_section: dict[str, Any]
+    plan: Plan
+
+
+def _run(arguments: argparse.Namespace, group: distributed.Group | None) -> int:
+    """Set up (every rank agreeing that it could, under torchrun), then do the work."""
     started, started_at = time.monotonic(), now_iso()
+    existed = os.path.lexists(arguments.out)
+    if group is not None:
+        group.barrier()  # every rank has looked before one creates the folder
+    setup, error = _attempt_set_up(arguments, group, started_at)
+    if group is not None:
+        error, started_at = distributed.agree(group, error, started_at)
+    if error is not None or setup is None:
+        if not existed and (group is None or group.ranks.is_main):
+            _remove_if_empty(Path(arguments.out))  # a usage error leaves nothing behind
+        raise UsageError(error)
+    setup.run_section["started"] = started_at  # rank 0's, on every rank
+    return _execute(arguments, setup, group, started)
+
+
+def _remove_if_empty(out: Path) -> None:
+    """Remove the output folder if it exists and is empty."""
+    with contextlib.suppress(OSError):
+        if not any(out.iterdir()):
+            out.rmdir()
+
+
+def _attempt_set_up(
+    arguments: argparse.Namespace, group: distributed.Group | None, started_at: str
+) -> tuple[_Setup | None, str | None]:
+    """The set-up, or the usage error that stopped it."""
+    try:
+        return _set_up(arguments, group, started_at), None
+    except UsageError as exc:
+        return None, str(exc)
+
+
+def _set_up(
+    arguments: argparse.Namespace, group: distributed.Group | None, started_at: str
+) -> _Setup:
+    """Check every choice, load the model and plan the run (whole, on every rank).
+
+    Raises:
+        UsageError: Anything that stops the run before any work.
+    """
+    main = group is None or group.ranks.is_main
     names = method_names(arguments.method)
     given = method_options.given_options(arguments, arguments.generated_options)
     methods = choose_methods(names, given)
@@ -285,47 +358,47 @@ def _run(arguments: argparse.Namespace) -> int:
     overlay = render_options(
         arguments.overlay_alpha, arguments.overlay_cmap, arguments.overlay_sign
     )
-    existed = os.path.lexists(arguments.out)
     out = prepare_out(arguments.out)
-    try:
-        return _prepare_and_execute(arguments, out, methods, overlay, started, started_at)
-    except UsageError:
-        if not existed and not any(out.iterdir()):
-            out.rmdir()  # a usage error leaves nothing behind
-        raise
+    found = _discover(arguments, out, main)
+    ready = _load_model(arguments, methods, group)
+    target = parse_target(arguments.target, ready)
+    run_section = _run_section(arguments, ready, methods, target, started_at)
+    plan = _plan(arguments, out, found, run_section, main)
+    run_section["methods"], run_section["method_options"] = plan.methods, plan.method_options
+    return _Setup(out, methods, overlay, ready, target, run_section, plan)
 
 
-def _prepare_and_execute(
-    arguments: argparse.Namespace,
-    out: Path,
-    methods: dict[str, ChosenMethod],
-    overlay: dict[str, Any],
-    started: float,
-    started_at: str,
-) -> int:
+def _discover(arguments: argparse.Namespace, out: Path, main: bool) -> list[FoundInput]:
+    """The input files, in the order every rank sees them (notes: printed by ``main``)."""
     try:
         found = discover(arguments.inputs, arguments.recursive, exclude=out)
     except InputError as exc:
         raise UsageError(str(exc)) from None
-    for note in found.notes:
-        print(f"saliency explain: note: {note}", file=sys.stderr)
+    for note in found.notes if main else []:
+        print(f"{_LABEL}: note: {note}", file=sys.stderr)
     if not found.inputs:
         raise UsageError(
             f"no image files found in {', '.join(arguments.inputs)} (extensions Pillow decodes"
             f"{'' if arguments.recursive else '; pass --recursive to search subfolders'})"
         )
-    ready = _load_model(arguments, methods)
-    target = parse_target(arguments.target, ready)
-    run_section = _run_section(arguments, ready, methods, target, started_at)
+    return found.inputs
+
+
+def _plan(
+    arguments: argparse.Namespace,
+    out: Path,
+    found: list[FoundInput],
+    run_section: dict[str, Any],
+    main: bool,
+) -> Plan:
+    """The whole run's plan, from what earlier runs left in ``out``."""
+    earlier = read_earlier(out)
+    for warning in earlier.warnings if main else []:
+        print(f"{_LABEL}: warning: {warning}", file=sys.stderr)
     try:
-        previous = read_manifest(out)
-    except ManifestError as exc:
-        print(f"saliency explain: warning: {exc}; starting a new manifest", file=sys.stderr)
-        previous = None
-    try:
-        plan = make_plan(
-            previous,
-            found.inputs,
+        return make_plan(
+            earlier.manifest,
+            found,
             run_section,
             out=out,
             extension=arguments.format,
@@ -335,13 +408,19 @@ def _prepare_and_execute(
         )
     except ResumeConflict as exc:
         raise UsageError(str(exc)) from None
-    run_section["methods"], run_section["method_options"] = plan.methods, plan.method_options
-    return _execute(arguments, ready, methods, target, run_section, plan, out, overlay, started)
 
 
-def _load_model(arguments: argparse.Namespace, methods: dict[str, ChosenMethod]) -> ReadyModel:
+def _load_model(
+    arguments: argparse.Namespace,
+    methods: dict[str, ChosenMethod],
+    group: distributed.Group | None,
+) -> ReadyModel:
+    """The checked model, on this process's device."""
     torch.set_num_threads(_torch_threads(arguments.threads))
-    device = resolve_device(arguments.device)
+    if group is None:
+        device = resolve_device(arguments.device)
+    else:
+        device = distributed.rank_device(arguments.device, group.ranks)
     weights = None if arguments.weights.lower() == "none" else arguments.weights
     ready = load_ready_model(arguments.model, weights, device, arguments.input_size)
     check_layers(ready, {name: chosen.instance for name, chosen in methods.items()})
@@ -372,78 +451,287 @@ def _run_section(
     }
 
 
+@dataclass
+class _Share:
+    """What this process does: the whole plan, or its rank's share under torchrun.
+
+    Attributes:
+        jobs: Its inputs with work left, in order.
+        skipped: Its inputs already done.
+        entries: The records its manifest starts from.
+        run: Its manifest's run section.
+        manifest_name: Its manifest's file name.
+        label: What its messages start with.
+    """
+
+    jobs: list[Job]
+    skipped: list[str]
+    entries: dict[str, InputRecord]
+    run: dict[str, Any]
+    manifest_name: str
+    label: str
+
+
+def _share(setup: _Setup, group: distributed.Group | None) -> _Share:
+    """This process's share (see :func:`saliency.cli.distributed.shard`)."""
+    plan = setup.plan
+    if group is None:
+        return _Share(
+            plan.jobs, plan.skipped, plan.entries, setup.run_section, MANIFEST_NAME, _LABEL
+        )
+    rank, size = group.ranks.rank, group.ranks.world_size
+    jobs = distributed.shard(plan.jobs, rank, size)
+    skipped = distributed.shard(plan.skipped, rank, size)
+    entries = {path: plan.entries[path] for path in [job.relpath for job in jobs] + skipped}
+    run = {**setup.run_section, "rank": rank, "world_size": size}
+    return _Share(jobs, skipped, entries, run, rank_manifest_name(rank), f"{_LABEL} [rank {rank}]")
+
+
+@dataclass
+class _Ran:
+    """How this process's share went."""
+
+    share: _Share
+    recorder: RunRecorder
+    progress: Progress
+    interrupted: bool
+    saved: Path | None
+    elapsed: float
+
+    @property
+    def failed(self) -> int:
+        """Inputs that failed."""
+        return len(self.recorder.failed)
+
+    @property
+    def unfinished(self) -> int:
+        """Inputs not finished (interrupted)."""
+        return len(self.recorder.unfinished)
+
+    @property
+    def done(self) -> int:
+        """Inputs finished without error."""
+        return len(self.share.jobs) - self.unfinished - self.failed
+
+    def code(self) -> int:
+        """The exit code of this share (before any gallery)."""
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED if self.failed or self.saved is None else EXIT_OK
+
+    def summary(self) -> str:
+        """The summary line (and what to do after an interruption)."""
+        text = _summary(
+            self.share.label,
+            (self.done, len(self.share.skipped), self.failed, self.progress.done),
+            self.elapsed,
+            self.saved,
+        )
+        note = _interrupted_note(self.share.label, self.unfinished) if self.interrupted else ""
+        return text + note
+
+    def result(self) -> RankResult:
+        """What rank 0 needs of this share."""
+        return RankResult(
+            self.recorder.snapshot(),
+            self.done,
+            len(self.share.skipped),
+            self.failed,
+            self.unfinished,
+            self.progress.done,
+            self.interrupted,
+            self.code(),
+        )
+
+
+def _summary(
+    label: str,
+    counts: tuple[int, int, int, int],
+    elapsed: float,
+    manifest: Path | None,
+    where: str = "",
+) -> str:
+    """``counts``: inputs done, skipped, failed and processed (for the rate)."""
+    done, skipped, failed, images = counts
+    rate = f" ({images / elapsed:.1f} images/s)" if images else ""
+    return (
+        f"{label}: {done} done, {skipped} skipped (already done), {failed} failed in "
+        f"{format_duration(elapsed)}{rate}{where}; manifest: {manifest or 'not written'}"
+    )
+
+
+def _interrupted_note(label: str, unfinished: int) -> str:
+    return (
+        f"\n{label}: interrupted: {unfinished} inputs not finished; rerun the same command to "
+        "resume"
+    )
+
+
 def _execute(
     arguments: argparse.Namespace,
-    ready: ReadyModel,
-    methods: dict[str, ChosenMethod],
-    target: int | None,
-    run_section: dict[str, Any],
-    plan: Plan,
-    out: Path,
-    overlay: dict[str, Any],
+    setup: _Setup,
+    group: distributed.Group | None,
     started: float,
 ) -> int:
+    """Do this process's share of the plan, save its manifest and conclude; the exit code."""
+    main = group is None or group.ranks.is_main
+    if main:
+        _report_plan(setup.plan)
+    if group is not None:
+        _start_ranks(setup, group)
+    share = _share(setup, group)
+    progress = Progress(len(share.jobs), enabled=not arguments.quiet and main, label=share.label)
+    recorder = RunRecorder(
+        setup.out,
+        share.run,
+        share.entries,
+        share.jobs,
+        share.skipped,
+        setup.ready.class_names,
+        progress,
+        manifest_name=share.manifest_name,
+        prefix="" if group is None else f"[rank {group.ranks.rank}] ",
+    )
+    interrupted = _process(arguments, setup, share.jobs, recorder, progress)
+    saved = _save(recorder, share.label)
+    ran = _Ran(share, recorder, progress, interrupted, saved, time.monotonic() - started)
+    if group is None:
+        return _conclude(arguments, setup.out, ran)
+    return _conclude_rank(arguments, setup, group, ran, started)
+
+
+def _report_plan(plan: Plan) -> None:
+    """What the user should know about the earlier results, and how many are skipped."""
     for note in plan.notes:
-        print(f"saliency explain: note: {note}", file=sys.stderr)
+        print(f"{_LABEL}: note: {note}", file=sys.stderr)
     if plan.skipped:
         total = len(plan.skipped) + len(plan.jobs)
         print(
-            f"saliency explain: resuming: {len(plan.skipped)} of {total} inputs already done, "
+            f"{_LABEL}: resuming: {len(plan.skipped)} of {total} inputs already done, "
             "skipped (--overwrite redoes them)",
             file=sys.stderr,
         )
-    progress = Progress(len(plan.jobs), enabled=not arguments.quiet)
-    recorder = RunRecorder(
-        out, run_section, plan.entries, plan.jobs, plan.skipped, ready.class_names, progress
-    )
-    batch = arguments.batch_size or (_BATCH_GPU if ready.device.type == "cuda" else _BATCH_CPU)
-    compute = Compute(
-        model=ready.model,
-        model_input=ready.model_input,
-        device=ready.device,
-        methods={name: chosen.options for name, chosen in methods.items()},
-        target=target,
-        precision=arguments.precision,
-        chunk_size=arguments.batch_size,
-        images_per_batch=batch,
-    )
-    output = OutputSpec(out, arguments.format, arguments.save_raw, overlay)
-    pipeline = Pipeline(compute, output, recorder, workers=arguments.workers)
-    interrupted = False
+
+
+def _start_ranks(setup: _Setup, group: distributed.Group) -> None:
+    """Rank 0 writes the run's first ``manifest.json``; then every rank may start."""
+    if group.ranks.is_main:
+        run = {**setup.run_section, "world_size": group.ranks.world_size}
+        try:
+            write_start(setup.out, run, setup.plan, setup.ready.class_names)
+        except OSError as exc:
+            print(f"{_LABEL}: warning: cannot write the manifest: {exc}", file=sys.stderr)
+    group.barrier()  # no rank writes its manifest before the earlier ones are removed
+
+
+def _process(
+    arguments: argparse.Namespace,
+    setup: _Setup,
+    jobs: list[Job],
+    recorder: RunRecorder,
+    progress: Progress,
+) -> bool:
+    """Run the jobs through the pipeline; returns whether it was interrupted."""
+    output = OutputSpec(setup.out, arguments.format, arguments.save_raw, setup.overlay)
+    pipeline = Pipeline(_compute(arguments, setup), output, recorder, workers=arguments.workers)
     try:
         with image_pixel_limit(arguments.max_image_pixels or None):
-            pipeline.run(plan.jobs)
+            pipeline.run(jobs)
     except KeyboardInterrupt:
-        interrupted = True
+        progress.close()
+        return True
     except BaseException:
         progress.close()
         with contextlib.suppress(OSError):
             recorder.save()  # keep what is done, then report the bug
         raise
     progress.close()
-    try:
-        manifest = recorder.save()
-    except OSError as exc:
-        print(f"saliency explain: error: cannot write the manifest: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED if interrupted else EXIT_FAILED
-    elapsed = time.monotonic() - started
-    done = len(plan.jobs) - len(recorder.unfinished) - len(recorder.failed)
-    rate = f" ({progress.done / elapsed:.1f} images/s)" if progress.done else ""
-    summary = (
-        f"saliency explain: {done} done, {len(plan.skipped)} skipped (already done), "
-        f"{len(recorder.failed)} failed in {format_duration(elapsed)}{rate}; manifest: {manifest}"
+    return False
+
+
+def _compute(arguments: argparse.Namespace, setup: _Setup) -> Compute:
+    """How the pipeline explains batches."""
+    ready = setup.ready
+    batch = arguments.batch_size or (_BATCH_GPU if ready.device.type == "cuda" else _BATCH_CPU)
+    return Compute(
+        model=ready.model,
+        model_input=ready.model_input,
+        device=ready.device,
+        methods={name: chosen.options for name, chosen in setup.methods.items()},
+        target=setup.target,
+        precision=arguments.precision,
+        chunk_size=arguments.batch_size,
+        images_per_batch=batch,
     )
-    if interrupted:
-        print(
-            f"{summary}\nsaliency explain: interrupted: {len(recorder.unfinished)} inputs not "
-            "finished; rerun the same command to resume",
-            file=sys.stderr,
-        )
+
+
+def _save(recorder: RunRecorder, label: str) -> Path | None:
+    """Save the manifest at the end; None (reported) if it cannot be written."""
+    try:
+        return recorder.save()
+    except OSError as exc:
+        print(f"{label}: error: cannot write the manifest: {exc}", file=sys.stderr)
+        return None
+
+
+def _conclude(arguments: argparse.Namespace, out: Path, ran: _Ran) -> int:
+    """Report a single-process run and build its gallery; returns the exit code."""
+    if ran.saved is None:
+        return ran.code()
+    if ran.interrupted:
+        print(ran.summary(), file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(summary)
+    print(ran.summary())
     if arguments.gallery and not _build_gallery(out):
         return EXIT_FAILED
-    return EXIT_FAILED if recorder.failed else EXIT_OK
+    return ran.code()
+
+
+def _conclude_rank(
+    arguments: argparse.Namespace,
+    setup: _Setup,
+    group: distributed.Group,
+    ran: _Ran,
+    started: float,
+) -> int:
+    """Report this rank, send its records to rank 0, which merges them; leave together."""
+    print(ran.summary(), file=sys.stderr)
+    results = group.gather(ran.result())
+    code = ran.code()
+    if results is not None:
+        code = _conclude_main(arguments, setup, results, time.monotonic() - started)
+    group.barrier()  # torchrun stops every rank when one exits with an error: leave together
+    return code
+
+
+def _conclude_main(
+    arguments: argparse.Namespace, setup: _Setup, results: list[RankResult], elapsed: float
+) -> int:
+    """Rank 0: write the merged ``manifest.json``, report, build the gallery; the exit code."""
+    plan = setup.plan
+    current = {job.relpath for job in plan.jobs} | set(plan.skipped)
+    kept = {path: entry for path, entry in plan.entries.items() if path not in current}
+    interrupted = any(result.interrupted for result in results)
+    try:
+        path = write_manifest(setup.out, merge(setup.run_section, kept, results))
+    except OSError as exc:
+        print(f"{_LABEL}: error: cannot write the manifest: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED if interrupted else EXIT_FAILED
+    counts = (
+        sum(result.done for result in results),
+        sum(result.skipped for result in results),
+        sum(result.failed for result in results),
+        sum(result.images for result in results),
+    )
+    summary = _summary(_LABEL, counts, elapsed, path, f" by {len(results)} processes")
+    if interrupted:
+        unfinished = sum(result.unfinished for result in results)
+        print(summary + _interrupted_note(_LABEL, unfinished), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(summary)
+    if arguments.gallery and not _build_gallery(setup.out):
+        return EXIT_FAILED
+    return EXIT_FAILED if any(result.code != EXIT_OK for result in results) else EXIT_OK
 
 
 def _build_gallery(out: Path) -> bool:
@@ -451,8 +739,8 @@ def _build_gallery(out: Path) -> bool:
     from saliency.gallery import GalleryError, build_gallery  # only runs that ask for it
 
     try:
-        print(f"saliency explain: gallery: {build_gallery(out)}")
+        print(f"{_LABEL}: gallery: {build_gallery(out)}")
     except (GalleryError, OSError) as error:
-        print(f"saliency explain: error: the gallery could not be built: {error}", file=sys.stderr)
+        print(f"{_LABEL}: error: the gallery could not be built: {error}", file=sys.stderr)
         return False
     return True

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import saliency
 from saliency.methods.registry import list_methods
 
-COMMANDS: tuple[str, ...] = ("methods", "explain", "gallery")
+COMMANDS: tuple[str, ...] = ("demo", "methods", "explain", "gallery")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -96,14 +96,14 @@ class Manifest:
         return {"format": FORMAT, "run": self.run, "inputs": entries}
 
 
-def write_manifest(folder: Path, manifest: Manifest) -> Path:
-    """Write ``folder/manifest.json`` atomically."""
+def write_manifest(folder: Path, manifest: Manifest, name: str = MANIFEST_NAME) -> Path:
+    """Write ``folder/manifest.json`` (or another ``name``, e.g. a rank's) atomically."""
     text = json.dumps(manifest.to_json(), indent=2, ensure_ascii=False, allow_nan=False)
-    return write_text_atomic(folder / MANIFEST_NAME, text + "\n")
+    return write_text_atomic(folder / name, text + "\n")
 
 
-def read_manifest(folder: Path) -> Manifest | None:
-    """The manifest of a run folder; None when there is none.
+def read_manifest(folder: Path, name: str = MANIFEST_NAME) -> Manifest | None:
+    """The manifest of a run folder (or another file ``name`` in it); None when there is none.
 
     Entries whose path is unsafe (``..``, absolute) or duplicated are dropped: they can only come
     from a hand-edited file, and nothing is ever read or written through them.
@@ -111,7 +111,7 @@ def read_manifest(folder: Path) -> Manifest | None:
     Raises:
         ManifestError: The file exists but cannot be read or is not a format-1 manifest.
     """
-    path = folder / MANIFEST_NAME
+    path = folder / name
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -31,6 +31,8 @@ class Progress:
         stream: Where to write (stderr).
         enabled: False for ``--quiet``: only :meth:`message` lines are written.
         interactive: Draw a bar (default: when ``stream`` is a terminal).
+        label: The prefix of plain lines (the command).
+        unit: What is counted.
     """
 
     def __init__(
@@ -39,8 +41,12 @@ class Progress:
         stream: TextIO | None = None,
         enabled: bool = True,
         interactive: bool | None = None,
+        label: str = "saliency explain",
+        unit: str = "images",
     ) -> None:
         self.total = total
+        self.label = label
+        self.unit = unit
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled and total > 0
         self.interactive = self.stream.isatty() if interactive is None else interactive
@@ -67,7 +73,7 @@ class Progress:
         tenth = self.done * 10 // max(self.total, 1)
         due = tenth > self._last_tenth and now - self._last_draw >= _LINE_MIN_SECONDS
         if finished or due or now - self._last_draw >= _LINE_MAX_SECONDS:
-            self.stream.write(f"saliency explain: {self._status()}\n")
+            self.stream.write(f"{self.label}: {self._status()}\n")
             self.stream.flush()
             self._last_draw, self._last_tenth = now, tenth
 
@@ -87,7 +93,7 @@ class Progress:
             self._drawn = False
 
     def rate(self) -> float:
-        """Images per second so far."""
+        """Units per second so far."""
         return self.done / max(time.monotonic() - self._start, 1e-9)
 
     def _status(self) -> str:
@@ -95,7 +101,7 @@ class Progress:
         left = (self.total - self.done) / rate if rate > 0 else 0.0
         failed = f", {self.failed} failed" if self.failed else ""
         return (
-            f"{self.done}/{self.total} images{failed}, {rate:.1f} images/s, "
+            f"{self.done}/{self.total} {self.unit}{failed}, {rate:.2f} {self.unit}/s, "
             f"ETA {format_duration(left)}"
         )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from saliency.cli.manifest import (
+    MANIFEST_NAME,
     ClassScore,
     InputRecord,
     Manifest,
@@ -46,6 +47,8 @@ class RunRecorder:
         skipped: Relpaths of this run's inputs with nothing left to do.
         class_names: The model's class names, for labels.
         progress: Where errors and progress go.
+        manifest_name: The manifest's file name in ``out`` (a rank of a torchrun job: its own).
+        prefix: Put before every error line (a rank of a torchrun job: which one).
     """
 
     def __init__(
@@ -57,8 +60,13 @@ class RunRecorder:
         skipped: Sequence[str],
         class_names: Sequence[str] | None,
         progress: Progress,
+        *,
+        manifest_name: str = MANIFEST_NAME,
+        prefix: str = "",
     ) -> None:
         self.out = out
+        self.manifest_name = manifest_name
+        self.prefix = prefix
         self.run = dict(run)
         self.entries = entries
         self.requested = {job.relpath: tuple(run["methods"]) for job in jobs}
@@ -127,12 +135,15 @@ class RunRecorder:
         if time.monotonic() - self._saved >= interval:
             self.save()
 
+    def snapshot(self) -> Manifest:
+        """The manifest as it would be saved now."""
+        entries = dict(self._saved_entries())
+        return Manifest(self._run_section(entries), entries)
+
     def save(self) -> Path:
         """Write the manifest atomically with what is done now."""
         started = time.monotonic()
-        entries = dict(self._saved_entries())
-        manifest = Manifest(self._run_section(entries), entries)
-        path = write_manifest(self.out, manifest)
+        path = write_manifest(self.out, self.snapshot(), self.manifest_name)
         self._saved = time.monotonic()
         self._save_seconds = self._saved - started
         return path
@@ -164,7 +175,7 @@ class RunRecorder:
         text = message if message.startswith(f"{job.relpath}: ") else f"{job.relpath}: {message}"
         entry = self.entries[job.relpath]
         entry.error = text if entry.error is None else f"{entry.error}; {text}"
-        self.progress.message(f"error: {text}")
+        self.progress.message(f"{self.prefix}error: {text}")
 
     def _label(self, index: int) -> str | None:
         names = self.class_names

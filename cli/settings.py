@@ -7,6 +7,7 @@ method's own validation), the output format, overlay options, and the output fol
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -152,3 +153,14 @@ def image_pixel_limit(limit: int | None) -> Iterator[None]:
         yield
     finally:
         Image.MAX_IMAGE_PIXELS = before
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: accepted: an integer >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: accepted: an integer >= 1")
+    return value

@@ -87,45 +87,93 @@ def write_run_folder(
     """
     results = [explanations] if isinstance(explanations, Explanation) else list(explanations)
     count = _check_explanations(results)
-    relpaths = _relpaths(names, count)
+    relpaths = relpaths_of(names, count)
     pictures = _pictures(images if images is not None else results[0].backgrounds(), count)
     folder = Path(out_dir).absolute()
     started = _now()
+    entries = write_inputs(results, folder, relpaths, pictures, labels=labels, save_raw=save_raw)
+    write_manifest(folder, entries, run_section(results, model, labels, started))
+    return folder
+
+
+def write_inputs(
+    results: Sequence[Explanation],
+    folder: Path,
+    relpaths: Sequence[str],
+    pictures: Sequence[PIL.Image.Image],
+    *,
+    labels: Sequence[str] | None = None,
+    save_raw: bool = True,
+    seconds: Sequence[float | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Write each input's original and per-method overlay (and raw map); return its entries.
+
+    Args:
+        results: One explanation per method, all of the ``len(relpaths)`` inputs.
+        folder: The run folder.
+        relpaths: Validated relative names of the inputs (folders under ``folder``).
+        pictures: The originals the overlays are drawn on.
+        labels: Class names for predictions and targets.
+        save_raw: Also write raw ``.npy`` maps.
+        seconds: Per method, the seconds it took per input (for the manifest), or None.
+
+    Returns:
+        The manifest's ``inputs`` entries, in order.
+    """
     entries = []
     for i, (relpath, picture) in enumerate(zip(relpaths, pictures, strict=True)):
         item_folder = folder / relpath
         item_folder.mkdir(parents=True, exist_ok=True)
         _save_png(picture, item_folder / ORIGINAL)
-        entries.append(_entry(i, relpath, item_folder, picture, results, labels))
-    for result in results:
-        overlays = result.pictures(pictures)
+        entries.append(_entry(i, relpath, item_folder, picture, list(results), labels))
+    timings = list(seconds) if seconds is not None else [None] * len(results)
+    for result, method_seconds in zip(results, timings, strict=True):
+        overlays = result.pictures(list(pictures))
         raw = result.attributions.detach().float().cpu().numpy() if save_raw else None
         for i, (relpath, overlay) in enumerate(zip(relpaths, overlays, strict=True)):
             _save_png(overlay, folder / relpath / f"{result.method}.png")
-            output = {"overlay": f"{relpath}/{result.method}.png", "raw": None, "seconds": None}
+            output = {
+                "overlay": f"{relpath}/{result.method}.png",
+                "raw": None,
+                "seconds": method_seconds,
+            }
             if raw is not None:
                 _save_npy(np.ascontiguousarray(raw[i]), folder / relpath / f"{result.method}.npy")
                 output["raw"] = f"{relpath}/{result.method}.npy"
             entries[i]["methods"][result.method] = output
-    manifest = {
-        "format": SUPPORTED_FORMAT,
-        "run": {
-            "model": model,
-            "weights": None,
-            "methods": [r.method for r in results],
-            "method_options": {r.method: json_safe(r.options) for r in results},
-            "target": "given" if results[0].targets is not None else None,
-            "class_names": labels is not None,
-            "format": "png",
-            "versions": versions(),
-            "started": started,
-            "finished": _now(),
-            "totals": {"inputs": count, "ok": count, "error": 0, "skipped": 0, "seconds": None},
-        },
-        "inputs": entries,
+    return entries
+
+
+def run_section(
+    results: Sequence[Explanation],
+    model: str | None,
+    labels: Sequence[str] | None,
+    started: str,
+    *,
+    inputs: int | None = None,
+    seconds: float | None = None,
+) -> dict[str, Any]:
+    """The manifest's ``run`` section for explanations (``inputs``: default their ``N``)."""
+    count = len(results[0]) if inputs is None else inputs
+    return {
+        "model": model,
+        "weights": None,
+        "methods": [r.method for r in results],
+        "method_options": {r.method: json_safe(r.options) for r in results},
+        "target": "given" if results[0].targets is not None else None,
+        "class_names": labels is not None,
+        "format": "png",
+        "versions": versions(),
+        "started": started,
+        "finished": _now(),
+        "totals": {"inputs": count, "ok": count, "error": 0, "skipped": 0, "seconds": seconds},
     }
-    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
-    return folder
+
+
+def write_manifest(folder: Path, entries: list[dict[str, Any]], run: dict[str, Any]) -> Path:
+    """Write ``folder/manifest.json`` atomically."""
+    manifest = {"format": SUPPORTED_FORMAT, "run": run, "inputs": entries}
+    return write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
 
 
 def _check_explanations(results: list[Explanation]) -> int:
@@ -143,7 +191,7 @@ def _check_explanations(results: list[Explanation]) -> int:
     return counts.pop()
 
 
-def _relpaths(names: Sequence[str] | None, count: int) -> list[str]:
+def relpaths_of(names: Sequence[str] | None, count: int) -> list[str]:
     """Validated relative ``/`` names, made unique with ``~2``, ``~3`` suffixes."""
     if names is None:
         return [f"image_{i:04d}.png" for i in range(count)]

@@ -28,10 +28,14 @@ class Method(ABC):
         output: ``"input"`` for maps shaped like the inputs ``(N, C, H, W)``; ``"layer"`` for
             maps of a hooked layer upsampled to ``(N, 1, H, W)`` (Grad-CAM family).
         paper: the reference, shown by the CLI and the gallery.
+        derivative_order: the highest derivative of the model one attribution needs (1 for
+            gradient methods, 2 for Integrated Hessians); differentiating the attributions
+            again (``create_graph``, e.g. explanation fragility) needs one more.
     """
 
     output: ClassVar[OutputSpace] = "input"
     paper: ClassVar[str] = ""
+    derivative_order: ClassVar[int] = 1
 
     @classmethod
     def create(cls, **options: Any) -> Self:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -66,6 +66,8 @@ class IntegratedHessians(Method):
             inner rule (``Explanation.extras["completeness_error"]``; ``inner_steps`` more
             gradients).
     """
+
+    derivative_order: ClassVar[int] = 2
 
     query: QuerySpec = None
     inner_steps: int = 8

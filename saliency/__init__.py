@@ -7,7 +7,8 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from saliency import errors
+# demo_models registers the "demo:" model source (load_model("demo:shapes"))
+from saliency import demo_models, errors
 from saliency.engine import Engine, Precision
 from saliency.explain import explain
 from saliency.explanation import Explanation
@@ -33,6 +34,7 @@ __all__ = [
     "Precision",
     "Preprocess",
     "__version__",
+    "demo_models",
     "errors",
     "explain",
     "get_method",

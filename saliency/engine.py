@@ -5,6 +5,20 @@ point's gradient contributes to its sample's attribution; the engine evaluates t
 ∂score/∂points (or ∂score/∂activations of a hooked layer) in memory-bounded chunks, and sums the
 contributions per sample. Points are generated chunk by chunk, so memory stays bounded whatever
 ``N × steps × samples`` is.
+
+Performance options (all opt-in or automatic, and measured):
+
+- chunk size: ``batch_size=None`` sizes chunks from a memory budget (``memory_budget`` bytes;
+  default a fraction of the free CUDA memory or of the available RAM) divided by the memory cost
+  of one point, measured on the first gradient chunk (a probe of 2 points, 8 on CUDA, part of
+  the real work); on CPU it is also capped near the best throughput. A CUDA
+  out-of-memory error halves the chunk and retries it.
+- ``compile=True``: ``torch.compile`` of the model forward for first-order gradient chunks,
+  cached per model (:mod:`saliency.compiled`); falls back to eager with one warning.
+- ``precision``: autocast of the forward pass.
+
+The chunk loop never synchronises with the device: no ``.item()``, no host copies; chunk
+indices are made on the device.
 """
 
 from __future__ import annotations
@@ -17,22 +31,32 @@ from typing import Any, Literal, TypeVar, get_args
 import torch
 from torch import Tensor, nn
 
+from saliency import compiled as compiled_forwards
 from saliency.errors import InvalidOptionError, ModelOutputError, accepted
 from saliency.layers import capture_output
+from saliency.memory import CostMeter, default_memory_budget
 from saliency.targets import Target
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-# On CPU the throughput of a convolutional network stops growing at a few dozen 224² images per
-# chunk; this many input elements per chunk is about 16 such images.
+# On CPU the forward + backward throughput of a convolutional network stops growing at about 16
+# images of 224² per chunk: ResNet-18, 2 threads, best of 3 runs (a training job was sharing the
+# CPU), images/s at chunk 1, 2, 4, 8, 16, 32, 64: 2.8, 3.4, 4.2, 4.9, 7.3, 7.5, 5.3; at 112²,
+# chunk 4–128: 35, 41, 48, 50, 50, 43. This many input elements per chunk is 16 such images;
+# smaller inputs get proportionally more points per chunk, up to 64.
 _CPU_ELEMENTS_PER_CHUNK = 16 * 3 * 224 * 224
-# Activation memory of forward + backward relative to the input, for sizing CUDA chunks from the
-# free memory (ResNet-50 keeps ~100 MB of activations per 224² fp32 image, ~170× its input).
-_CUDA_ACTIVATION_FACTOR = 200
+_CPU_MAX_CHUNK = 64
 _CUDA_MAX_CHUNK = 1024
-_CPU_BLOCK_BYTES = 1 << 30
+# Memory of forward + backward relative to the input before any measurement (ResNet-50 keeps
+# ~100 MB of activations per 224² fp32 image, ~170× its input): sizes no-grad passes and the
+# first (probe) gradient chunk.
+_ACTIVATION_FACTOR = 200
+# Points of the first gradient chunk, whose memory cost sizes the chunks after it (more on
+# CUDA, where the measured peak includes fixed costs such as convolution workspaces).
+_PROBE_POINTS = 2
+_CUDA_PROBE_POINTS = 8
 
 _T = TypeVar("_T")
 
@@ -83,30 +107,49 @@ class Chunk:
 
 
 @dataclass
+class _Sizing:
+    """The automatic chunk size for one point shape."""
+
+    size: int
+    measured: bool = False
+    """Sized from the measured cost of a gradient chunk (else a conservative guess)."""
+    limit: int | None = None
+    """The cap left by an out-of-memory error."""
+
+
+@dataclass
 class Engine:
     """Evaluates target scores and their gradients in memory-bounded chunks.
 
     Attributes:
         model: maps an ``(m, C, H, W)`` tensor to outputs (``(m, K)`` scores for class targets).
-        batch_size: maximum points per forward/backward chunk; ``None`` picks one from the free
-            device memory (CUDA) or a CPU-friendly size, and halves it on CUDA out-of-memory.
+        batch_size: maximum points per forward/backward chunk; ``None`` sizes chunks from
+            ``memory_budget`` and the measured memory cost of a point (capped near the best
+            throughput on CPU), and halves them on CUDA out-of-memory.
         create_graph: keep the autograd graph so that results can be differentiated again.
         precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast of the forward pass; scores and
             accumulation stay in float32.
+        compile: run first-order gradient chunks through ``torch.compile`` of the model forward
+            (cached per model and point shape; inductor, or ``$SALIENCY_COMPILE_BACKEND``).
+            ``create_graph=True`` and hooked layers (Grad-CAM family) run eagerly; a model that
+            fails to compile runs eagerly, with one warning.
+        memory_budget: bytes one chunk may use (automatic chunk sizes only); ``None`` = 60% of
+            the free CUDA memory, or on CPU 25% of the available RAM, at most 8 GiB.
     """
 
     model: Callable[[Tensor], Any]
     batch_size: int | None = None
     create_graph: bool = False
     precision: Precision = "fp32"
-    _chunk_size: int | None = field(default=None, init=False, repr=False)
+    compile: bool = False
+    memory_budget: int | None = None
+    _sizes: dict[torch.Size, _Sizing] = field(default_factory=dict, init=False, repr=False)
+    _budgets: dict[torch.device, int] = field(default_factory=dict, init=False, repr=False)
+    _meter: CostMeter | None = field(default=None, init=False, repr=False)
+    _compiled: compiled_forwards.ModelCache | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.batch_size is not None and (
-            not isinstance(self.batch_size, int)
-            or isinstance(self.batch_size, bool)
-            or self.batch_size < 1
-        ):
+        if self.batch_size is not None and not _is_positive_int(self.batch_size):
             raise InvalidOptionError(
                 f"batch_size={self.batch_size!r}; accepted: a positive int, or None for automatic"
             )
@@ -116,9 +159,16 @@ class Engine:
             )
         if not isinstance(self.create_graph, bool):
             raise InvalidOptionError(f"create_graph={self.create_graph!r}; accepted: True, False")
+        if not isinstance(self.compile, bool):
+            raise InvalidOptionError(f"compile={self.compile!r}; accepted: True, False")
+        if self.memory_budget is not None and not _is_positive_int(self.memory_budget):
+            raise InvalidOptionError(
+                f"memory_budget={self.memory_budget!r}; accepted: a positive int (bytes), or "
+                "None for automatic"
+            )
 
     def forward(self, points: Tensor) -> Any:
-        """The model's output at ``points``, under the engine's autocast precision."""
+        """The model's output at ``points``, under the engine's autocast precision (eager)."""
         with self._autocast(points.device):
             return self.model(points)
 
@@ -175,7 +225,7 @@ class Engine:
                 part = contribution(chunk) if contribution is not None else chunk.grads
                 return chunk.samples, part
 
-            for samples, part in self._map_chunks(points, step):
+            for samples, part in self._map_chunks(points, step, gradients=True):
                 if total is None:
                     dtype = torch.promote_types(part.dtype, torch.float32)
                     total = part.new_zeros((points.samples, *part.shape[1:]), dtype=dtype)
@@ -188,7 +238,39 @@ class Engine:
         values = points.make(index)
         if not (self.create_graph and values.requires_grad):
             values = values.detach().requires_grad_(captured is None or self.create_graph)
-        outputs = self.forward(values)
+        if self._meter is not None:
+            self._meter.note_points(values)
+        compiled = self._compiled_forward(points, values, captured)
+        if compiled is None:
+            return self._differentiate(values, samples, index, target, captured, self.forward)
+        if compiled.verified:
+            return self._differentiate(values, samples, index, target, captured, compiled.run)
+        # The first forward + backward compiles (the backward lazily): a failure here falls
+        # back to eager. An error of the model itself is raised again by the eager run.
+        try:
+            return compiled.verify(
+                self._differentiate(values, samples, index, target, captured, compiled.run)
+            )
+        except Exception as error:
+            out_of_memory = _out_of_memory(error)
+            if out_of_memory is not None:
+                raise out_of_memory from None
+            message = compiled_forwards.describe(error)
+        chunk = self._differentiate(values, samples, index, target, captured, self.forward)
+        assert self._compiled is not None
+        compiled_forwards.report_failure(self._compiled, compiled.forward, self.model, message)
+        return chunk
+
+    def _differentiate(
+        self,
+        values: Tensor,
+        samples: Tensor,
+        index: Tensor,
+        target: Target,
+        captured: Any,
+        forward: Callable[[Tensor], Any],
+    ) -> Chunk:
+        outputs = forward(values)
         scores = target.scores(outputs, samples).float()
         wrt = values if captured is None else captured.value
         if not scores.requires_grad or wrt is None:
@@ -205,40 +287,103 @@ class Engine:
             activations = None if activations is None else activations.detach()
         return Chunk(index, samples, values, scores, grads, activations)
 
-    def _map_chunks(self, points: Points, step: Callable[[Tensor], _T]) -> Iterator[_T]:
+    def _compiled_forward(self, points: Points, values: Tensor, captured: Any) -> _Compiled | None:
+        """The compiled forward for a first-order, input-space chunk, if ``compile`` is on.
+
+        ``create_graph`` runs eagerly: compiled (AOTAutograd) graphs do not support double
+        backward. So do hooked layers (a fresh hook each call would recompile every time), the
+        probe chunk, whose saved tensors are measured, and a last chunk of a single point
+        (dynamo specialises size 1: it would compile a graph for that one point).
+        """
+        if not self.compile or self.create_graph or captured is not None:
+            return None
+        if self._meter is not None:
+            return None
+        if len(values) == 1 and (self.batch_size or self._sizing(points).size) > 1:
+            return None
+        if self._compiled is None:
+            self._compiled = compiled_forwards.model_cache(self.model)
+        forward = compiled_forwards.compiled_forward(self._compiled, self.model, values)
+        return None if forward.call is None else _Compiled(self, forward)
+
+    def _map_chunks(
+        self, points: Points, step: Callable[[Tensor], _T], gradients: bool = False
+    ) -> Iterator[_T]:
         """``step`` applied to the point indices chunk by chunk.
 
-        A CUDA out-of-memory error with an automatic chunk size halves the chunk and retries it.
+        With an automatic chunk size, the first gradient chunk (``gradients=True``) is a small
+        probe whose measured memory sizes the chunks after it, and a CUDA out-of-memory error
+        halves the chunk and retries it.
         """
         start = 0
         while start < points.count:
-            size = self._size_for(points)
-            index = torch.arange(start, min(points.count, start + size), device=points.device)
+            size, meter = self._next_size(points, gradients)
+            stop = min(points.count, start + size)
+            index = torch.arange(start, stop, device=points.device)
+            self._meter = meter
             try:
-                result = step(index)
+                with meter.measure() if meter is not None else nullcontext():
+                    result = step(index)
             except torch.OutOfMemoryError:
-                if size == 1 or self.batch_size is not None:
+                if stop - start == 1 or self.batch_size is not None:
                     raise
-                self._chunk_size = size // 2
-                torch.cuda.empty_cache()
+                sizing = self._sizing(points)
+                sizing.size = sizing.limit = (stop - start) // 2
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
                 continue
+            finally:
+                self._meter = None
+            if meter is not None:
+                self._settle(points, meter.per_point(stop - start))
             yield result
-            start += len(index)
+            start = stop
 
-    def _size_for(self, points: Points) -> int:
+    def _next_size(self, points: Points, gradients: bool) -> tuple[int, CostMeter | None]:
         if self.batch_size is not None:
-            return self.batch_size
-        if self._chunk_size is None:
-            self._chunk_size = automatic_chunk_size(points.shape, points.device)
-        return self._chunk_size
+            return self.batch_size, None
+        sizing = self._sizing(points)
+        if gradients and not sizing.measured:
+            probe = _CUDA_PROBE_POINTS if points.device.type == "cuda" else _PROBE_POINTS
+            return min(sizing.size, probe), CostMeter(self.model, points.device)
+        return sizing.size, None
+
+    def _sizing(self, points: Points) -> _Sizing:
+        sizing = self._sizes.get(points.shape)
+        if sizing is None:
+            budget = self._budget(points.device)
+            size = automatic_chunk_size(points.shape, points.device, memory_budget=budget)
+            sizing = self._sizes[points.shape] = _Sizing(size)
+        return sizing
+
+    def _settle(self, points: Points, per_point_bytes: int) -> None:
+        """Size the chunks from the measured memory cost of a point."""
+        sizing = self._sizing(points)
+        size = automatic_chunk_size(
+            points.shape,
+            points.device,
+            memory_budget=self._budget(points.device),
+            per_point_bytes=per_point_bytes,
+        )
+        sizing.size = size if sizing.limit is None else min(size, sizing.limit)
+        sizing.measured = True
+
+    def _budget(self, device: torch.device) -> int:
+        if self.memory_budget is not None:
+            return self.memory_budget
+        if device not in self._budgets:
+            self._budgets[device] = default_memory_budget(device)
+        return self._budgets[device]
+
+    def chunk_size(self, point_shape: torch.Size) -> int | None:
+        """The automatic chunk size in use for points of ``point_shape`` (None: not sized yet,
+        or an explicit ``batch_size``)."""
+        sizing = None if self.batch_size is not None else self._sizes.get(point_shape)
+        return None if sizing is None else sizing.size
 
     def block_size(self, point: Tensor, count: int) -> int:
         """How many copies of ``point``-sized batches to materialise at once (≥ 1, ≤ count)."""
-        if point.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(point.device)
-            budget = free // 4
-        else:
-            budget = _CPU_BLOCK_BYTES
+        budget = self._budget(point.device) // 4
         per_copy = max(1, point.numel() * point.element_size())
         return max(1, min(count, budget // per_copy))
 
@@ -248,11 +393,82 @@ class Engine:
         return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[self.precision])
 
 
-def automatic_chunk_size(point_shape: torch.Size, device: torch.device) -> int:
-    """A chunk size that keeps forward + backward memory bounded on ``device``."""
+@dataclass(frozen=True)
+class _Compiled:
+    """A cached compiled forward bound to an engine (its model and autocast precision)."""
+
+    engine: Engine
+    forward: compiled_forwards.CompiledForward
+
+    @property
+    def verified(self) -> bool:
+        return self.forward.verified
+
+    def verify(self, chunk: Chunk) -> Chunk:
+        """Mark the compiled forward as working (a forward + backward succeeded)."""
+        self.forward.verified = True
+        return chunk
+
+    def run(self, points: Tensor) -> Any:
+        call = self.forward.call
+        assert call is not None
+        # One graph for every chunk size (the last chunk is usually smaller), not one each.
+        torch._dynamo.maybe_mark_dynamic(points, 0)
+        with self.engine._autocast(points.device):
+            return call(self.engine.model, points)
+
+
+def automatic_chunk_size(
+    point_shape: torch.Size,
+    device: torch.device,
+    memory_budget: int | None = None,
+    per_point_bytes: int | None = None,
+) -> int:
+    """A chunk size whose forward + backward fits ``memory_budget`` bytes on ``device``.
+
+    Args:
+        point_shape: the shape of one point, e.g. ``(C, H, W)``.
+        device: where the chunk runs.
+        memory_budget: bytes for one chunk; ``None`` = the default budget of the device
+            (:func:`saliency.memory.default_memory_budget`).
+        per_point_bytes: the measured memory cost of one point; ``None`` = a conservative guess
+            (200× a float32 point).
+
+    Returns:
+        ``budget // per_point_bytes``, at least 1, and at most 1024 on CUDA; on CPU at most the
+        size beyond which throughput no longer grows (about 16 points of 3×224×224, more for
+        smaller points, at most 64).
+    """
     numel = max(1, point_shape.numel())
+    budget = default_memory_budget(device) if memory_budget is None else memory_budget
+    per_point = numel * 4 * _ACTIVATION_FACTOR if per_point_bytes is None else per_point_bytes
+    by_memory = budget // max(1, per_point)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        per_point = numel * 4 * _CUDA_ACTIVATION_FACTOR
-        return max(1, min(_CUDA_MAX_CHUNK, int(free * 0.6) // per_point))
-    return max(1, min(64, _CPU_ELEMENTS_PER_CHUNK // numel))
+        cap = _CUDA_MAX_CHUNK
+    else:
+        cap = max(1, min(_CPU_MAX_CHUNK, _CPU_ELEMENTS_PER_CHUNK // numel))
+    return int(max(1, min(cap, by_memory)))
+
+
+def host_to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor.to(device)``; a CPU tensor bound for CUDA is copied through pinned memory,
+    asynchronously (``non_blocking``: no host synchronisation)."""
+    if device.type == "cuda" and tensor.device.type == "cpu" and torch.cuda.is_available():
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _out_of_memory(error: BaseException) -> torch.OutOfMemoryError | None:
+    """The out-of-memory error behind ``error`` (a compiler may wrap it), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, torch.OutOfMemoryError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

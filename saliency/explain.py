@@ -28,6 +28,8 @@ def explain(
     batch_size: int | None = None,
     create_graph: bool = False,
     precision: Precision = "fp32",
+    compile: bool = False,
+    memory_budget: int | None = None,
     images: Images | None = None,
     **options: Any,
 ) -> Explanation:
@@ -44,6 +46,12 @@ def explain(
         batch_size: maximum points per forward/backward chunk; ``None`` = automatic.
         create_graph: keep the graph so the attributions can be differentiated (second order).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast of the forward pass.
+        compile: run the gradient chunks through ``torch.compile`` of the model forward,
+            cached per model (repeated calls do not recompile); worth it for many points
+            (integrated gradients, SmoothGrad) on a GPU. ``create_graph`` and layer methods
+            run eagerly; a model that fails to compile runs eagerly with one warning.
+        memory_budget: bytes one chunk may use when ``batch_size`` is automatic; ``None`` = a
+            fraction of the free device memory (CUDA) or of the available RAM (CPU).
         images: what the inputs show, for overlays (``(N, 3, H, W)`` in [0, 1] or uint8, or a
             list of tensors/PIL images of any size); default: the inputs rescaled per sample.
         **options: the method's options (see ``saliency methods``).
@@ -54,7 +62,14 @@ def explain(
     """
     name, instance = _method(method, options)
     _check_inputs(inputs)
-    engine = Engine(model, batch_size=batch_size, create_graph=create_graph, precision=precision)
+    engine = Engine(
+        model,
+        batch_size=batch_size,
+        create_graph=create_graph,
+        precision=precision,
+        compile=compile,
+        memory_budget=memory_budget,
+    )
     with evaluation_state(model, keep_parameter_grads=create_graph):
         outputs = None if _is_function(target) else engine.predict(inputs)
         resolved = resolve_target(target, outputs, len(inputs))

@@ -1,4 +1,5 @@
-"""Tests for saliency.engine: chunking, out-of-memory retry, parameter state, option checks."""
+"""Tests for saliency.engine: chunking, memory budget, out-of-memory retry, no host sync in the
+chunk loop, parameter state, option checks."""
 
 from __future__ import annotations
 
@@ -11,8 +12,16 @@ from torch import Tensor, nn
 
 import saliency
 from saliency import engine as engine_module
-from saliency.engine import Engine, Points, automatic_chunk_size
+from saliency.engine import Engine, Points, automatic_chunk_size, host_to_device
 from saliency.errors import InvalidOptionError, ModelOutputError
+from saliency.memory import (
+    LARGEST_OUTPUT_COPIES,
+    POINT_COPIES,
+    SAVED_FACTOR,
+    CostMeter,
+    available_ram,
+    default_memory_budget,
+)
 from saliency.targets import ClassTarget
 
 METHODS = saliency.list_methods()
@@ -97,30 +106,219 @@ def test_engine_covers_every_point_exactly_once() -> None:
 
 
 def test_automatic_chunk_size_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_module, "automatic_chunk_size", lambda shape, device: 5)
+    monkeypatch.setattr(engine_module, "automatic_chunk_size", lambda shape, device, **_: 5)
     model = Recorder()
     inputs = make_inputs(3)
     saliency.explain(model, inputs, "integrated_gradients", target=0, steps=7)
     assert model.no_grad_sizes() == [3]
-    assert model.grad_sizes() == [5, 5, 5, 5, 1]
+    # The first gradient chunk is the probe whose measured memory sizes the others.
+    assert model.grad_sizes() == [2, 5, 5, 5, 4]
 
 
 def test_automatic_chunking_on_cpu_is_bounded() -> None:
     model = Recorder()
     inputs = make_inputs(3)
     saliency.explain(model, inputs, "integrated_gradients", target=0, steps=50)
-    chunk = automatic_chunk_size(inputs.shape[1:], inputs.device)
+    # Tiny points: the measured cost fits the default budget many times; the CPU cap applies.
+    chunk = automatic_chunk_size(inputs.shape[1:], inputs.device, 1 << 40, per_point_bytes=1)
     sizes = model.grad_sizes()
     assert sum(sizes) == 150
+    assert sizes[0] == 2  # the probe
     assert max(sizes) == chunk
-    assert all(size == chunk for size in sizes[:-1])
+    assert all(size == chunk for size in sizes[1:-1])
 
 
 def test_automatic_chunk_size_on_cpu() -> None:
     cpu = torch.device("cpu")
-    assert automatic_chunk_size(torch.Size((3, 224, 224)), cpu) == 16
-    assert automatic_chunk_size(torch.Size((3, 8, 8)), cpu) == 64
-    assert automatic_chunk_size(torch.Size((3, 2000, 2000)), cpu) == 1
+    budget = 8 << 30  # the default budget's cap; the default itself depends on the machine
+    assert automatic_chunk_size(torch.Size((3, 224, 224)), cpu, memory_budget=budget) == 16
+    assert automatic_chunk_size(torch.Size((3, 112, 112)), cpu, memory_budget=budget) == 64
+    assert automatic_chunk_size(torch.Size((3, 8, 8)), cpu, memory_budget=budget) == 64
+    assert automatic_chunk_size(torch.Size((3, 2000, 2000)), cpu, memory_budget=budget) == 1
+    # From a memory budget and a (measured) cost per point; the CPU throughput cap still holds.
+    small = torch.Size((3, 8, 8))
+    assert automatic_chunk_size(small, cpu, memory_budget=3000, per_point_bytes=1000) == 3
+    assert automatic_chunk_size(small, cpu, memory_budget=999, per_point_bytes=1000) == 1
+    assert automatic_chunk_size(small, cpu, memory_budget=1 << 40, per_point_bytes=1) == 64
+
+
+# --- memory budget ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("integrated_gradients", {"steps": 10}),
+        ("smoothgrad", {"samples": 5, "seed": 0}),
+        ("gradcam", {}),
+    ],
+)
+def test_memory_budget_bounds_chunks(
+    method: str, options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inputs = make_inputs(7)
+    big_model = Recorder()
+    big = saliency.explain(big_model, inputs, method, target=1, memory_budget=1 << 40, **options)
+    # A fixed measured cost makes the chunk size exact: budget // cost.
+    monkeypatch.setattr(CostMeter, "per_point", lambda self, count: 1000)
+    small_model = Recorder()
+    small = saliency.explain(small_model, inputs, method, target=1, memory_budget=3000, **options)
+    assert max(small_model.grad_sizes()) == 3
+    assert max(small_model.no_grad_sizes()) <= 3
+    assert max(big_model.grad_sizes()) > 3
+    assert sum(small_model.grad_sizes()) == sum(big_model.grad_sizes())
+    torch.testing.assert_close(small.attributions, big.attributions, rtol=1e-5, atol=1e-7)
+
+
+def test_tiny_memory_budget_gives_one_point_chunks() -> None:
+    model = Recorder()
+    inputs = make_inputs(2)
+    ex = saliency.explain(model, inputs, "integrated_gradients", target=0, steps=4, memory_budget=1)
+    assert model.no_grad_sizes() == [1, 1]
+    assert model.grad_sizes() == [1] * 8
+    reference = saliency.explain(Recorder(), inputs, "integrated_gradients", target=0, steps=4)
+    torch.testing.assert_close(ex.attributions, reference.attributions, rtol=1e-5, atol=1e-7)
+
+
+def test_measured_cost_per_point_grows_with_the_activations() -> None:
+    def cost(width: int) -> int:
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+        engine = Engine(model, memory_budget=1 << 40)
+        inputs = make_inputs(4)
+        engine.accumulate(Points.of(inputs), ClassTarget(torch.zeros(4, dtype=torch.long)))
+        sizing = engine._sizes[inputs.shape[1:]]
+        assert sizing.measured
+        assert engine.chunk_size(inputs.shape[1:]) == sizing.size
+        meter = CostMeter(model, inputs.device)
+        with meter.measure():
+            x = inputs[:2].requires_grad_(True)
+            meter.note_points(x)
+            model(x)
+        return meter.per_point(2)
+
+    narrow, wide = cost(4), cost(64)
+    point = 3 * 6 * 6 * 4
+    # tanh saves its output, width × 6 × 6 float32 per point (the conv saves its input, the
+    # same for both); the largest output is that size too; point-sized tensors come on top.
+    assert narrow >= (SAVED_FACTOR + LARGEST_OUTPUT_COPIES) * 4 * 6 * 6 * 4 + POINT_COPIES * point
+    assert wide - narrow == (SAVED_FACTOR + LARGEST_OUTPUT_COPIES) * (64 - 4) * 6 * 6 * 4
+
+
+def test_parameters_are_not_counted_as_per_point_cost() -> None:
+    model = nn.Linear(3 * 6 * 6, 5).requires_grad_(False)  # as during a first-order call
+    meter = CostMeter(model, torch.device("cpu"))
+    with meter.measure():
+        x = make_inputs(2).flatten(1).requires_grad_(True)
+        meter.note_points(x)
+        model(x).sum().backward()
+    assert meter.saved_bytes == 0  # the weight is saved for ∂/∂x, but it is the model's own
+    largest_output = 5 * 4  # per point
+    assert meter.per_point(2) == LARGEST_OUTPUT_COPIES * largest_output + POINT_COPIES * 108 * 4
+
+
+def test_probe_leaves_no_global_hook_behind() -> None:
+    from torch.nn.modules import module as module_module
+
+    before = dict(module_module._global_forward_hooks)
+    saliency.explain(Recorder(), make_inputs(2), "integrated_gradients", steps=3)
+    with pytest.raises(ModelOutputError):
+        saliency.explain(Detaching(), make_inputs(2), "integrated_gradients", steps=3)
+    assert dict(module_module._global_forward_hooks) == before
+
+
+def test_default_memory_budget_on_cpu() -> None:
+    budget = default_memory_budget(torch.device("cpu"))
+    ram = available_ram()
+    assert 0 < budget <= 8 << 30
+    if ram is not None:
+        assert budget <= ram
+
+
+@pytest.mark.parametrize("budget", [0, -5, 1.5, True, "1GB"])
+def test_bad_memory_budget(budget: Any) -> None:
+    with pytest.raises(InvalidOptionError, match="memory_budget") as info:
+        Engine(Recorder(), memory_budget=budget)
+    assert "positive int" in str(info.value)
+    model = Recorder()
+    with pytest.raises(InvalidOptionError, match="memory_budget"):
+        saliency.explain(model, make_inputs(2), "gradient", memory_budget=budget)
+    assert model.calls == []
+
+
+def test_explicit_batch_size_ignores_memory_budget() -> None:
+    model = Recorder()
+    saliency.explain(
+        model, make_inputs(3), "integrated_gradients", steps=3, batch_size=4, memory_budget=1
+    )
+    assert model.grad_sizes() == [4, 4, 1]
+
+
+# --- no host synchronisation in the chunk loop ---------------------------------------------------
+
+
+_SYNCING = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("gradient", {}),
+        ("integrated_gradients", {"steps": 5}),
+        ("smoothgrad", {"samples": 3, "seed": 0}),
+        ("gradcam", {"layer": "conv"}),
+    ],
+)
+def test_chunk_loop_does_not_synchronise(
+    method: str, options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = Recorder()
+    inputs = make_inputs(3)
+    target = ClassTarget(torch.tensor([0, 1, 2]))
+    instance = saliency.get_method(method).create(**options)
+    reference = instance.attribute(Engine(model), inputs, target)
+
+    def forbidden(name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError(f"Tensor.{name} called inside the engine's chunk loop")
+
+        return call
+
+    for name in _SYNCING:
+        monkeypatch.setattr(Tensor, name, forbidden(name))
+    result = instance.attribute(Engine(model, memory_budget=1 << 30), inputs, target)
+    monkeypatch.undo()
+    torch.testing.assert_close(result, reference)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_chunk_loop_does_not_synchronise_on_cuda() -> None:
+    model = Recorder().cuda()
+    inputs = make_inputs(3).cuda()
+    target = ClassTarget(torch.tensor([0, 1, 2], device="cuda"))
+    instance = saliency.get_method("integrated_gradients").create(steps=5)
+    engine = Engine(model, batch_size=4)
+    instance.attribute(engine, inputs, target)  # warm-up
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        instance.attribute(engine, inputs, target)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_host_to_device_is_pinned_and_asynchronous() -> None:
+    host = torch.arange(6.0)
+    moved = host_to_device(host, torch.device("cuda"))
+    assert moved.is_cuda
+    torch.testing.assert_close(moved.cpu(), host)
+
+
+def test_host_to_device_on_cpu_is_a_plain_move() -> None:
+    host = torch.arange(6.0)
+    assert host_to_device(host, torch.device("cpu")) is host
 
 
 # --- out of memory ------------------------------------------------------------------------------

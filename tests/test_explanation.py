@@ -260,3 +260,10 @@ def test_successful_writes_replace(tmp_path: Path) -> None:
     write_text_atomic(target, "two")
     assert target.read_text(encoding="utf-8") == "two"
     assert [p.name for p in tmp_path.iterdir()] == ["t.txt"]
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    from saliency.output_files import _UMASK, write_text_atomic
+
+    path = write_text_atomic(tmp_path / "x.txt", "hello")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_UMASK

@@ -410,6 +410,8 @@ def test_scale_build_time_and_first_paint(browser: Any, tmp_path: Path, artifact
         page_path = build_gallery(run)
         timings[f"build_seconds_{count}"] = round(time.perf_counter() - started, 2)
         page, watch = open_gallery(browser, page_path.as_uri())
+        # the paint timing entry is queued after the frame is presented, so wait for it
+        wait_until(page, "() => performance.getEntriesByName('first-contentful-paint').length > 0")
         paint = page.evaluate(
             "performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null"
         )

@@ -37,6 +37,7 @@ from saliency.errors import InvalidOptionError
 from saliency.explain import _check_inputs, explain
 from saliency.methods.base import Method
 from saliency.methods.registry import get_method
+from saliency.metrics.sanity import spearman_correlation as spearman
 from saliency.model_state import evaluation_state
 from saliency.smooth_relu import smooth_relu
 from saliency.targets import TargetSpec, check_outputs
@@ -234,29 +235,6 @@ def top_k_intersection(first: Tensor, second: Tensor, k: int) -> Tensor:
     a = torch.zeros_like(first, dtype=torch.bool).scatter_(1, first.topk(k, dim=1).indices, True)
     b = torch.zeros_like(second, dtype=torch.bool).scatter_(1, second.topk(k, dim=1).indices, True)
     return (a & b).sum(1).float() / k
-
-
-def spearman(first: Tensor, second: Tensor) -> Tensor:
-    """Spearman rank correlation per row of two ``(N, P)`` maps (ties get average ranks).
-
-    A constant row has no ranking: its correlation is 0.
-    """
-    a, b = average_ranks(first), average_ranks(second)
-    a = a - a.mean(1, keepdim=True)
-    b = b - b.mean(1, keepdim=True)
-    denominator = (a.square().sum(1) * b.square().sum(1)).sqrt()
-    rho = (a * b).sum(1) / denominator.clamp_min(1e-30)
-    return torch.where(denominator > 0, rho, torch.zeros_like(rho)).float()
-
-
-def average_ranks(values: Tensor) -> Tensor:
-    """Ranks 1..P of each row of ``(N, P)`` values, tied values sharing their average rank."""
-    rows = []
-    for row in values.detach().double():
-        _, inverse, counts = torch.unique(row, return_inverse=True, return_counts=True)
-        upper = counts.cumsum(0).double()
-        rows.append((upper - (counts.double() - 1) / 2)[inverse])
-    return torch.stack(rows)
 
 
 def _predict(engine: Engine, inputs: Tensor) -> Tensor:

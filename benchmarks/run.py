@@ -1,0 +1,324 @@
+"""Run the benchmarks: ``python -m benchmarks.run --profile cpu|gpu|e2e [--smoke] [--out FILE]``.
+
+Profiles (comma-separated or repeated ``--profile`` to run several):
+
+* ``cpu``: ResNet-18 (random weights), 224², 4 images, on the CPU: gradient, IG-32,
+  SmoothGrad-32 and Grad-CAM, ours against captum (defaults and its best batch size) and
+  pytorch-grad-cam, plus the plain forward+backward ceiling.
+* ``gpu``: the same methods on ResNet-50, 224², batches of 32, fp32 and bf16, on CUDA; the
+  ceiling eager and under ``torch.compile``. Skipped with a message when CUDA is missing.
+* ``e2e``: a folder of 64 generated JPEG photos → PNG overlays: ``saliency explain`` against a
+  captum + matplotlib script and a pytorch-grad-cam script, each a real process.
+
+Each profile's section of the results file (default ``benchmarks/RESULTS.md``; with ``--smoke``
+nothing is written unless ``--out`` is given) is replaced atomically; the tables are also printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from benchmarks import e2e, micro, report
+from benchmarks.measure import Result, memory_kind
+
+PROFILES = ("cpu", "gpu", "e2e")
+SMOKE_NOTE = " (smoke size: checks the harness; the numbers mean nothing)"
+DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def _profiles(values: Sequence[str]) -> list[str]:
+    chosen: list[str] = []
+    for value in values:
+        for name in value.split(","):
+            name = name.strip()
+            if name not in PROFILES:
+                raise argparse.ArgumentTypeError(
+                    f"unknown profile {name!r}; accepted: {', '.join(PROFILES)}"
+                )
+            if name not in chosen:
+                chosen.append(name)
+    return chosen
+
+
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--profile", action="append", required=True, help="cpu, gpu, e2e (comma-separated)"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes that check the harness, not the speed"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results file to update (default: benchmarks/RESULTS.md; with --smoke: none)",
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="only print the tables, write no file"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch CPU threads, in this process and in every e2e pipeline (default: torch's "
+        f"choice here, {torch.get_num_threads()})",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda",
+        help="device of the gpu profile (default cuda; 'cpu' runs its code path on the CPU)",
+    )
+    parser.add_argument("--repeats", type=int, help="override the timed rounds of every profile")
+    arguments = parser.parse_args(argv)
+    try:
+        arguments.profiles = _profiles(arguments.profile)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    if arguments.threads < 1:
+        parser.error("--threads must be >= 1")
+    return arguments
+
+
+def _micro_section(
+    name: str, outcome: micro.MicroOutcome, command: str, load: str, smoke: bool
+) -> str:
+    config = outcome.config
+    memory = memory_kind(outcome.device)
+    lines = [
+        f"## {name}{SMOKE_NOTE if smoke else ''}",
+        "",
+        config.describe() + ".",
+        "",
+        *report.machine_lines(outcome.device, command, load),
+        "",
+        "### Results",
+        "",
+        "Each method's cases ran interleaved in one process on the same model, inputs and "
+        "targets. `speed: ours ÷ this` > 1 means ours (the bold row, default options) is faster; "
+        "`memory: ours ÷ this` < 1 means ours needs less. `passes/s` = images/s × forward+backward "
+        "evaluations per image, comparable with the forward+backward ceiling.",
+        "",
+        report.results_table(outcome.results, memory),
+        "",
+    ]
+    if outcome.sweeps:
+        rows = [
+            [
+                s.group,
+                s.library,
+                f"{s.parameter}={s.value}",
+                s.error or report.number(s.images_per_second),
+            ]
+            for s in outcome.sweeps
+        ]
+        lines += [
+            "### captum batch-size sweeps (one timed call each, after one untimed call)",
+            "",
+            report.table(["method", "library", "option", "images/s"], rows),
+            "",
+        ]
+    lines += ["### Targets", "", report.targets_table(micro_targets(outcome)), ""]
+    return "\n".join(lines)
+
+
+def _find(results: Sequence[Result], group: str, library: str, contains: str = "") -> float | None:
+    for result in results:
+        case = result.case
+        if case.group == group and case.library == library and contains in case.variant:
+            return result.images_per_second
+    return None
+
+
+def micro_targets(outcome: micro.MicroOutcome) -> list[tuple[str, float | None, float]]:
+    results, config = outcome.results, outcome.config
+    ig, sg = f"IG-{config.steps}", f"SmoothGrad-{config.samples}"
+
+    def primary(group: str) -> float | None:
+        for result in results:
+            if result.case.group == group and result.case.primary:
+                return result.images_per_second
+        return None
+
+    def over(ours: float | None, theirs: float | None) -> float | None:
+        return None if ours is None or theirs is None or theirs <= 0 else ours / theirs
+
+    rows = []
+    for group, label in ((ig, ig), (sg, sg)):
+        rows.append(
+            (
+                f"{label}: ours (defaults) ÷ captum (defaults)",
+                over(primary(group), _find(results, group, micro.CAPTUM, "defaults")),
+                2.5,
+            )
+        )
+        rows.append(
+            (
+                f"{label}: ours (defaults) ÷ captum at its best batch size (within 10%)",
+                over(primary(group), _find(results, group, micro.CAPTUM, "best of sweep")),
+                0.9,
+            )
+        )
+    rows.append(
+        (
+            "Grad-CAM: ours (defaults) ÷ captum LayerGradCam",
+            over(primary("Grad-CAM"), _find(results, "Grad-CAM", micro.CAPTUM)),
+            1.0,
+        )
+    )
+    return rows
+
+
+def _e2e_section(
+    results: list[e2e.PipelineResult], config: e2e.E2EConfig, command: str, load: str, smoke: bool
+) -> str:
+    primary = next(r for r in results if r.pipeline.primary)
+    rows = []
+    for result in results:
+        spread = result.spread
+        rows.append(
+            [
+                f"**{result.pipeline.name}**" if result.pipeline.primary else result.pipeline.name,
+                result.pipeline.methods,
+                result.error or report.number(result.images_per_second),
+                "—" if spread is None else f"{report.number(spread[0])}–{report.number(spread[1])}",
+                report.number(result.inner_images_per_second),
+                report.megabytes(max(result.peak_rss) if result.peak_rss else None),
+                str(result.overlays[-1]) if result.overlays else "—",
+                "—"
+                if result is primary
+                else report.ratio(primary.images_per_second, result.images_per_second),
+            ]
+        )
+    by_name = {(r.pipeline.name, r.pipeline.methods): r.images_per_second for r in results}
+    ours_both = by_name.get((e2e.OURS, "gradient, gradcam"))
+    ours_cam = by_name.get((e2e.OURS, "gradcam"))
+    captum = by_name.get(("captum + matplotlib", "gradient, gradcam"))
+    gradcam = by_name.get(("pytorch-grad-cam", "gradcam"))
+
+    def over(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None or b <= 0 else a / b
+
+    targets = [
+        (
+            "end to end, gradient + Grad-CAM: ours ÷ captum + matplotlib",
+            over(ours_both, captum),
+            10,
+        ),
+        (
+            "end to end: ours (gradient + Grad-CAM) ÷ pytorch-grad-cam (Grad-CAM)",
+            over(ours_both, gradcam),
+            3,
+        ),
+    ]
+    lines = [
+        f"## e2e{SMOKE_NOTE if smoke else ''}",
+        "",
+        config.describe() + ".",
+        "",
+        *report.machine_lines(_e2e_device(), command, load),
+        "",
+        "### Results",
+        "",
+        "Images/s of the whole process (`images/s`, start-up and imports included: what a user "
+        "waits for) and after its imports (`after start-up`: the CLI's own summary line, or the "
+        "script's time from after its imports; model loading included). Peak RSS is the "
+        "process's maximum resident set (`wait4`). `speed: ours ÷ this` compares with the bold "
+        "row.",
+        "",
+        report.table(
+            [
+                "pipeline",
+                "methods",
+                "images/s (median)",
+                "range",
+                "after start-up",
+                "peak RSS (MiB)",
+                "overlays written",
+                "speed: ours ÷ this",
+            ],
+            rows,
+        ),
+        "",
+        "### Targets",
+        "",
+        report.targets_table(targets),
+        "",
+        f"Like for like (Grad-CAM only): ours ÷ pytorch-grad-cam = "
+        f"{report.ratio(ours_cam, gradcam)}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _e2e_device() -> torch.device:
+    """Where the e2e pipelines run: each picks CUDA when it is there."""
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    torch.set_num_threads(arguments.threads)
+    # captum's Saliency warns on every call that it sets requires_grad on the inputs.
+    warnings.filterwarnings("ignore", message="Input Tensor .* did not already require grad")
+    shown_argv = list(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.run " + shlex.join(shown_argv)
+    out: Path | None = arguments.out
+    if out is None and not arguments.smoke:
+        out = DEFAULT_OUT
+    if arguments.no_write:
+        out = None
+    status = 0
+    for profile in arguments.profiles:
+        load = report.load_average()
+        if profile in ("cpu", "gpu"):
+            table = micro.SMOKE if arguments.smoke else micro.PROFILES
+            config = table[profile]
+            if arguments.repeats:
+                config = replace(config, repeats=arguments.repeats, fast_repeats=arguments.repeats)
+            device = torch.device("cpu" if profile == "cpu" else arguments.device)
+            if device.type == "cuda" and not torch.cuda.is_available():
+                print(
+                    f"[{profile}] skipped: CUDA is not available here (no GPU or a CPU-only torch)"
+                )
+                continue
+            print(f"[{profile}] {config.describe()}", flush=True)
+            outcome = micro.run_micro(config, device, log=_log)
+            section = _micro_section(profile, outcome, command, load, arguments.smoke)
+            if any(r.error for r in outcome.results if r.case.library == micro.OURS):
+                status = 1
+        else:
+            e2e_config = e2e.SMOKE if arguments.smoke else e2e.PROFILE
+            if arguments.repeats:
+                e2e_config = replace(e2e_config, repeats=arguments.repeats)
+            print(f"[e2e] {e2e_config.describe()}", flush=True)
+            results = e2e.run_e2e(e2e_config, arguments.threads, log=_log)
+            section = _e2e_section(results, e2e_config, command, load, arguments.smoke)
+            if any(r.error for r in results if r.pipeline.name == e2e.OURS):
+                status = 1
+        print(section, flush=True)
+        if out is not None:
+            report.write_section(out, profile, section)
+            print(f"[{profile}] written to {out}", flush=True)
+    return status
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""The demo models: a compact CNN trained on :mod:`saliency.shapes` scenes, shipped in the package.
+
+``saliency.load_model("demo:shapes")`` gives the clean model, ``"demo:shapes-shortcut"`` the
+model trained with class-coded markers (it learns the marker, not the shape) and
+``"demo:shapes-rrr"`` the same architecture trained on the same marker scenes with the
+Right-for-the-Right-Reasons penalty on the marker (:mod:`saliency.rrr`). All load offline
+from ``saliency/weights/``: the file's SHA-256 is checked against ``manifest.json`` and the state
+dict is read with ``torch.load(weights_only=True)``. ``weights=None`` gives the untrained
+architecture and ``weights=PATH`` a state dict of your own (e.g. from :mod:`saliency.training`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from saliency.errors import InvalidOptionError, ModelLoadError, accepted
+from saliency.images import Preprocess
+from saliency.models import LoadedModel, WeightsArg, list_model_sources, register_model_source
+from saliency.shapes import (
+    CLASS_NAMES,
+    CLEAN,
+    COUNTERFACTUAL,
+    SHORTCUT,
+    TEST_SEED,
+    SceneConfig,
+    Scenes,
+    generate_scenes,
+)
+
+__all__ = [
+    "DEMO_MODELS",
+    "WEIGHTS_DIR",
+    "DemoModel",
+    "ShapesNet",
+    "demo_preprocess",
+    "demo_scenes",
+    "installed_demo_models",
+    "load_demo",
+    "read_manifest",
+    "sha256_file",
+]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+"""Where the shipped weights and their ``manifest.json`` live."""
+
+_MEAN = (0.5, 0.5, 0.5)
+_STD = (0.25, 0.25, 0.25)
+
+
+class ShapesNet(nn.Module):
+    """Four conv stages (conv 3×3 → BatchNorm → ReLU), global average pooling, a linear head.
+
+    Stages 1–3 end with 2×2 max pooling, so a 96² scene gives a 12×12 map in ``stage4``, the
+    layer Grad-CAM picks automatically.
+
+    Args:
+        num_classes: Output classes.
+        widths: Channels of the four stages.
+    """
+
+    def __init__(
+        self, num_classes: int = len(CLASS_NAMES), widths: tuple[int, ...] = (16, 32, 64, 96)
+    ) -> None:
+        super().__init__()
+        if len(widths) < 3:
+            raise ValueError(f"ShapesNet needs at least 3 stages, got widths={widths}")
+        channels = (3, *widths)
+        for index in range(len(widths)):
+            layers: list[nn.Module] = [
+                nn.Conv2d(channels[index], channels[index + 1], 3, padding=1, bias=False),
+                nn.BatchNorm2d(channels[index + 1]),
+                nn.ReLU(),
+            ]
+            if index < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+            self.add_module(f"stage{index + 1}", nn.Sequential(*layers))
+        self.stages = len(widths)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        features = inputs
+        for index in range(self.stages):
+            features = getattr(self, f"stage{index + 1}")(features)
+        return self.classifier(self.pool(features).flatten(1))
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """A shipped demo model.
+
+    Attributes:
+        name: The name after ``demo:``.
+        file: Its weights file in :data:`WEIGHTS_DIR`.
+        config: The scenes it is trained and tested on.
+        counterfactual: Scenes of its counterfactual split (None for none).
+        widths: Channels of the ShapesNet stages.
+        train_images: Distinct training scenes of the reference training run.
+        epochs: Passes over them.
+        penalty: λ of the Right-for-the-Right-Reasons input-gradient penalty on the marker
+            patches during training (0: plain training; see :mod:`saliency.rrr`).
+        penalty_samples: Scenes of each batch the penalty is taken on (None: all).
+    """
+
+    name: str
+    file: str
+    config: SceneConfig
+    counterfactual: SceneConfig | None
+    widths: tuple[int, ...] = (16, 32, 64, 96)
+    train_images: int = 16_384
+    epochs: int = 4
+    penalty: float = 0.0
+    penalty_samples: int | None = None
+
+
+DEMO_MODELS: dict[str, DemoModel] = {
+    "shapes": DemoModel("shapes", "shapes.pt", CLEAN, None, train_images=20_480, epochs=5),
+    "shapes-shortcut": DemoModel(
+        "shapes-shortcut",
+        "shapes-shortcut.pt",
+        SHORTCUT,
+        COUNTERFACTUAL,
+        train_images=8_192,
+        epochs=3,
+    ),
+    "shapes-rrr": DemoModel(
+        "shapes-rrr",
+        "shapes-rrr.pt",
+        SHORTCUT,
+        COUNTERFACTUAL,
+        train_images=16_384,
+        epochs=4,
+        penalty=10.0,
+        penalty_samples=16,
+    ),
+}
+"""The demo models by name (``load_model("demo:NAME")``)."""
+
+
+def demo_preprocess(size: int = 96) -> Preprocess:
+    """The demo models' input pipeline: resize + centre crop to ``size``, x ↦ (x − 0.5) / 0.25.
+
+    Scenes are already ``size``² so geometry leaves their pixels unchanged; use
+    ``demo_preprocess().normalize(scenes.images)`` for generated scenes.
+    """
+    return Preprocess(resize_size=size, crop_size=size, mean=_MEAN, std=_STD)
+
+
+def demo_scenes(
+    name: str,
+    count: int = 24,
+    *,
+    split: Literal["test", "counterfactual"] = "test",
+    seed: int = TEST_SEED,
+    device: str | torch.device | None = None,
+) -> Scenes:
+    """Scenes of a demo model's evaluation split (the first ``count`` of the manifest's split).
+
+    Args:
+        name: ``"shapes"`` or ``"shapes-shortcut"``.
+        count: How many scenes.
+        split: ``"test"`` (the model's own distribution) or ``"counterfactual"`` (markers of
+            random classes; only models that have one).
+        seed: The split's seed (default :data:`~saliency.shapes.TEST_SEED`, as in the manifest).
+        device: Where to render them.
+    """
+    spec = DEMO_MODELS.get(name)
+    if spec is None:
+        raise ModelLoadError(f"unknown demo model {name!r}; accepted: {accepted(DEMO_MODELS)}")
+    config = spec.config if split == "test" else spec.counterfactual
+    if config is None or split not in ("test", "counterfactual"):
+        raise InvalidOptionError(f"demo:{name} has no {split!r} split")
+    return generate_scenes(count, seed=seed, config=config, device=device)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: str | os.PathLike[str] = WEIGHTS_DIR) -> dict[str, Any]:
+    """The weights manifest: ``{"models": {name: {file, sha256, accuracy, seed, ...}}}``."""
+    path = Path(directory) / "manifest.json"
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the demo weights manifest {path}: {exc}") from exc
+    return manifest
+
+
+def _shipped_weights(spec: DemoModel) -> Path:
+    """The shipped file of ``spec``, after checking its SHA-256 against the manifest."""
+    entry = read_manifest().get("models", {}).get(spec.name)
+    path = WEIGHTS_DIR / spec.file
+    if entry is None or not path.is_file():
+        raise ModelLoadError(
+            f"the weights of demo:{spec.name} are not installed ({path}); train them with "
+            f"`python -m saliency.training --model {spec.name} --out {WEIGHTS_DIR}`"
+        )
+    actual = sha256_file(path)
+    if actual != entry["sha256"]:
+        raise ModelLoadError(
+            f"{path} is corrupt or was replaced: its SHA-256 is {actual}, the manifest says "
+            f"{entry['sha256']}; reinstall saliency-kit or retrain with "
+            f"`python -m saliency.training --model {spec.name} --out {WEIGHTS_DIR}`"
+        )
+    return path
+
+
+def installed_demo_models() -> tuple[str, ...]:
+    """Names of the demo models whose weights are installed (in the manifest and on disk)."""
+    try:
+        entries = read_manifest().get("models", {})
+    except ModelLoadError:
+        return ()
+    return tuple(
+        name
+        for name, spec in DEMO_MODELS.items()
+        if name in entries and (WEIGHTS_DIR / spec.file).is_file()
+    )
+
+
+def load_demo(name: str, weights: WeightsArg = "DEFAULT") -> LoadedModel:
+    """Loader of the ``demo:`` model source.
+
+    Args:
+        name: ``"shapes"`` or ``"shapes-shortcut"``.
+        weights: ``"DEFAULT"`` (the shipped file), a path to a state-dict file, or None for an
+            untrained model.
+
+    Returns:
+        The model, :func:`demo_preprocess` and :data:`~saliency.shapes.CLASS_NAMES`.
+    """
+    spec = DEMO_MODELS.get(name)
+    if spec is None:
+        raise ModelLoadError(
+            f"unknown demo model {name!r}; accepted: {accepted(f'demo:{n}' for n in DEMO_MODELS)}"
+        )
+    model = ShapesNet(len(CLASS_NAMES), spec.widths)
+    if weights is not None:
+        if isinstance(weights, str) and weights.upper() == "DEFAULT":
+            path = _shipped_weights(spec)
+        elif isinstance(weights, (str, os.PathLike)):
+            path = Path(weights)
+        else:
+            raise ModelLoadError(
+                f"weights must be 'DEFAULT', a path or None, got {type(weights).__name__}"
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state, strict=True)
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(
+                f"cannot load demo:{name} weights from {path}: {type(exc).__name__}: {exc}"
+            ) from exc
+    return LoadedModel(model.eval(), demo_preprocess(spec.config.size), CLASS_NAMES)
+
+
+if "demo" not in list_model_sources():  # idempotent under importlib.reload
+    register_model_source("demo", load_demo)

@@ -1,0 +1,224 @@
+"""Tests for the demo models (saliency.demo_models) and their training (saliency.training)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import saliency
+from saliency import demo_models
+from saliency.demo_models import (
+    DEMO_MODELS,
+    WEIGHTS_DIR,
+    ShapesNet,
+    demo_preprocess,
+    demo_scenes,
+    read_manifest,
+    sha256_file,
+)
+from saliency.errors import InvalidOptionError, ModelLoadError
+from saliency.layers import find_layer
+from saliency.shapes import (
+    CLASS_NAMES,
+    COUNTERFACTUAL,
+    GENERATOR_VERSION,
+    TEST_SEED,
+    generate_scenes,
+    save_scenes,
+)
+from saliency.training import (
+    TrainConfig,
+    accuracy,
+    add_noise,
+    augment,
+    main,
+    noise_level,
+    one_cycle,
+    save_weights,
+    smoke_config,
+    train,
+    training_batches,
+)
+
+# Accuracy on a fresh 200-scene split may differ from the manifest's 2000-scene value by
+# sampling noise (σ ≈ 1.2 points at 97%, ≈ 2.4 points at 12%).
+MARGIN = 0.04
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    return read_manifest()
+
+
+def test_demo_source_is_registered_on_import() -> None:
+    assert "demo" in saliency.models.list_model_sources()
+    loaded = saliency.load_model("demo:shapes")
+    assert isinstance(loaded.model, ShapesNet) and not loaded.model.training
+    assert loaded.class_names == CLASS_NAMES
+    assert loaded.transform == demo_preprocess()
+
+
+def test_manifest_matches_the_shipped_files(manifest: dict) -> None:
+    assert {"shapes", "shapes-shortcut"} <= set(manifest["models"]) <= set(DEMO_MODELS)
+    for name, entry in manifest["models"].items():
+        path = WEIGHTS_DIR / entry["file"]
+        assert path.stat().st_size == entry["bytes"] <= 2 * 1024 * 1024, name
+        assert sha256_file(path) == entry["sha256"], name
+        assert entry["generator_version"] == GENERATOR_VERSION
+        assert entry["test_seed"] == TEST_SEED
+        assert entry["class_names"] == list(CLASS_NAMES)
+        assert entry["training_seconds"] > 0 and "seed" in entry
+
+
+def test_shipped_models_reach_their_recorded_accuracy(manifest: dict) -> None:
+    clean = manifest["models"]["shapes"]["accuracy"]
+    shortcut = manifest["models"]["shapes-shortcut"]["accuracy"]
+    assert clean["test"] >= 0.97
+    assert shortcut["test"] >= 0.9 and shortcut["counterfactual"] <= 0.4
+    for name in manifest["models"]:
+        model = saliency.load_model(f"demo:{name}").model
+        spec = DEMO_MODELS[name]
+        recorded = manifest["models"][name]["accuracy"]
+        test = generate_scenes(200, seed=TEST_SEED + 1, config=spec.config)
+        assert accuracy(model, test) >= recorded["test"] - MARGIN, name
+        if spec.counterfactual is not None:
+            counterfactual = generate_scenes(200, seed=TEST_SEED + 1, config=spec.counterfactual)
+            assert accuracy(model, counterfactual) <= recorded["counterfactual"] + MARGIN
+
+
+def test_gradcam_layer_is_a_spatial_map() -> None:
+    model = saliency.load_model("demo:shapes").model
+    inputs = demo_preprocess().normalize(generate_scenes(2, seed=TEST_SEED).images)
+    layer = find_layer(model, None, lambda: model(inputs[:1]))
+    assert layer is model.stage4 or layer is model.stage4[2]  # the same 12×12 map
+    assert model.stage3(model.stage2(model.stage1(inputs))).shape[-2:] == (12, 12)
+    cam = saliency.explain(model, inputs, "gradcam").attributions
+    assert cam.shape == (2, 1, 96, 96) and float(cam.std()) > 0
+
+
+def test_png_scenes_load_exactly_like_generated_ones(tmp_path: Path) -> None:
+    scenes = generate_scenes(3, seed=TEST_SEED)
+    files = save_scenes(scenes, tmp_path)
+    preprocess = saliency.load_model("demo:shapes").transform
+    assert isinstance(preprocess, saliency.Preprocess)
+    batch = saliency.load_images(files, preprocess)
+    assert torch.equal(batch.tensor, preprocess.normalize(scenes.images))
+
+
+def test_load_errors_and_weight_choices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ModelLoadError, match="demo:shapes"):
+        saliency.load_model("demo:nope")
+    untrained = saliency.load_model("demo:shapes", weights=None).model
+    shipped = saliency.load_model("demo:shapes").model
+    assert not torch.equal(untrained.classifier.weight, shipped.classifier.weight)
+    own = tmp_path / "own.pt"
+    torch.save(shipped.state_dict(), own)
+    reloaded = saliency.load_model("demo:shapes-shortcut", weights=own).model
+    assert torch.equal(reloaded.classifier.weight, shipped.classifier.weight)
+
+    fake = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, fake)
+    data = bytearray((fake / "shapes.pt").read_bytes())
+    data[-100] ^= 0xFF
+    (fake / "shapes.pt").write_bytes(bytes(data))
+    monkeypatch.setattr(demo_models, "WEIGHTS_DIR", fake)
+    with pytest.raises(ModelLoadError, match="SHA-256"):
+        saliency.load_model("demo:shapes")
+    (fake / "shapes.pt").unlink()
+    with pytest.raises(ModelLoadError, match=r"python -m saliency\.training"):
+        saliency.load_model("demo:shapes")
+
+
+# ---- training --------------------------------------------------------------------------------
+
+
+def test_augment_is_a_dihedral_permutation_of_pixels() -> None:
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)
+    out = augment(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    for i in range(2):
+        assert torch.equal(out[i].flatten().sort().values, images[i].flatten().sort().values)
+
+
+def test_add_noise_levels() -> None:
+    images = torch.full((4, 3, 8, 8), 51, dtype=torch.uint8)
+    assert torch.equal(add_noise(images, 0.0, torch.Generator()), torch.full((4, 3, 8, 8), 0.2))
+    noisy = add_noise(images, 0.3, torch.Generator().manual_seed(0))
+    again = add_noise(images, 0.3, torch.Generator().manual_seed(0))
+    assert torch.equal(noisy, again)
+    spread = (noisy - 0.2).flatten(1).std(dim=1)
+    assert float(spread.max()) < 0.3 * 1.3 and float(spread.min()) > 0
+
+
+def test_noise_ramps_up_over_the_first_half() -> None:
+    config = TrainConfig("shapes", images=640, epochs=2, batch_size=64, noise=0.2, noise_ramp=0.5)
+    assert noise_level(config, 0, 0) == 0.0
+    assert noise_level(config, 0, 5) == pytest.approx(0.1)
+    assert noise_level(config, 1, 0) == pytest.approx(0.2) == noise_level(config, 1, 9)
+
+
+def test_one_cycle_schedule() -> None:
+    factors = [one_cycle(step, 10) for step in range(10)]
+    assert factors[0] == 0.5 and factors[1] == 1.0
+    assert all(a >= b for a, b in itertools.pairwise(factors[1:]))
+    assert one_cycle(0, 1) == 1.0
+
+
+def test_same_seed_same_first_batch_and_same_weights() -> None:
+    config = smoke_config("shapes", seed=5)
+    scenes = generate_scenes(config.images, seed=config.seed)
+    normalize = demo_preprocess().normalize
+    first = next(training_batches(scenes, config, 0, normalize))
+    again = next(training_batches(scenes, config, 0, normalize))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert first[0].shape == (config.batch_size, 3, 96, 96)
+    small = TrainConfig("shapes", seed=5, images=64, epochs=1, batch_size=32, eval_images=16)
+    one, two = train(small), train(small)
+    for key, value in one.model.state_dict().items():
+        assert torch.equal(value, two.model.state_dict()[key]), key
+    other = train(TrainConfig("shapes", seed=6, images=64, epochs=1, batch_size=32, eval_images=16))
+    assert not torch.equal(other.model.classifier.weight, one.model.classifier.weight)
+
+
+def test_smoke_training_command_writes_loadable_weights(tmp_path: Path) -> None:
+    assert main(["--model", "shapes-shortcut", "--smoke", "--out", str(tmp_path)]) == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    entry = manifest["models"]["shapes-shortcut"]
+    assert entry["sha256"] == sha256_file(tmp_path / "shapes-shortcut.pt")
+    assert set(entry["accuracy"]) == {"test", "counterfactual"}
+    assert entry["training"]["images"] == smoke_config("shapes-shortcut").images
+    model = saliency.load_model("demo:shapes-shortcut", weights=tmp_path / "shapes-shortcut.pt")
+    assert isinstance(model.model, ShapesNet)
+    # a second model merges into the same manifest
+    result = train(TrainConfig("shapes", images=32, epochs=1, batch_size=32, eval_images=8))
+    save_weights(result, tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(manifest["models"]) == {"shapes", "shapes-shortcut"}
+
+
+def test_demo_scenes_follow_the_manifest_splits() -> None:
+    scenes = demo_scenes("shapes-shortcut", 4, split="counterfactual")
+    expected = generate_scenes(4, seed=TEST_SEED, config=COUNTERFACTUAL)
+    assert torch.equal(scenes.images, expected.images)
+    assert demo_scenes("shapes", 2).config.marker == "none"
+    with pytest.raises(InvalidOptionError, match="counterfactual"):
+        demo_scenes("shapes", 2, split="counterfactual")
+    with pytest.raises(ModelLoadError):
+        demo_scenes("nope")
+
+
+def test_a_demo_model_without_shipped_weights_says_how_to_train_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    missing = [name for name in DEMO_MODELS if name not in read_manifest()["models"]]
+    for name in missing:
+        with pytest.raises(ModelLoadError, match=f"python -m saliency.training --model {name}"):
+            saliency.load_model(f"demo:{name}")
+        assert name not in demo_models.installed_demo_models()
+    monkeypatch.setattr(demo_models, "WEIGHTS_DIR", Path("/nonexistent"))
+    assert demo_models.installed_demo_models() == ()

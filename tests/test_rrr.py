@@ -1,0 +1,74 @@
+"""The RRR demo's batches: the same inputs as plain training, with aligned marker masks."""
+
+from __future__ import annotations
+
+import torch
+
+from saliency.demo_models import ShapesNet, demo_preprocess
+from saliency.rrr import path_points, penalty_statistics, rrr_batches
+from saliency.shapes import MARKER_COLOURS, SHORTCUT, generate_scenes
+from saliency.training import TrainConfig, training_batches
+
+
+def test_batches_match_plain_training_and_masks_follow_the_augmentation() -> None:
+    scenes = generate_scenes(64, seed=0, config=SHORTCUT)
+    noisy = TrainConfig("shapes-shortcut", images=64, batch_size=32, epochs=1)
+    normalize = demo_preprocess(SHORTCUT.size).normalize
+    for (x, y), (x2, y2, _) in zip(
+        training_batches(scenes, noisy, 0, normalize),
+        rrr_batches(scenes, noisy, 0, normalize),
+        strict=True,
+    ):
+        assert torch.equal(x, x2) and torch.equal(y, y2)  # the same noise too
+    config = TrainConfig("shapes-shortcut", images=64, batch_size=32, epochs=1, noise=0.0)
+    plain = list(training_batches(scenes, config, 0, normalize))
+    ours = list(rrr_batches(scenes, config, 0, normalize))
+    assert len(plain) == len(ours) == 2
+    palette = torch.tensor(MARKER_COLOURS)
+    for (x, y), (x2, y2, masks) in zip(plain, ours, strict=True):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+        assert masks.shape == (32, 1, 96, 96) and masks.dtype == torch.bool
+        pixels = x * 0.25 + 0.5  # undo the normalisation
+        for image, mask in zip(pixels, masks[:, 0], strict=True):
+            assert mask.any()
+            inside = image[:, mask].T  # (pixels, 3): black frame or a marker colour
+            black = inside.abs().amax(1) < 1e-3
+            coloured = (inside[:, None, :] - palette[None]).abs().amax(2).amin(1) < 3e-3
+            assert (black | coloured).all()
+
+
+def test_path_points_differ_from_the_inputs_only_inside_the_mask() -> None:
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(4, 3, 8, 8, generator=generator)
+    masks = torch.zeros(4, 1, 8, 8, dtype=torch.bool)
+    masks[:, :, 2:5, 1:4] = True
+    normalize = demo_preprocess(8).normalize
+    points = path_points(inputs, masks, normalize, torch.Generator().manual_seed(1))
+    assert torch.equal(points[~masks.expand_as(inputs)], inputs[~masks.expand_as(inputs)])
+    assert not torch.equal(points, inputs)
+    # Inside the mask: c + α (x − c) with one colour c and one α ∈ [0, 1) per sample.
+    replay = torch.Generator().manual_seed(1)
+    colours = normalize(torch.rand(4, 3, 1, 1, generator=replay))
+    alpha = torch.rand(4, 1, 1, 1, generator=replay)
+    expected = torch.where(masks, colours + alpha * (inputs - colours), inputs)
+    torch.testing.assert_close(points, expected)
+
+
+def test_detached_statistics_give_the_train_mode_function_without_its_batch_gradient() -> None:
+    torch.manual_seed(0)
+    model = ShapesNet(widths=(4, 4, 4)).train()
+    x = torch.randn(6, 3, 16, 16)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with penalty_statistics(model, "detached"):
+        leaf = x.clone().requires_grad_(True)
+        detached = model(leaf)
+        (grad,) = torch.autograd.grad(detached[0, 1], leaf)
+    for key, value in model.state_dict().items():  # running statistics not updated
+        assert torch.equal(value, state[key]), key
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    leaf = x.clone().requires_grad_(True)
+    plain = model(leaf)
+    torch.testing.assert_close(detached, plain, rtol=1e-5, atol=1e-6)
+    (batch_grad,) = torch.autograd.grad(plain[0, 1], leaf)
+    # Constant statistics: other samples do not influence sample 0's output through them.
+    assert torch.count_nonzero(grad[1:]) == 0 and torch.count_nonzero(batch_grad[1:]) > 0
