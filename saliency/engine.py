@@ -343,7 +343,9 @@ class Engine:
         if self.batch_size is not None:
             return self.batch_size, None
         sizing = self._sizing(points)
-        if gradients and not sizing.measured:
+        # No probe when the conservative guess already fits every point in one chunk: a probe
+        # would split a small batch in two and cost a second pass for nothing.
+        if gradients and not sizing.measured and points.count > sizing.size:
             probe = _CUDA_PROBE_POINTS if points.device.type == "cuda" else _PROBE_POINTS
             return min(sizing.size, probe), CostMeter(self.model, points.device)
         return sizing.size, None

@@ -209,8 +209,15 @@ def start(
         text=True,
         encoding="utf-8",
         env=env,
+        # a shell's background job inherits SIGINT ignored, and Python keeps it ignored: give
+        # the child the default disposition so that the interrupt test can interrupt it
+        preexec_fn=_default_sigint,
     )
     return process, command, out
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def finish(started: tuple[subprocess.Popen[str], tuple[str, ...], Path]) -> Result:

@@ -180,6 +180,16 @@ def test_tiny_memory_budget_gives_one_point_chunks() -> None:
     torch.testing.assert_close(ex.attributions, reference.attributions, rtol=1e-5, atol=1e-7)
 
 
+def test_a_batch_that_fits_the_guess_runs_in_one_chunk_without_a_probe() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten())
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda _, args: calls.append(len(args[0])))
+    engine = Engine(model)
+    inputs = make_inputs(4)
+    engine.accumulate(Points.of(inputs), ClassTarget(torch.zeros(4, dtype=torch.long)))
+    assert calls == [4] and not engine._sizes[inputs.shape[1:]].measured
+
+
 def test_measured_cost_per_point_grows_with_the_activations() -> None:
     def cost(width: int) -> int:
         torch.manual_seed(0)
@@ -187,8 +197,8 @@ def test_measured_cost_per_point_grows_with_the_activations() -> None:
             nn.Conv2d(3, width, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
         )
         engine = Engine(model, memory_budget=1 << 40)
-        inputs = make_inputs(4)
-        engine.accumulate(Points.of(inputs), ClassTarget(torch.zeros(4, dtype=torch.long)))
+        inputs = make_inputs(100)  # more than one guessed chunk: the first chunk is a probe
+        engine.accumulate(Points.of(inputs), ClassTarget(torch.zeros(100, dtype=torch.long)))
         sizing = engine._sizes[inputs.shape[1:]]
         assert sizing.measured
         assert engine.chunk_size(inputs.shape[1:]) == sizing.size
