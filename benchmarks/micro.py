@@ -40,6 +40,7 @@ class MicroConfig:
         ceiling_batches: batch sizes of the plain forward+backward-to-input ceiling.
         precisions: ``fp32`` and optionally ``bf16`` (autocast).
         compile_ceiling: also time the ceiling under ``torch.compile``.
+        sweep_rounds: timed rounds of the batch-size sweeps (the fastest call of each counts).
     """
 
     model: str
@@ -55,6 +56,7 @@ class MicroConfig:
     ceiling_batches: tuple[int, ...]
     precisions: tuple[str, ...] = ("fp32",)
     compile_ceiling: bool = False
+    sweep_rounds: int = 2
 
     def describe(self) -> str:
         return (
@@ -109,6 +111,7 @@ SMOKE: dict[str, MicroConfig] = {
         ig_sweep=(1,),
         nt_sweep=(1,),
         ceiling_batches=(1,),
+        sweep_rounds=1,
     ),
 }
 SMOKE["gpu"] = replace(
@@ -173,30 +176,43 @@ def _sweep(
     parameter: str,
     values: tuple[int, ...],
     make: Callable[[int], Case],
+    rounds: int,
     device: torch.device,
     outcome: MicroOutcome,
     log: Callable[[str], None],
 ) -> int | None:
-    """Time ``make(value)`` once per value (after one untimed call); the fastest value."""
-    best: tuple[float, int] | None = None
-    for value in values:
-        case = make(value)
+    """The fastest value: after one untimed call of each, ``rounds`` interleaved rounds (the
+    order rotates) time every value; each value's fastest call counts."""
+    cases = {value: make(value) for value in values}
+    errors: dict[int, str] = {}
+    fastest: dict[int, float] = {}
+
+    def attempt(value: int) -> float | None:
         try:
-            time_once(case, device, None)
-            seconds, _ = time_once(case, device, None)
+            seconds, _ = time_once(cases[value], device, None)
         except Exception as exc:
-            outcome.sweeps.append(
-                SweepPoint(group, library, parameter, value, None, describe_error(exc))
-            )
+            errors[value] = describe_error(exc)
             with contextlib.suppress(Exception):
                 torch.cuda.empty_cache()
-            continue
-        rate = case.images / seconds
-        outcome.sweeps.append(SweepPoint(group, library, parameter, value, rate))
-        log(f"  sweep {library} {parameter}={value}: {rate:.3g} images/s")
-        if best is None or rate > best[0]:
-            best = (rate, value)
-    return None if best is None else best[1]
+            return None
+        return seconds
+
+    for value in values:
+        attempt(value)
+    for round_index in range(rounds):
+        live = [v for v in values if v not in errors]
+        shift = round_index % max(1, len(live))
+        for value in live[shift:] + live[:shift]:
+            seconds = attempt(value)
+            if seconds is not None:
+                fastest[value] = min(fastest.get(value, seconds), seconds)
+    for value in values:
+        rate = None if value in errors else cases[value].images / fastest[value]
+        outcome.sweeps.append(SweepPoint(group, library, parameter, value, rate, errors.get(value)))
+        log(f"  sweep {library} {parameter}={value}: {errors.get(value) or f'{rate:.3g} images/s'}")
+    if not fastest:
+        return None
+    return max(fastest, key=lambda value: cases[value].images / fastest[value])
 
 
 def run_micro(
@@ -270,6 +286,7 @@ def run_micro(
         "internal_batch_size",
         config.ig_sweep,
         lambda b: Case(ig_group, CAPTUM, "", captum_ig(b), n, steps),
+        config.sweep_rounds,
         device,
         outcome,
         log,
@@ -280,6 +297,7 @@ def run_micro(
         "nt_samples_batch_size",
         config.nt_sweep,
         lambda b: Case(sg_group, CAPTUM, "", captum_sg(b), n, samples),
+        config.sweep_rounds,
         device,
         outcome,
         log,

@@ -125,7 +125,10 @@ def _micro_section(
             for s in outcome.sweeps
         ]
         lines += [
-            "### captum batch-size sweeps (one timed call each, after one untimed call)",
+            "### captum batch-size sweeps",
+            "",
+            f"One untimed call of each value, then {config.sweep_rounds} interleaved timed "
+            "round(s); each value's fastest call is shown and the fastest value is used above.",
             "",
             report.table(["method", "library", "option", "images/s"], rows),
             "",

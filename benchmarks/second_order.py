@@ -72,7 +72,7 @@ def entries(model: torch.nn.Module, inputs: torch.Tensor) -> dict[str, Callable[
 
     return {
         "gradient": gradient,
-        "gradient, create_graph=True (+ backward of ‖a‖²)": gradient_create_graph,
+        "gradient, create_graph=True (graph kept, not differentiated)": gradient_create_graph,
         "hvp (double backward)": hvp,
         "integrated_hessians (8×8 steps, 16×16 query)": integrated_hessians,
         "fragility, 1 ascent step (gradient map)": fragility_step,
