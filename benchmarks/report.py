@@ -72,7 +72,7 @@ def machine_lines(device: torch.device, command: str, load_at_start: str) -> lis
         shown_device = f"cpu ({torch.get_num_threads()} torch threads)"
     packages = ", ".join(f"{name} {version}" for name, version in versions().items())
     lines = [
-        f"- date: {now}",
+        f"- date (when the section was written, at the end of the run): {now}",
         f"- machine: {cpu_model()}, {cores} cores; {platform.system()} {platform.release()}; "
         f"Python {platform.python_version()}",
         f"- device: {shown_device}",

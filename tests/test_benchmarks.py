@@ -96,7 +96,7 @@ def test_cpu_profile_has_every_implementation(smoke_run: tuple[str, str]) -> Non
             assert speed.endswith("×") and _positive(speed[:-1])
     assert found == CPU_ROWS
     assert "internal_batch_size=1" in section and "nt_samples_batch_size=1" in section
-    for name in ("torch ", "captum ", "grad-cam ", " cores", "- date: "):
+    for name in ("torch ", "captum ", "grad-cam ", " cores", "- date "):
         assert name in section
     assert len(_rows(section, "target")) == 5
 
