@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saliency.demo_models import DEMO_MODELS, ShapesNet, demo_preprocess
+from saliency.demo_models import DEMO_MODELS
 from saliency.errors import InvalidOptionError, accepted
 from saliency.losses import input_gradient_penalty
 from saliency.model_state import evaluation_state
-from saliency.shapes import CLASS_NAMES, Scenes, generate_scenes
+from saliency.shapes import Scenes
 from saliency.training import (
     TrainConfig,
     TrainResult,
@@ -47,9 +47,9 @@ from saliency.training import (
     augment,
     evaluation_splits,
     noise_level,
-    one_cycle,
     save_weights,
     smoke_config,
+    start_training,
     train,
 )
 
@@ -209,21 +209,8 @@ def train_rrr(
         raise InvalidOptionError(f"penalty={penalty!r}; accepted: a number ≥ 0")
     if at not in ("input", "path"):
         raise InvalidOptionError(f"at={at!r}; accepted: 'input', 'path'")
-    spec = DEMO_MODELS[config.model]
     started, cpu_started = time.perf_counter(), time.process_time()
-    scenes = generate_scenes(config.images, seed=config.seed, config=spec.config)
-    torch.manual_seed(config.seed)
-    model = ShapesNet(len(CLASS_NAMES), spec.widths)
-    optimiser = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    steps = config.epochs * (config.images // config.batch_size)
-    if steps == 0:
-        raise InvalidOptionError(
-            f"images={config.images} gives no full batch of batch_size={config.batch_size}"
-        )
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: one_cycle(step, steps))
-    normalize = demo_preprocess(spec.config.size).normalize
+    scenes, model, optimiser, schedule, normalize, steps = start_training(config)
     generator = torch.Generator().manual_seed(config.seed + 7_919)
     losses = []
     for epoch in range(config.epochs):

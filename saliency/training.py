@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,7 @@ __all__ = [
     "one_cycle",
     "save_weights",
     "smoke_config",
+    "start_training",
     "train",
     "training_batches",
 ]
@@ -219,10 +220,29 @@ def evaluation_splits(config: TrainConfig) -> dict[str, Scenes]:
     return splits
 
 
-def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train a demo model from its seed and measure its accuracy on the evaluation splits."""
+class TrainingStart(NamedTuple):
+    """What every training run of a demo model starts from (same seed, same everything).
+
+    Attributes:
+        scenes: The training scenes of the model's seed.
+        model: The freshly initialised ShapesNet.
+        optimiser: AdamW over its parameters.
+        schedule: The one-cycle learning-rate schedule over every step.
+        normalize: The demo input normalisation.
+        steps: Optimiser steps of the whole run.
+    """
+
+    scenes: Scenes
+    model: ShapesNet
+    optimiser: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    normalize: Callable[[Tensor], Tensor]
+    steps: int
+
+
+def start_training(config: TrainConfig) -> TrainingStart:
+    """Scenes, initial weights, optimiser and schedule of a run, all from ``config.seed``."""
     spec = DEMO_MODELS[config.model]
-    started, cpu_started = time.perf_counter(), time.process_time()
     scenes = generate_scenes(config.images, seed=config.seed, config=spec.config)
     torch.manual_seed(config.seed)
     model = ShapesNet(len(CLASS_NAMES), spec.widths)
@@ -236,6 +256,13 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> Trai
         )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: one_cycle(step, steps))
     normalize = demo_preprocess(spec.config.size).normalize
+    return TrainingStart(scenes, model, optimiser, schedule, normalize, steps)
+
+
+def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train a demo model from its seed and measure its accuracy on the evaluation splits."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    scenes, model, optimiser, schedule, normalize, _ = start_training(config)
     losses = []
     for epoch in range(config.epochs):
         model.train()
