@@ -188,6 +188,12 @@ def merge(
         "skipped": sum(int(r["totals"]["skipped"]) for r in rank_runs),
         "seconds": max(float(r["totals"]["seconds"]) for r in rank_runs),
     }
+    idle = [float(r["totals"]["device_idle"]) for r in rank_runs if "device_idle" in r["totals"]]
+    if len(idle) == len(rank_runs):
+        totals["device_seconds"] = round(
+            sum(float(r["totals"]["device_seconds"]) for r in rank_runs), 3
+        )
+        totals["device_idle"] = round(sum(idle) / len(idle), 4)
     merged = {
         **without_rank(run),
         "device": merged_device([str(r["device"]) for r in rank_runs]),

@@ -52,6 +52,7 @@ from saliency.cli.settings import (
     DEFAULT_METHODS,
     ChosenMethod,
     UsageError,
+    byte_size,
     check_format,
     choose_methods,
     image_pixel_limit,
@@ -142,6 +143,12 @@ def add_parser(commands: Any) -> None:
     )
     model.add_argument("--precision", choices=PRECISIONS, default="fp32", help="default: fp32")
     model.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model forward for gradient passes (worth it on a GPU for many "
+        "points: integrated_gradients, smoothgrad); falls back to eager with a warning",
+    )
+    model.add_argument(
         "--input-size",
         type=positive_int,
         metavar="N",
@@ -169,6 +176,13 @@ def add_parser(commands: Any) -> None:
         help=f"at most N images per forward/backward pass, and N images explained together "
         f"(default: automatic: {_BATCH_CPU} images per batch on CPU, {_BATCH_GPU} on GPU, "
         "passes sized by the engine)",
+    )
+    explaining.add_argument(
+        "--memory-budget",
+        type=byte_size,
+        metavar="SIZE",
+        help="memory one automatic forward/backward pass may use, e.g. 4GiB (default: 60%% of "
+        "the free GPU memory, or 25%% of the available RAM up to 8 GiB)",
     )
     output = parser.add_argument_group("output")
     output.add_argument(
@@ -213,7 +227,8 @@ def add_parser(commands: Any) -> None:
         type=positive_int,
         default=min(4, os.cpu_count() or 1),
         metavar="N",
-        help="decoding threads, and as many writing threads (default: up to 4)",
+        help="worker processes that decode and encode images while the device explains "
+        "(threads where fork is unavailable; default: up to 4)",
     )
     running.add_argument(
         "--threads",
@@ -236,7 +251,7 @@ def add_parser(commands: Any) -> None:
         text.lstrip("-").replace("-", "_")
         for action in parser._actions
         for text in action.option_strings
-    } | {"batch_size", "create_graph", "precision", "target", "images"}
+    } | {"batch_size", "create_graph", "precision", "target", "images", "compile", "memory_budget"}
     generated = method_options.registry_options(reserved)
     method_options.add_arguments(
         parser.add_argument_group(
@@ -443,7 +458,9 @@ def _run_section(
         "target": "predicted" if target is None else target,
         "device": str(ready.device),
         "precision": arguments.precision,
+        "compile": arguments.compile,
         "batch_size": arguments.batch_size,
+        "memory_budget": arguments.memory_budget,
         "format": arguments.format,
         "class_names": ready.class_names is not None,
         "versions": versions(),
@@ -521,11 +538,13 @@ class _Ran:
 
     def summary(self) -> str:
         """The summary line (and what to do after an interruption)."""
+        idle = self.recorder.device_idle
         text = _summary(
             self.share.label,
             (self.done, len(self.share.skipped), self.failed, self.progress.done),
             self.elapsed,
             self.saved,
+            f", device idle {idle:.0%}" if idle is not None and self.progress.done else "",
         )
         note = _interrupted_note(self.share.label, self.unfinished) if self.interrupted else ""
         return text + note
@@ -636,7 +655,11 @@ def _process(
     pipeline = Pipeline(_compute(arguments, setup), output, recorder, workers=arguments.workers)
     try:
         with image_pixel_limit(arguments.max_image_pixels or None):
-            pipeline.run(jobs)
+            try:
+                pipeline.run(jobs)
+            finally:
+                if pipeline.device_seconds > 0:
+                    recorder.device_time(pipeline.device_seconds, pipeline.device_idle)
     except KeyboardInterrupt:
         progress.close()
         return True
@@ -662,6 +685,8 @@ def _compute(arguments: argparse.Namespace, setup: _Setup) -> Compute:
         precision=arguments.precision,
         chunk_size=arguments.batch_size,
         images_per_batch=batch,
+        compile=arguments.compile,
+        memory_budget=arguments.memory_budget,
     )
 
 

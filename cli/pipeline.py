@@ -1,14 +1,15 @@
-"""The streaming pipeline of a run: decode in workers → batch on the device → write in workers.
+"""The streaming pipeline of a run: decode in workers → batch on the device → encode in workers.
 
 ```
-jobs ─▶ decoder threads (open_image, resize) ─▶ main thread: batches of images, explain() per
-method and the overlays rendered at full size, on the device ─▶ writer threads (encode, atomic
-write)
+jobs ─▶ worker processes (open_image, resize) ─▶ main process: batches of images, explain() per
+method and the overlays rendered at full size, on the device ─▶ worker processes (encode,
+atomic write)
 ```
 
 Decoding runs ahead of the device and writing runs behind it, so the device does not wait on
-one core. Only the main thread runs torch (torch ops from several threads at once oversubscribe
-its intra-op thread pool); the workers run Pillow, which releases the GIL.
+one core. Only the main process runs torch on the device; the workers (:mod:`saliency.cli.workers`,
+forked processes, or threads where fork is unavailable) run Pillow. The time the device spends
+waiting for decoded images is measured: :attr:`Pipeline.device_idle`.
 
 Memory stays bounded for any number of inputs: at most ``3 × batch`` images are in flight
 (decoding, batched, or being written), and admission also pauses while the decoded images in
@@ -16,18 +17,16 @@ flight hold more than a pixel budget. One input's failure (decoding, a method, w
 recorded for that input and the run goes on. On Ctrl-C, queued decoding is cancelled, finished
 computations are still written, then the interrupt propagates.
 
-The main thread owns the run's state: results from writer threads are collected there.
+The main thread owns the run's state: results from the workers are collected there.
 """
 
 from __future__ import annotations
 
-import os
-import stat
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,10 +37,10 @@ from torch import Tensor, nn
 from saliency.cli.model_input import ModelInput
 from saliency.cli.outputs import OutputSpec, render_overlay, write_method_outputs
 from saliency.cli.plan import Job
+from saliency.cli.workers import decode, start_workers
 from saliency.engine import Precision
 from saliency.errors import ImageLoadError, SaliencyError
 from saliency.explain import explain
-from saliency.images import open_image
 
 # Decoded pixels in flight (originals, kept until their overlays are written): ~0.8 GB of RGB.
 PIXEL_BUDGET = 256_000_000
@@ -77,6 +76,8 @@ class Compute:
         precision: The engine's autocast precision.
         chunk_size: The engine's maximum points per forward/backward (None: automatic).
         images_per_batch: Images explained together.
+        compile: ``torch.compile`` the forward of gradient passes.
+        memory_budget: Bytes one automatic pass may use (None: the engine's default).
     """
 
     model: nn.Module
@@ -87,6 +88,8 @@ class Compute:
     precision: Precision
     chunk_size: int | None
     images_per_batch: int
+    compile: bool = False
+    memory_budget: int | None = None
 
 
 @dataclass(eq=False)
@@ -137,42 +140,65 @@ class Pipeline:
         compute: How to explain batches.
         output: What to write.
         events: Where results go.
-        workers: Threads for decoding and, as many again, for writing.
+        workers: Worker processes for decoding and encoding.
+
+    Attributes:
+        worker_kind: ``"processes"``, or ``"threads"`` where fork is unavailable (after
+            :meth:`run`).
+        device_seconds: Time the main process spent explaining and rendering batches.
+        wall_seconds: Time from the first admitted job to the last recorded result.
     """
 
     compute: Compute
     output: OutputSpec
     events: Events
     workers: int
-    _decoders: ThreadPoolExecutor = field(init=False)
-    _writers: ThreadPoolExecutor = field(init=False)
+    worker_kind: str = field(init=False, default="")
+    device_seconds: float = field(init=False, default=0.0)
+    wall_seconds: float = field(init=False, default=0.0)
+    _pool: Executor = field(init=False)
     _writes: deque[_Write] = field(init=False, default_factory=deque)
+    _window: deque[tuple[Job, Future[tuple[PIL.Image.Image, Tensor]]]] = field(
+        init=False, default_factory=deque
+    )
     _write_slots: threading.Semaphore = field(init=False)
     _admitted: int = field(init=False, default=0)
     _pixels: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        self._decoders = ThreadPoolExecutor(self.workers, thread_name_prefix="saliency-decode")
-        self._writers = ThreadPoolExecutor(self.workers, thread_name_prefix="saliency-write")
         self._write_slots = threading.Semaphore(
             _IN_FLIGHT_BATCHES * self.compute.images_per_batch * max(1, len(self.compute.methods))
         )
 
+    @property
+    def device_idle(self) -> float:
+        """The fraction of the run's wall time the device was not explaining (0 to 1)."""
+        if self.wall_seconds <= 0:
+            return 0.0
+        return max(0.0, 1.0 - self.device_seconds / self.wall_seconds)
+
     def run(self, jobs: Iterable[Job]) -> None:
         """Process every job; returns when all results are recorded.
+
+        The workers get Pillow's current image size limit (``PIL.Image.MAX_IMAGE_PIXELS``).
 
         Raises:
             KeyboardInterrupt: After recording what was finished.
         """
+        self._pool, self.worker_kind = start_workers(
+            self.workers, self.compute.model_input, PIL.Image.MAX_IMAGE_PIXELS
+        )
+        started = time.perf_counter()
         try:
             self._loop(iter(jobs))
         except KeyboardInterrupt:
-            self._decoders.shutdown(wait=True, cancel_futures=True)
+            for _, decoding in self._window:
+                decoding.cancel()
             self._collect(block=True)
             raise
         finally:
-            self._decoders.shutdown(wait=True, cancel_futures=True)
-            self._writers.shutdown(wait=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self.wall_seconds = time.perf_counter() - started
 
     # ---- scheduling ----------------------------------------------------------------------
 
@@ -181,7 +207,7 @@ class Pipeline:
         return self._admitted < limit and self._pixels < PIXEL_BUDGET
 
     def _loop(self, jobs: Iterator[Job]) -> None:
-        window: deque[tuple[Job, Future[tuple[PIL.Image.Image, Tensor]]]] = deque()
+        window = self._window
         batch: list[_Item] = []
         exhausted = False
         while True:
@@ -191,13 +217,15 @@ class Pipeline:
                     exhausted = True
                     break
                 self._admitted += 1
-                window.append((job, self._decoders.submit(self._decode, job)))
+                window.append((job, self._pool.submit(decode, job)))
             if window and len(batch) < self.compute.images_per_batch:
                 item = self._take(*window.popleft())
                 if item is not None:
                     batch.append(item)
             elif batch:
+                started = time.perf_counter()
                 self._explain_batch(batch)
+                self.device_seconds += time.perf_counter() - started
                 batch = []
                 self._collect(block=False)
             elif exhausted and not window:
@@ -209,17 +237,6 @@ class Pipeline:
         self._collect(block=True)
 
     # ---- decoding --------------------------------------------------------------------------
-
-    def _decode(self, job: Job) -> tuple[PIL.Image.Image, Tensor]:
-        """Worker: the decoded RGB image and the model's pixels of one input."""
-        try:
-            mode = os.stat(job.source).st_mode
-        except OSError:
-            mode = stat.S_IFREG  # open_image names the problem
-        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-            raise ImageLoadError(job.source, "not a regular file (a FIFO, socket or device)")
-        image = open_image(job.source)
-        return image, self.compute.model_input.pixels(image)
 
     def _take(self, job: Job, future: Future[tuple[PIL.Image.Image, Tensor]]) -> _Item | None:
         try:
@@ -260,6 +277,8 @@ class Pipeline:
                 compute.target,
                 batch_size=compute.chunk_size,
                 precision=compute.precision,
+                compile=compute.compile,
+                memory_budget=compute.memory_budget,
                 **compute.methods[method],
             )
             if compute.device.type == "cuda":
@@ -284,7 +303,7 @@ class Pipeline:
                 continue
             raw = attributions[0].float().cpu().numpy() if self.output.save_raw else None
             self._write_slots.acquire()
-            future = self._writers.submit(
+            future = self._pool.submit(
                 write_method_outputs, self.output, item.job.relpath, method, picture, raw
             )
             future.add_done_callback(lambda _: self._write_slots.release())

@@ -79,6 +79,8 @@ class RunRecorder:
         self._started = time.monotonic()
         self._saved = self._started
         self._save_seconds = 0.0
+        self.device_seconds: float | None = None
+        self.device_idle: float | None = None
 
     def decoded(self, job: Job, width: int, height: int) -> None:
         """The input was decoded: record its size."""
@@ -168,8 +170,21 @@ class RunRecorder:
                 "error": len(saved) - ok,
                 "skipped": self.skipped,
                 "seconds": round(time.monotonic() - self._started, 3),
+                **self._device_totals(),
             },
         }
+
+    def _device_totals(self) -> dict[str, float]:
+        if self.device_seconds is None or self.device_idle is None:
+            return {}
+        return {
+            "device_seconds": round(self.device_seconds, 3),
+            "device_idle": round(self.device_idle, 4),
+        }
+
+    def device_time(self, seconds: float, idle: float) -> None:
+        """Record the device's busy seconds and idle fraction (saved in the totals)."""
+        self.device_seconds, self.device_idle = seconds, idle
 
     def _error(self, job: Job, message: str) -> None:
         text = message if message.startswith(f"{job.relpath}: ") else f"{job.relpath}: {message}"

@@ -164,3 +164,32 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text}: accepted: an integer >= 1")
     return value
+
+
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
+
+
+def byte_size(text: str) -> int:
+    """An argparse type: a positive number of bytes, e.g. ``4000000000``, ``512MiB``, ``2GB``."""
+    stripped = text.strip().lower()
+    digits = stripped.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
+    unit = stripped[len(digits) :].strip()
+    try:
+        value = float(digits) * _BYTE_UNITS[unit]
+    except (KeyError, ValueError):
+        value = 0
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: accepted: a positive size in bytes, optionally with a unit "
+            "(kB, MB, GB, KiB, MiB, GiB), e.g. 2GiB"
+        )
+    return int(value)

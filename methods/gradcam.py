@@ -45,7 +45,8 @@ class GradCAM(Method):
         return chunk.grads.mean(dim=(2, 3), keepdim=True)
 
     def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
-        layer = find_layer(engine.model, self.layer, lambda: engine.forward(inputs[:1]))
+        signature = (inputs.shape[1:], inputs.dtype, inputs.device, engine.precision)
+        layer = find_layer(engine.model, self.layer, lambda: engine.forward(inputs[:1]), signature)
         size = inputs.shape[-2:]
 
         def cam(chunk: Chunk) -> Tensor:

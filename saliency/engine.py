@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal, TypeVar, get_args
 
 import torch
@@ -35,7 +36,7 @@ from saliency import compiled as compiled_forwards
 from saliency.errors import InvalidOptionError, ModelOutputError, accepted
 from saliency.layers import capture_output
 from saliency.memory import CostMeter, default_memory_budget
-from saliency.targets import Target
+from saliency.targets import PendingTarget, Target, pending_base
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -78,6 +79,8 @@ class Points:
     shape: torch.Size
     device: torch.device
     make: Callable[[Tensor], Tensor]
+    source: Tensor | None = None
+    """The tensor whose rows the points are, when they are a tensor's rows (:meth:`of`)."""
 
     @property
     def count(self) -> int:
@@ -86,7 +89,9 @@ class Points:
     @classmethod
     def of(cls, inputs: Tensor) -> Points:
         """The inputs themselves, one point per sample."""
-        return cls(len(inputs), 1, inputs.shape[1:], inputs.device, lambda index: inputs[index])
+        return cls(
+            len(inputs), 1, inputs.shape[1:], inputs.device, lambda index: inputs[index], inputs
+        )
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,9 @@ class Engine:
 
     def target_scores(self, inputs: Tensor, target: Target) -> Tensor:
         """Float32 target scores ``(N,)`` at ``inputs``, without gradients."""
+        pending = pending_base(target)
+        if pending is not None:
+            pending.require(self.predict)
         points = Points.of(inputs)
 
         def step(index: Tensor) -> Tensor:
@@ -213,7 +221,14 @@ class Engine:
 
         Returns:
             ``(N, ...)`` sums, float32 at least (float64 stays float64).
+
+        A pending target (classes from the model outputs at the inputs) is completed by this
+        pass when the points are those inputs, else by a no-grad forward first.
         """
+        pending = pending_base(target)
+        observer = pending if pending is not None and pending.observes(points.source) else None
+        if pending is not None and observer is None:
+            pending.require(self.predict)
         capture = (
             capture_output(layer, as_leaf=not self.create_graph) if layer is not None else None
         )
@@ -221,7 +236,7 @@ class Engine:
         with capture if capture is not None else nullcontext(None) as captured:
 
             def step(index: Tensor) -> tuple[Tensor, Tensor]:
-                chunk = self._evaluate(points, index, target, captured)
+                chunk = self._evaluate(points, index, target, captured, observer)
                 part = contribution(chunk) if contribution is not None else chunk.grads
                 return chunk.samples, part
 
@@ -231,32 +246,42 @@ class Engine:
                     total = part.new_zeros((points.samples, *part.shape[1:]), dtype=dtype)
                 total = total.index_add(0, samples, part.to(total.dtype))
         assert total is not None, "Points with zero samples"
+        if observer is not None:
+            observer.finish()
         return total
 
-    def _evaluate(self, points: Points, index: Tensor, target: Target, captured: Any) -> Chunk:
+    def _evaluate(
+        self,
+        points: Points,
+        index: Tensor,
+        target: Target,
+        captured: Any,
+        observer: PendingTarget | None = None,
+    ) -> Chunk:
         samples = index // points.repeats
         values = points.make(index)
         if not (self.create_graph and values.requires_grad):
             values = values.detach().requires_grad_(captured is None or self.create_graph)
         if self._meter is not None:
             self._meter.note_points(values)
+        differentiate = partial(
+            self._differentiate, values, samples, index, target, captured, observer=observer
+        )
         compiled = self._compiled_forward(points, values, captured)
         if compiled is None:
-            return self._differentiate(values, samples, index, target, captured, self.forward)
+            return differentiate(self.forward)
         if compiled.verified:
-            return self._differentiate(values, samples, index, target, captured, compiled.run)
+            return differentiate(compiled.run)
         # The first forward + backward compiles (the backward lazily): a failure here falls
         # back to eager. An error of the model itself is raised again by the eager run.
         try:
-            return compiled.verify(
-                self._differentiate(values, samples, index, target, captured, compiled.run)
-            )
+            return compiled.verify(differentiate(compiled.run))
         except Exception as error:
             out_of_memory = _out_of_memory(error)
             if out_of_memory is not None:
                 raise out_of_memory from None
             message = compiled_forwards.describe(error)
-        chunk = self._differentiate(values, samples, index, target, captured, self.forward)
+        chunk = differentiate(self.forward)
         assert self._compiled is not None
         compiled_forwards.report_failure(self._compiled, compiled.forward, self.model, message)
         return chunk
@@ -269,8 +294,12 @@ class Engine:
         target: Target,
         captured: Any,
         forward: Callable[[Tensor], Any],
+        *,
+        observer: PendingTarget | None,
     ) -> Chunk:
         outputs = forward(values)
+        if observer is not None:
+            observer.observe(outputs, samples)
         scores = target.scores(outputs, samples).float()
         wrt = values if captured is None else captured.value
         if not scores.requires_grad or wrt is None:

@@ -50,6 +50,10 @@ class ImageLoadError(SaliencyError, ValueError):
         self.reason = reason
         super().__init__(f"{path}: {reason}")
 
+    def __reduce__(self) -> tuple[type[ImageLoadError], tuple[Path, str]]:
+        # Raised in worker processes: it must unpickle with both arguments.
+        return type(self), (self.path, self.reason)
+
 
 def accepted(values: Iterable[object]) -> str:
     """Format a list of accepted values for an error message."""

@@ -14,7 +14,7 @@ from saliency.explanation import Explanation
 from saliency.methods.base import Method
 from saliency.methods.registry import get_method, list_methods
 from saliency.model_state import evaluation_state
-from saliency.targets import TargetSpec, resolve_target
+from saliency.targets import PendingTarget, TargetSpec, pending_target
 
 Images = Tensor | Sequence[Tensor | PIL.Image.Image]
 
@@ -70,11 +70,14 @@ def explain(
         compile=compile,
         memory_budget=memory_budget,
     )
+    resolved = pending_target(target, inputs)
     with evaluation_state(model, keep_parameter_grads=create_graph):
-        outputs = None if _is_function(target) else engine.predict(inputs)
-        resolved = resolve_target(target, outputs, len(inputs))
         attributions = instance.attribute(engine, inputs, resolved)
         extras = instance.extras(engine, inputs, resolved, attributions)
+        if isinstance(resolved, PendingTarget):
+            # Methods that evaluate the inputs themselves observed the outputs on the way.
+            resolved.require(engine.predict)
+    outputs = resolved.outputs if isinstance(resolved, PendingTarget) else None
     if not create_graph:
         attributions = attributions.detach()
     return Explanation(
@@ -113,7 +116,3 @@ def _check_inputs(inputs: object) -> None:
         )
     if len(inputs) == 0:
         raise InvalidOptionError("inputs hold no samples (N = 0)")
-
-
-def _is_function(target: TargetSpec) -> bool:
-    return callable(target) and not isinstance(target, Tensor)

@@ -16,7 +16,6 @@ through :func:`saliency.smooth_relu` for a smooth surrogate.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -24,9 +23,9 @@ from torch import Tensor
 
 from saliency.engine import Chunk, Engine, Points, Precision
 from saliency.errors import InvalidOptionError
-from saliency.explain import _check_inputs, _is_function
+from saliency.explain import _check_inputs
 from saliency.model_state import evaluation_state
-from saliency.targets import TargetSpec, resolve_target
+from saliency.targets import TargetSpec, pending_target
 
 
 def hvp(
@@ -70,11 +69,8 @@ def hvp(
     if not isinstance(create_graph, bool):
         raise InvalidOptionError(f"create_graph={create_graph!r}; accepted: True, False")
     with evaluation_state(model, keep_parameter_grads=create_graph):
-        outputs = (
-            None if _is_function(target) else replace(engine, create_graph=False).predict(inputs)
-        )
-        resolved = resolve_target(target, outputs, len(inputs))
         points = inputs if create_graph else inputs.detach()
+        resolved = pending_target(target, points)
         directions = vectors if create_graph else vectors.detach()
 
         def product(chunk: Chunk) -> Tensor:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +57,19 @@ def capture_output(module: nn.Module, as_leaf: bool) -> Iterator[Capture]:
         handle.remove()
 
 
-def find_layer(model: Callable[..., Any], spec: LayerSpec, probe: Callable[[], Any]) -> nn.Module:
+# Automatic layer choices per model and input signature: the choice needs a forward pass, which
+# would otherwise cost a method like Grad-CAM a second forward on every call.
+_AUTOMATIC: weakref.WeakKeyDictionary[nn.Module, dict[Hashable, weakref.ref[nn.Module]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def find_layer(
+    model: Callable[..., Any],
+    spec: LayerSpec,
+    probe: Callable[[], Any],
+    signature: Hashable = None,
+) -> nn.Module:
     """Resolve a layer given by module, dotted name, or ``None`` (automatic).
 
     Automatic choice: the last module to finish its forward whose output is an ``(N, C, h, w)``
@@ -66,6 +79,9 @@ def find_layer(model: Callable[..., Any], spec: LayerSpec, probe: Callable[[], A
         model: the model; must be an ``nn.Module``.
         spec: a submodule, its dotted name in ``model.named_modules()``, or ``None``.
         probe: runs one forward pass of the model (used only for the automatic choice).
+        signature: what the automatic choice depends on besides the model (e.g. the input shape,
+            dtype and device); with one, the choice is remembered for the model, as long as the
+            chosen module is still one of its submodules.
     """
     if not isinstance(model, nn.Module):
         raise LayerNotFoundError(
@@ -89,7 +105,15 @@ def find_layer(model: Callable[..., Any], spec: LayerSpec, probe: Callable[[], A
         raise LayerNotFoundError(
             f"layer must be a dotted name, an nn.Module or None, got {type(spec).__name__}"
         )
-    return _last_spatial_module(model, probe)
+    if signature is None:
+        return _last_spatial_module(model, probe)
+    choices = _AUTOMATIC.setdefault(model, {})
+    known = choices.get(signature)
+    chosen = known() if known is not None else None
+    if chosen is None or not any(chosen is m for m in modules.values()):
+        chosen = _last_spatial_module(model, probe)
+        choices[signature] = weakref.ref(chosen)
+    return chosen
 
 
 def _last_spatial_module(model: nn.Module, probe: Callable[[], Any]) -> nn.Module:

@@ -8,7 +8,7 @@ evaluated point, whatever chunk of points the engine is evaluating.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import torch
@@ -77,6 +77,112 @@ class FunctionTarget:
 
     def repeat(self, times: int) -> FunctionTarget:
         return self
+
+
+@dataclass(eq=False)
+class PendingTarget:
+    """A class target for ``inputs`` that the model outputs at the inputs complete.
+
+    The outputs are *observed* in the first pass that evaluates the inputs themselves (a plain
+    gradient, Grad-CAM), so that pass is also the prediction: no separate forward. A method whose
+    points are not the inputs (paths, noisy copies) makes the engine :meth:`require` them first,
+    with one no-grad forward. Given class indices are checked against the number of classes when
+    the outputs arrive.
+
+    Attributes:
+        inputs: the ``(N, ...)`` inputs being explained.
+        given: ``(N,)`` class indices, or ``None`` for each sample's highest-scoring class.
+        outputs: the float32 ``(N, K)`` outputs at the inputs, once observed.
+    """
+
+    inputs: Tensor
+    given: Tensor | None = None
+    outputs: Tensor | None = field(default=None, init=False)
+    complete: bool = field(default=False, init=False)
+    _classes: Tensor | None = field(default=None, init=False, repr=False)
+
+    @property
+    def indices(self) -> Tensor | None:
+        """``(N,)`` class indices (``None`` until the outputs are observed)."""
+        return self._classes if self.complete else None
+
+    def observes(self, source: Tensor | None) -> bool:
+        """Whether a pass over the points ``source`` completes this target."""
+        return not self.complete and source is not None and source is self.inputs
+
+    def observe(self, outputs: Any, samples: Tensor) -> None:
+        """Record the model outputs of the inputs ``samples`` (idempotent)."""
+        outputs = check_outputs(outputs, len(samples)).detach()
+        if self.outputs is None or self._classes is None:
+            if self.given is not None:
+                _check_range(self.given, outputs.shape[1])
+            shape = (len(self.inputs), outputs.shape[1])
+            self.outputs = outputs.new_zeros(shape, dtype=torch.float32)
+            self._classes = (
+                self.given.to(outputs.device)
+                if self.given is not None
+                else torch.zeros(len(self.inputs), dtype=torch.long, device=outputs.device)
+            )
+        samples = samples.to(outputs.device)
+        self.outputs[samples] = outputs.float()
+        if self.given is None:
+            self._classes[samples] = outputs.argmax(dim=1)
+
+    def finish(self) -> None:
+        """A pass that observed every input has ended."""
+        if self.outputs is not None:
+            self.complete = True
+
+    def require(self, predict: Callable[[Tensor], Tensor]) -> None:
+        """Complete the target with ``predict(inputs)`` unless a pass already observed them."""
+        if not self.complete:
+            outputs = predict(self.inputs)
+            self.observe(outputs, torch.arange(len(self.inputs), device=outputs.device))
+            self.complete = True
+
+    def scores(self, outputs: Any, samples: Tensor) -> Tensor:
+        if self._classes is None:
+            raise InvalidTargetError("the target classes are not known before the outputs")
+        return ClassTarget(self._classes).scores(outputs, samples)
+
+    def repeat(self, times: int) -> Target:
+        return RepeatedTarget(self, times)
+
+
+@dataclass(frozen=True)
+class RepeatedTarget:
+    """A pending target for ``times`` stacked copies of its inputs (copy-major order)."""
+
+    base: PendingTarget
+    times: int
+
+    @property
+    def indices(self) -> Tensor | None:
+        indices = self.base.indices
+        return None if indices is None else indices.repeat(self.times)
+
+    def scores(self, outputs: Any, samples: Tensor) -> Tensor:
+        return self.base.scores(outputs, samples % len(self.base.inputs))
+
+    def repeat(self, times: int) -> Target:
+        return RepeatedTarget(self.base, self.times * times)
+
+
+def pending_base(target: Target) -> PendingTarget | None:
+    """The pending target behind ``target``, if its classes may still be unknown."""
+    if isinstance(target, RepeatedTarget):
+        return target.base
+    return target if isinstance(target, PendingTarget) else None
+
+
+def pending_target(spec: TargetSpec, inputs: Tensor) -> Target:
+    """A target for ``inputs`` that needs no model outputs yet: a :class:`FunctionTarget` for a
+    callable, else a :class:`PendingTarget` (the count of given indices is checked now)."""
+    if callable(spec) and not isinstance(spec, Tensor):
+        return FunctionTarget(spec)
+    if spec is None:
+        return PendingTarget(inputs)
+    return PendingTarget(inputs, _as_indices(spec, len(inputs), inputs.device))
 
 
 def check_outputs(outputs: Any, count: int) -> Tensor:

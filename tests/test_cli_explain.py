@@ -43,8 +43,9 @@ COMMAND = (sys.executable, "-m", "saliency.cli", "explain")
 FOUR = ("gradient", "integrated_gradients", "smoothgrad", "gradcam")
 SIZE = 32
 RUN_KEYS = {
-    "model", "weights", "methods", "method_options", "target", "device", "precision",
-    "batch_size", "format", "class_names", "versions", "started", "finished", "totals",
+    "model", "weights", "methods", "method_options", "target", "device", "precision", "compile",
+    "batch_size", "memory_budget", "format", "class_names", "versions", "started", "finished",
+    "totals",
 }  # fmt: skip
 ENTRY_KEYS = {
     "path", "source", "status", "error", "width", "height", "prediction", "top5", "target",
@@ -293,7 +294,13 @@ def check_schema(manifest: dict[str, Any]) -> None:
     assert manifest["format"] == 1
     run = manifest["run"]
     assert set(run) == RUN_KEYS
-    assert set(run["totals"]) == {"inputs", "ok", "error", "skipped", "seconds"}
+    totals = run["totals"]
+    assert set(totals) - {"device_seconds", "device_idle"} == {
+        "inputs", "ok", "error", "skipped", "seconds"
+    }  # fmt: skip
+    if "device_idle" in totals:  # a run that explained something
+        assert 0 < totals["device_seconds"] <= totals["seconds"]
+        assert 0 <= totals["device_idle"] < 1
     assert set(run["versions"]) >= {"saliency-kit", "torch", "torchvision", "python"}
     statuses = [entry["status"] for entry in manifest["inputs"]]
     assert run["totals"]["inputs"] == len(statuses)
@@ -336,6 +343,8 @@ def test_main_run_exit_code_and_schema(runs: dict[str, Result]) -> None:
     assert run["target"] == "predicted" and run["class_names"] is True
     assert run["device"] == "cpu" and run["format"] == "png" and run["batch_size"] is None
     assert run["totals"]["skipped"] == 0
+    assert "device_idle" in run["totals"]  # measured by the pipeline, and in the summary line
+    assert f"device idle {run['totals']['device_idle']:.0%}" in main.stdout
     assert sorted(main.entries()) == sorted([*VALID, *BROKEN, "loop2.jpg", FULL_DISK])
     no_temporary_files(main.out)
 

@@ -7,12 +7,14 @@ import argparse
 import io
 import json
 import os
+import pickle
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import pytest
+import torch
 from PIL import Image
 from torch import Tensor
 
@@ -34,6 +36,7 @@ from saliency.cli.method_options import (
     parse_value,
     registry_options,
 )
+from saliency.cli.model_input import ModelInput
 from saliency.cli.plan import Job, Plan, ResumeConflict, make_plan
 from saliency.cli.progress import Progress, format_duration
 from saliency.cli.recording import RunRecorder
@@ -47,8 +50,10 @@ from saliency.cli.relpaths import (
     split_relpath,
 )
 from saliency.cli.settings import UsageError, method_names, prepare_out
+from saliency.cli.workers import decode, start_workers
 from saliency.engine import Engine
-from saliency.errors import InvalidOptionError
+from saliency.errors import ImageLoadError, InvalidOptionError
+from saliency.images import Preprocess
 from saliency.methods.base import Method
 from saliency.targets import Target
 
@@ -560,3 +565,32 @@ def test_format_duration() -> None:
     assert format_duration(4.25) == "4.2s"
     assert format_duration(125) == "2:05"
     assert format_duration(3725) == "1:02:05"
+
+
+# ---- worker processes --------------------------------------------------------------------------
+
+
+def test_image_load_error_survives_pickling() -> None:
+    error = ImageLoadError("/photos/a.png", "truncated or corrupt image data")
+    copy = pickle.loads(pickle.dumps(error))
+    assert isinstance(copy, ImageLoadError)
+    assert (copy.path, copy.reason, str(copy)) == (error.path, error.reason, str(error))
+
+
+def test_workers_decode_in_processes_with_the_pixel_limit(tmp_path: Path) -> None:
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    Image.new("RGB", (20, 10), (255, 0, 0)).save(small)
+    Image.new("RGB", (300, 300), (0, 0, 255)).save(large)
+    model_input = ModelInput(Preprocess(), 8)
+    pool, kind = start_workers(2, model_input, max_image_pixels=20_000)
+    try:
+        assert kind == "processes"
+        image, pixels = pool.submit(decode, Job(str(small), "small.png", ("gradient",))).result()
+        with pytest.raises(ImageLoadError, match="image too large"):  # 90,000 > 2 × 20,000
+            pool.submit(decode, Job(str(large), "large.png", ("gradient",))).result()
+        pids = set(pool.submit(os.getpid).result() for _ in range(4))
+    finally:
+        pool.shutdown()
+    assert image.size == (20, 10) and pixels.shape == (3, 8, 8) and pixels.dtype == torch.uint8
+    assert pixels[0].min() == 255 and pixels[2].max() == 0
+    assert os.getpid() not in pids

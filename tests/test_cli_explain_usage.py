@@ -19,7 +19,9 @@ import torchvision
 from PIL import Image
 
 import saliency
+from saliency.cli import pipeline
 from saliency.cli.main import main
+from saliency.cli.settings import byte_size
 
 SMALL = ["--input-size", "32"]
 
@@ -86,7 +88,7 @@ def test_help_lists_every_registered_method_and_option(capsys: pytest.CaptureFix
     for option in ("--model", "--weights", "--method", "--target", "--out", "--recursive",
                    "--device", "--precision", "--batch-size", "--steps", "--samples", "--noise",
                    "--layer", "--save-raw", "--format", "--overwrite", "--max-image-pixels",
-                   "--input-size", "--workers"):  # fmt: skip
+                   "--input-size", "--workers", "--compile", "--memory-budget"):  # fmt: skip
         assert option in text
     assert "WHOLE image" in text and "Exit codes" in text
 
@@ -257,3 +259,52 @@ def test_gallery_flag_builds_the_gallery_of_the_run(
     assert "broken.png" in page
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert {entry["status"] for entry in manifest["inputs"]} == {"ok", "error"}
+
+
+@pytest.mark.parametrize("text", ["lots", "0", "-5MiB", "2 parsecs", "MiB"])
+def test_bad_memory_budget_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], photo: Path, tmp_path: Path, text: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        explain(capsys, photo, "--out", tmp_path / "out", f"--memory-budget={text}")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--memory-budget: {text!r}" in err and "kB, MB, GB, KiB, MiB, GiB" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("4096", 4096), ("512MiB", 512 * 2**20), ("2GB", 2 * 10**9), ("1.5 kib", 1536), ("3b", 3)],
+)
+def test_memory_budget_sizes(text: str, expected: int) -> None:
+    assert byte_size(text) == expected
+
+
+def test_compile_and_memory_budget_reach_the_engine(
+    capsys: pytest.CaptureFixture[str],
+    photo: Path,
+    tmp_path: Path,
+    weights: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The eager backend runs the torch.compile machinery without minutes of C++ compilation.
+    monkeypatch.setenv("SALIENCY_COMPILE_BACKEND", "eager")
+    seen: list[dict[str, object]] = []
+    real_explain = pipeline.explain
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append({k: kwargs[k] for k in ("compile", "memory_budget")})
+        return real_explain(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "explain", spy)
+    out = tmp_path / "out"
+    argv = ["--method", "gradient,integrated_gradients", "--steps", "3", "--out", out]
+    code, stdout, err = explain(
+        capsys, photo, *model_args(weights), *argv, "--compile", "--memory-budget", "64MiB"
+    )
+    assert code == 0 and "1 done" in stdout, err
+    assert seen == [{"compile": True, "memory_budget": 64 * 2**20}] * 2
+    run = json.loads((out / "manifest.json").read_text())["run"]
+    assert run["compile"] is True and run["memory_budget"] == 64 * 2**20
+    assert (out / "cat.png" / "integrated_gradients.png").is_file()

@@ -356,12 +356,13 @@ def test_out_of_memory_halves_automatic_chunk(method: str, options: dict[str, An
 
 
 def test_out_of_memory_in_prediction_pass_halves_too() -> None:
+    # Integrated gradients needs the predicted classes before its path points: a no-grad pass.
     inputs = make_inputs(8)
     model = Recorder(limit=3)
-    ex = saliency.explain(model, inputs, "gradient")
+    ex = saliency.explain(model, inputs, "integrated_gradients", steps=2)
     assert model.failures > 0
     assert model.no_grad_sizes() == [2, 2, 2, 2]
-    reference = saliency.explain(Recorder(), inputs, "gradient")
+    reference = saliency.explain(Recorder(), inputs, "integrated_gradients", steps=2)
     assert ex.targets is not None and reference.targets is not None
     assert torch.equal(ex.targets, reference.targets)
     torch.testing.assert_close(ex.attributions, reference.attributions)
@@ -488,3 +489,57 @@ def test_output_of_wrong_shape_raises() -> None:
 def test_non_tensor_output_raises() -> None:
     with pytest.raises(ModelOutputError, match="callable target"):
         saliency.explain(lambda x: {"logits": x.mean((2, 3))}, make_inputs(2), "gradient")
+
+
+# --- forwards per call --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", [None, 2, [0, 1, 2]], ids=["argmax", "int", "list"])
+@pytest.mark.parametrize("method", ["gradient", "gradcam"])
+def test_a_single_pass_method_runs_one_forward(method: str, target: Any) -> None:
+    # The pass at the inputs is also the prediction: no separate no-grad forward.
+    inputs = make_inputs(3)
+    model = Recorder()
+    options = {"layer": "conv"} if method == "gradcam" else {}
+    saliency.explain(model, inputs, method, target, **options)
+    assert model.calls == [(3, True)]
+
+
+def test_outputs_and_targets_of_the_pass_match_a_prediction() -> None:
+    inputs = make_inputs(5)
+    model = Recorder()
+    ex = saliency.explain(model, inputs, "gradient", batch_size=2)
+    assert model.calls == [(2, True), (2, True), (1, True)]
+    with torch.no_grad():
+        expected = model(inputs)
+    assert ex.outputs is not None and ex.targets is not None
+    torch.testing.assert_close(ex.outputs, expected)
+    assert torch.equal(ex.targets, expected.argmax(dim=1))
+
+
+def test_path_methods_predict_once(method: str = "integrated_gradients") -> None:
+    for target in (None, 1):
+        model = Recorder()
+        ex = saliency.explain(model, make_inputs(3), method, target, steps=4)
+        assert model.no_grad_sizes() == [3]
+        assert model.grad_sizes() == [12]
+        assert ex.outputs is not None and ex.outputs.shape == (3, 3)
+
+
+def test_automatic_layer_is_found_once_per_model_and_shape() -> None:
+    model = Recorder()
+    inputs = make_inputs(3)
+    first = saliency.explain(model, inputs, "gradcam", 1)
+    assert model.calls == [(1, False), (3, True)]  # the layer search, then the pass
+    model.calls.clear()
+    again = saliency.explain(model, inputs, "gradcam", 1)
+    assert model.calls == [(3, True)]
+    torch.testing.assert_close(again.attributions, first.attributions)
+    model.calls.clear()
+    saliency.explain(model, torch.randn(2, 3, 8, 8), "gradcam", 1)
+    assert model.calls == [(1, False), (2, True)]  # a new input shape searches again
+    # A replaced submodule is not taken from the cache.
+    model.conv = nn.Conv2d(3, 4, 3, padding=1)
+    model.calls.clear()
+    saliency.explain(model, inputs, "gradcam", 1)
+    assert model.calls == [(1, False), (3, True)]

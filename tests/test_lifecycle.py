@@ -281,14 +281,21 @@ def test_model_failure_leaves_model_as_before(
     before = snapshot(model, inputs)
     model.trip.mode = failure
 
+    # One point per chunk: a method that needs a single forward still fails in a later one.
     with pytest.raises(
         RuntimeError, match=f"tripped in {'backward' if failure == 'backward' else 'forward'}"
     ):
         saliency.explain(
-            model, inputs, method, target=[1, 3], create_graph=create_graph, **options_for(method)
+            model,
+            inputs,
+            method,
+            target=[1, 3],
+            create_graph=create_graph,
+            batch_size=1,
+            **options_for(method),
         )
 
-    if failure != "first":
+    if failure == "later":
         assert model.trip.calls >= 2, "the failure should happen after a successful forward"
     model.trip.mode = None
     assert_same_state(before, snapshot(model, inputs))
