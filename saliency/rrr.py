@@ -38,7 +38,7 @@ from saliency.demo_models import DEMO_MODELS
 from saliency.errors import InvalidOptionError, accepted
 from saliency.losses import input_gradient_penalty
 from saliency.model_state import evaluation_state
-from saliency.shapes import Scenes
+from saliency.shapes import Scenes, generate_scenes
 from saliency.training import (
     TrainConfig,
     TrainResult,
@@ -53,7 +53,15 @@ from saliency.training import (
     train,
 )
 
-__all__ = ["DEFAULT_PENALTY", "compare", "main", "path_points", "rrr_batches", "train_rrr"]
+__all__ = [
+    "DEFAULT_PENALTY",
+    "compare",
+    "main",
+    "path_points",
+    "rrr_batches",
+    "train_rrr",
+    "unmarked_scenes",
+]
 
 PenaltyPoint = Literal["input", "path"]
 Statistics = Literal["detached", "running", "batch"]
@@ -62,8 +70,11 @@ STATISTICS: tuple[str, ...] = ("detached", "running", "batch")
 SHORTCUT_MODEL = "shapes-shortcut"
 RRR_MODEL = "shapes-rrr"
 DEFAULT_PENALTY = DEMO_MODELS[RRR_MODEL].penalty
-"""λ: with inputs normalised to σ ≈ 4 per unit, the masked squared gradients of a shortcut model
-are ~1e-2–1e-1 per scene, so λ = 1000 makes the penalty dominate until the marker is ignored."""
+"""λ. Measured along the path from the unmarked scene, the masked squared gradient is ~1 per
+scene for a model that learned the shapes (its corners are not flat) and ~5 for one that reads
+the marker, while the marker saves at most ~2 nats of cross-entropy: λ ≈ 1 makes the marker
+cost more than it gains and still lets the shapes be learned. λ ≥ 10 makes any confident
+prediction too expensive: training stays at chance."""
 
 
 @dataclass(frozen=True)
@@ -88,13 +99,18 @@ class Comparison:
 
 
 def rrr_batches(
-    scenes: Scenes, config: TrainConfig, epoch: int, normalize: Callable[[Tensor], Tensor]
-) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """``(inputs, labels, marker masks (B, 1, H, W))`` batches of one epoch.
+    scenes: Scenes,
+    unmarked: Scenes,
+    config: TrainConfig,
+    epoch: int,
+    normalize: Callable[[Tensor], Tensor],
+) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """``(inputs, labels, marker masks (B, 1, H, W), unmarked inputs)`` batches of one epoch.
 
     The same order, dihedral augmentation and pixel noise as
     :func:`saliency.training.training_batches` (same generator draws), the augmentation applied
-    to the images and their marker masks together.
+    to the images, their marker masks and the same scenes without markers (``unmarked``)
+    together; the unmarked images get the same noise, so they differ only inside the mask.
     """
     generator = torch.Generator().manual_seed(config.seed * 1_000 + epoch)
     noise = torch.Generator().manual_seed(config.seed * 1_000 + epoch + 500)
@@ -102,27 +118,34 @@ def rrr_batches(
     for batch, begin in enumerate(range(0, len(order) - config.batch_size + 1, config.batch_size)):
         index = order[begin : begin + config.batch_size]
         stacked = torch.cat(
-            [scenes.images[index], scenes.marker_masks[index, None].to(torch.uint8)], dim=1
+            [
+                scenes.images[index],
+                unmarked.images[index],
+                scenes.marker_masks[index, None].to(torch.uint8),
+            ],
+            dim=1,
         )
         stacked = augment(stacked, generator)
         sigma = noise_level(config, epoch, batch)
-        images = normalize(add_noise(stacked[:, :3], sigma, noise))
-        yield images, scenes.labels[index], stacked[:, 3:].bool()
+        marked = add_noise(stacked[:, :3], sigma, noise)
+        shared_noise = marked - stacked[:, :3].float().div(255.0)
+        clean = stacked[:, 3:6].float().div(255.0) + shared_noise
+        yield normalize(marked), scenes.labels[index], stacked[:, 6:].bool(), normalize(clean)
 
 
-def path_points(
-    inputs: Tensor,
-    masks: Tensor,
-    normalize: Callable[[Tensor], Tensor],
-    generator: torch.Generator,
-) -> Tensor:
-    """Random points x̃ + α(x − x̃) between each input and its marker patch filled with a random
-    colour x̃ (they differ from x only inside the mask)."""
-    count = len(inputs)
-    colours = normalize(torch.rand(count, 3, 1, 1, generator=generator).to(inputs.device))
-    alpha = torch.rand(count, 1, 1, 1, generator=generator).to(inputs.device)
-    filled = torch.where(masks, colours.expand_as(inputs), inputs)
-    return filled + alpha * (inputs - filled)
+def unmarked_scenes(config: TrainConfig) -> Scenes:
+    """The training scenes of ``config`` without their markers (same objects and backgrounds:
+    the marker draws have their own random stream)."""
+    spec = DEMO_MODELS[config.model]
+    config_without = replace(spec.config, marker="none")
+    return generate_scenes(config.images, seed=config.seed, config=config_without)
+
+
+def path_points(inputs: Tensor, unmarked: Tensor, generator: torch.Generator) -> Tensor:
+    """Random points x̃ + α(x − x̃), α ~ U(0, 1), between each unmarked image x̃ and its marked
+    image x (they differ only inside the marker patch)."""
+    alpha = torch.rand(len(inputs), 1, 1, 1, generator=generator).to(inputs.device)
+    return unmarked + alpha.to(inputs.dtype) * (inputs - unmarked)
 
 
 @contextmanager
@@ -190,11 +213,12 @@ def train_rrr(
         penalty: λ.
         at: where the input gradient is taken. ``"input"``: at the training image itself (Ross
             et al.; one forward pass for both terms). ``"path"``: at a random point
-            x̃ + α(x − x̃), α ~ U(0, 1), of the straight path from x̃ — the image with its marker
-            patch filled with a random colour — to x, an unbiased one-sample estimate of the
-            squared gradient integrated over that path (one more forward pass). A ReLU network
-            can hide a marker from the gradient at x (units switched off by the marker colour
-            have an exactly zero gradient), not along the whole path.
+            x̃ + α(x − x̃), α ~ U(0, 1), of the straight path from x̃ — the same scene without
+            its marker — to x, an unbiased one-sample estimate of the squared gradient
+            integrated over that path (one more forward pass). A ReLU network can hide a marker
+            from the gradient at x (units switched off by the marker colour have an exactly zero
+            gradient), not along the whole path; and by the gradient theorem, a small penalty
+            along the path bounds how much the marker changes the output.
         statistics: how batch norm normalises in the penalty's forward pass (see
             :func:`penalty_statistics`).
         penalty_samples: take the penalty on the first this many scenes of each batch (None:
@@ -211,12 +235,13 @@ def train_rrr(
         raise InvalidOptionError(f"at={at!r}; accepted: 'input', 'path'")
     started, cpu_started = time.perf_counter(), time.process_time()
     scenes, model, optimiser, schedule, normalize, steps = start_training(config)
+    unmarked = unmarked_scenes(config)
     generator = torch.Generator().manual_seed(config.seed + 7_919)
     losses = []
     for epoch in range(config.epochs):
         model.train()
         total, reasons, batches = 0.0, 0.0, 0
-        for inputs, labels, masks in rrr_batches(scenes, config, epoch, normalize):
+        for inputs, labels, masks, clean in rrr_batches(scenes, unmarked, config, epoch, normalize):
             if at == "input" and statistics == "batch":
                 wrong_reasons, outputs = input_gradient_penalty(
                     model, inputs, None, masks, return_outputs=True
@@ -226,11 +251,7 @@ def train_rrr(
                 right_answers = F.cross_entropy(model(inputs), labels)
                 chosen = slice(0, penalty_samples)
                 subset, subset_masks = inputs[chosen], masks[chosen]
-                points = (
-                    subset
-                    if at == "input"
-                    else path_points(subset, subset_masks, normalize, generator)
-                )
+                points = subset if at == "input" else path_points(subset, clean[chosen], generator)
                 with penalty_statistics(model, statistics):
                     wrong_reasons = input_gradient_penalty(model, points, None, subset_masks)
             weight = penalty * _ramp(schedule.last_epoch, steps, penalty_ramp)

@@ -23,6 +23,7 @@ from saliency.demo_models import (
 )
 from saliency.errors import InvalidOptionError, ModelLoadError
 from saliency.layers import find_layer
+from saliency.rrr import train_rrr
 from saliency.shapes import (
     CLASS_NAMES,
     COUNTERFACTUAL,
@@ -199,6 +200,25 @@ def test_smoke_training_command_writes_loadable_weights(tmp_path: Path) -> None:
     save_weights(result, tmp_path)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert set(manifest["models"]) == {"shapes", "shapes-shortcut"}
+
+
+def test_smoke_rrr_training_runs_the_penalty_and_records_it(tmp_path: Path) -> None:
+    lines: list[str] = []
+    result = train_rrr(
+        smoke_config("shapes-shortcut"), penalty=1.0, penalty_samples=8, log=lines.append
+    )
+    assert result.config.model == "shapes-rrr"
+    assert set(result.accuracy) == {"test", "counterfactual"}
+    penalties = [
+        float(line.split("penalty ")[1].split(" ")[0]) for line in lines if "epoch" in line
+    ]
+    assert penalties and all(value > 0 for value in penalties)  # the penalty was computed
+    assert main(["--model", "shapes-rrr", "--smoke", "--out", str(tmp_path)]) == 0
+    entry = json.loads((tmp_path / "manifest.json").read_text())["models"]["shapes-rrr"]
+    assert entry["penalty"] == DEMO_MODELS["shapes-rrr"].penalty > 0
+    assert entry["sha256"] == sha256_file(tmp_path / "shapes-rrr.pt")
+    model = saliency.load_model("demo:shapes-rrr", weights=tmp_path / "shapes-rrr.pt")
+    assert isinstance(model.model, ShapesNet)
 
 
 def test_demo_scenes_follow_the_manifest_splits() -> None:

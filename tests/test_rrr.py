@@ -5,27 +5,32 @@ from __future__ import annotations
 import torch
 
 from saliency.demo_models import ShapesNet, demo_preprocess
-from saliency.rrr import path_points, penalty_statistics, rrr_batches
+from saliency.rrr import path_points, penalty_statistics, rrr_batches, unmarked_scenes
 from saliency.shapes import MARKER_COLOURS, SHORTCUT, generate_scenes
 from saliency.training import TrainConfig, training_batches
 
 
 def test_batches_match_plain_training_and_masks_follow_the_augmentation() -> None:
-    scenes = generate_scenes(64, seed=0, config=SHORTCUT)
     noisy = TrainConfig("shapes-shortcut", images=64, batch_size=32, epochs=1)
+    scenes = generate_scenes(64, seed=0, config=SHORTCUT)
+    unmarked = unmarked_scenes(noisy)
     normalize = demo_preprocess(SHORTCUT.size).normalize
-    for (x, y), (x2, y2, _) in zip(
+    for (x, y), (x2, y2, masks, clean) in zip(
         training_batches(scenes, noisy, 0, normalize),
-        rrr_batches(scenes, noisy, 0, normalize),
+        rrr_batches(scenes, unmarked, noisy, 0, normalize),
         strict=True,
     ):
         assert torch.equal(x, x2) and torch.equal(y, y2)  # the same noise too
+        outside = ~masks.expand_as(x)
+        # The unmarked scene has the same noise: it differs from the input only in the patch.
+        torch.testing.assert_close(clean[outside], x[outside], rtol=0, atol=1e-5)
+        assert (clean - x).abs().flatten(1).amax(1).min() > 0.5
     config = TrainConfig("shapes-shortcut", images=64, batch_size=32, epochs=1, noise=0.0)
     plain = list(training_batches(scenes, config, 0, normalize))
-    ours = list(rrr_batches(scenes, config, 0, normalize))
+    ours = list(rrr_batches(scenes, unmarked, config, 0, normalize))
     assert len(plain) == len(ours) == 2
     palette = torch.tensor(MARKER_COLOURS)
-    for (x, y), (x2, y2, masks) in zip(plain, ours, strict=True):
+    for (x, y), (x2, y2, masks, _) in zip(plain, ours, strict=True):
         assert torch.equal(x, x2) and torch.equal(y, y2)
         assert masks.shape == (32, 1, 96, 96) and masks.dtype == torch.bool
         pixels = x * 0.25 + 0.5  # undo the normalisation
@@ -37,21 +42,25 @@ def test_batches_match_plain_training_and_masks_follow_the_augmentation() -> Non
             assert (black | coloured).all()
 
 
-def test_path_points_differ_from_the_inputs_only_inside_the_mask() -> None:
+def test_unmarked_scenes_are_the_same_scenes_without_markers() -> None:
+    config = TrainConfig("shapes-shortcut", images=40)
+    marked = generate_scenes(40, seed=0, config=SHORTCUT)
+    unmarked = unmarked_scenes(config)
+    assert torch.equal(unmarked.labels, marked.labels)
+    outside = ~marked.marker_masks[:, None].expand_as(marked.images)
+    assert torch.equal(unmarked.images[outside], marked.images[outside])
+    assert not unmarked.marker_masks.any()
+
+
+def test_path_points_lie_between_the_unmarked_and_the_marked_inputs() -> None:
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(4, 3, 8, 8, generator=generator)
-    masks = torch.zeros(4, 1, 8, 8, dtype=torch.bool)
-    masks[:, :, 2:5, 1:4] = True
-    normalize = demo_preprocess(8).normalize
-    points = path_points(inputs, masks, normalize, torch.Generator().manual_seed(1))
-    assert torch.equal(points[~masks.expand_as(inputs)], inputs[~masks.expand_as(inputs)])
-    assert not torch.equal(points, inputs)
-    # Inside the mask: c + α (x − c) with one colour c and one α ∈ [0, 1) per sample.
-    replay = torch.Generator().manual_seed(1)
-    colours = normalize(torch.rand(4, 3, 1, 1, generator=replay))
-    alpha = torch.rand(4, 1, 1, 1, generator=replay)
-    expected = torch.where(masks, colours + alpha * (inputs - colours), inputs)
-    torch.testing.assert_close(points, expected)
+    unmarked = inputs.clone()
+    unmarked[:, :, 2:5, 1:4] = torch.randn(4, 3, 3, 3, generator=generator)
+    points = path_points(inputs, unmarked, torch.Generator().manual_seed(1))
+    alpha = torch.rand(4, 1, 1, 1, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(points, unmarked + alpha * (inputs - unmarked))
+    assert torch.equal(points[:, :, 5:], inputs[:, :, 5:])  # outside the patch: the input
 
 
 def test_detached_statistics_give_the_train_mode_function_without_its_batch_gradient() -> None:
