@@ -216,8 +216,15 @@ def _evaluate_model(
     device = next(loaded.model.parameters()).device
     scenes = demo_scenes(name, settings.images, seed=settings.seed, device=device)
     inputs = loaded.transform.normalize(scenes.images)
-    with torch.no_grad():
-        hits = float((loaded.model(inputs).argmax(1) == scenes.labels).float().mean())
+    hits = _accuracy(loaded.model, inputs, scenes.labels)
+    # Markers of random classes: a model that reads the marker instead of the shape fails here.
+    counterfactual = None
+    if DEMO_MODELS[name].counterfactual is not None:
+        swapped = demo_scenes(
+            name, settings.images, split="counterfactual", seed=settings.seed, device=device
+        )
+        normalized = loaded.transform.normalize(swapped.images)
+        counterfactual = _accuracy(loaded.model, normalized, swapped.labels)
     has_markers = scenes.config.marker != "none"
     metric_settings = MetricSettings(sanity_samples=settings.sanity_samples, step=settings.step)
     evaluations = []
@@ -238,12 +245,18 @@ def _evaluate_model(
             settings=metric_settings if first_order else replace(metric_settings, sanity_samples=0),
         )
         evaluation.row["accuracy"] = hits
+        evaluation.row["counterfactual_accuracy"] = counterfactual
         evaluation.row.update(_robustness(loaded.model, inputs, method, options, settings))
         evaluation.row["seconds"] = round(evaluation.seconds, 3)
         evaluations.append(evaluation)
         if on_step is not None:
             on_step(f"demo:{name} {method}")
     return evaluations, scenes, hits
+
+
+def _accuracy(model: nn.Module, inputs: Tensor, labels: Tensor) -> float:
+    with torch.no_grad():
+        return float((model(inputs).argmax(1) == labels).float().mean())
 
 
 def _robustness(
@@ -287,8 +300,10 @@ def _notes(settings: DemoSettings, accuracy: dict[str, float]) -> str:
     shown = ", ".join(f"{model} {value:.3f}" for model, value in accuracy.items())
     return (
         f"{settings.images} test scenes per model (seed {settings.seed}); the true class is "
-        f"explained. Accuracy on them: {shown}. Masses and localisation use |attribution| summed "
-        f"over channels; deletion substrate zeros, insertion substrate blur, step "
+        f"explained. Accuracy on them: {shown}; counterfactual_accuracy: on as many scenes "
+        f"whose markers show random classes (models trained with markers). Masses and "
+        f"localisation use |attribution| summed over channels; deletion substrate zeros, "
+        f"insertion substrate blur, step "
         f"{settings.step:.0%}. "
         f"sanity_<layer>: Spearman correlation with the map after cascading randomisation down "
         f"to that layer ({settings.sanity_samples} scenes; low is good; first-order methods "

@@ -90,6 +90,10 @@ def test_demo_writes_metrics_for_every_model_and_method(demo_run: Path) -> None:
         assert any(key.startswith("sanity_") for key in row)
         has_marker = row["model"] != "demo:shapes"
         assert ("marker_mass" in row) == has_marker
+        if has_marker:
+            assert 0.0 <= row["counterfactual_accuracy"] <= 1.0
+        else:
+            assert row["counterfactual_accuracy"] is None
     with (demo_run / "metrics.csv").open() as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == len(rows)
