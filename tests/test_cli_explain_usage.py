@@ -26,13 +26,7 @@ from saliency.cli.settings import byte_size
 SMALL = ["--input-size", "32"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models on shared cores: one intra-op thread avoids stalls of spinning teams."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +108,18 @@ def test_default_model_offline_says_how_to_go_on(
         (["--base", "gradcam"], ["base='gradcam' is a layer method"]),
         (["--overlay-alpha", "2"], ["--overlay-alpha 2.0", "[0, 1]"]),
         (["--overlay-cmap", "nocolours"], ["not a matplotlib colormap"]),
+        # found once the model is loaded
+        (
+            ["--method", "gradcam", "--layer", "features.99"],
+            ["layer 'features.99' does not exist", "close names: features.", "--layer NAME"],
+        ),
+        (["--target", "1000"], ["out of range", "0 to 999"]),
+        (["--target", "tabbby"], ["not one of the model's 1000 class names", "'tabby'"]),
+        (
+            ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "cuda:99"],
+            ["cuda"],
+        ),
+        (["--device", "toaster"], ["accepted: auto, cpu"]),
     ],
 )
 def test_bad_choices_are_usage_errors_before_any_work(
@@ -130,38 +136,6 @@ def test_bad_choices_are_usage_errors_before_any_work(
     for fragment in expected:
         assert fragment in err
     assert stdout == "" and not out.exists()
-
-
-@pytest.mark.parametrize(
-    ("argv", "expected"),
-    [
-        (
-            ["--method", "gradcam", "--layer", "features.99"],
-            ["layer 'features.99' does not exist", "close names: features.", "--layer NAME"],
-        ),
-        (["--target", "1000"], ["out of range", "0 to 999"]),
-        (["--target", "tabbby"], ["not one of the model's 1000 class names", "'tabby'"]),
-        (
-            ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "cuda:99"],
-            ["cuda"],
-        ),
-        (["--device", "toaster"], ["accepted: auto, cpu"]),
-    ],
-)
-def test_model_dependent_errors_are_usage_errors(
-    capsys: pytest.CaptureFixture[str],
-    photo: Path,
-    tmp_path: Path,
-    weights: Path,
-    argv: list[str],
-    expected: list[str],
-) -> None:
-    out = tmp_path / "out"
-    code, _, err = explain(capsys, photo, *model_args(weights), "--out", out, *argv)
-    assert code == 2, err
-    for fragment in expected:
-        assert fragment in err
-    assert not out.exists()
 
 
 def test_unknown_model_lists_what_is_accepted(

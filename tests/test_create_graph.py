@@ -7,12 +7,13 @@ with respect to the inputs and with respect to a parameter tensor (float64, smoo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from smooth_models import smooth_cnn
 from torch import Tensor, nn
 
 import saliency
@@ -33,27 +34,7 @@ def options_for(name: str) -> dict[str, Any]:
     return dict(FAST_OPTIONS.get(name, {}))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny float64 convolutions are ~20x faster on one thread than on a busy pool."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def smooth_model() -> nn.Module:
-    """Float64 CNN with smooth activations (ReLU nets have a zero input Hessian)."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.Softplus(),
-        nn.Conv2d(4, 4, 3, padding=1),
-        nn.Tanh(),  # the last spatial map: Grad-CAM's automatic layer
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
-    ).double()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_inputs() -> Tensor:
@@ -97,7 +78,7 @@ def assert_close_derivative(autograd: float, finite: float) -> None:
 @pytest.mark.parametrize("kind", ["random", "range_preserving"])
 @pytest.mark.parametrize("method", METHODS)
 def test_derivative_with_respect_to_inputs(method: str, kind: str) -> None:
-    model = smooth_model()
+    model = smooth_cnn()
     inputs = make_inputs()
     weights = torch.randn(
         inputs.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
@@ -118,7 +99,7 @@ def test_derivative_with_respect_to_inputs(method: str, kind: str) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_derivative_with_respect_to_a_parameter(method: str) -> None:
-    model = smooth_model()
+    model = smooth_cnn()
     inputs = make_inputs()
     weights = torch.randn(
         inputs.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
@@ -151,7 +132,7 @@ def test_derivative_with_respect_to_a_parameter(method: str) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_create_graph_true_attributions_require_grad(method: str) -> None:
-    model = smooth_model()
+    model = smooth_cnn()
     inputs = make_inputs()
     # Even with inputs that do not require grad, the graph reaches the parameters.
     ex = saliency.explain(
@@ -166,7 +147,7 @@ def test_create_graph_true_attributions_require_grad(method: str) -> None:
 @pytest.mark.parametrize("inputs_require_grad", [False, True])
 @pytest.mark.parametrize("method", METHODS)
 def test_create_graph_false_gives_plain_tensors(method: str, inputs_require_grad: bool) -> None:
-    model = smooth_model()
+    model = smooth_cnn()
     inputs = make_inputs().requires_grad_(inputs_require_grad)
     ex = saliency.explain(model, inputs, method, target=TARGET, **options_for(method))
     assert not ex.attributions.requires_grad
@@ -178,7 +159,7 @@ def test_create_graph_false_gives_plain_tensors(method: str, inputs_require_grad
 
 @pytest.mark.parametrize("method", METHODS)
 def test_create_graph_does_not_change_values(method: str) -> None:
-    model = smooth_model()
+    model = smooth_cnn()
     inputs = make_inputs()
     first = saliency.explain(model, inputs, method, target=TARGET, **options_for(method))
     second = saliency.explain(
@@ -191,7 +172,7 @@ def test_create_graph_does_not_change_values(method: str) -> None:
 
 def test_gradcam_float64_keeps_float64_precision() -> None:
     """Grad-CAM of a float64 model equals a float64 reference to float64 precision."""
-    model = smooth_model()
+    model = smooth_cnn()
     inputs = make_inputs()
     captured: dict[str, Tensor] = {}
     handle = model[3].register_forward_hook(lambda m, i, o: captured.__setitem__("a", o))
@@ -213,7 +194,7 @@ def test_gradcam_float64_keeps_float64_precision() -> None:
 def test_integrated_gradients_named_baseline_depends_on_inputs(baseline: str) -> None:
     """A named baseline is a function of the inputs (a blur of x; noise in x's range), so the
     derivative of the attributions includes its dependence on x."""
-    model = smooth_model()
+    model = smooth_cnn()
     inputs = make_inputs()
     weights = torch.randn(
         inputs.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)

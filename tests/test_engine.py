@@ -3,7 +3,6 @@ chunk loop, parameter state, option checks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -65,12 +64,7 @@ def make_inputs(n: int = 3) -> Tensor:
     return torch.randn(n, 3, 6, 6, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- chunking -----------------------------------------------------------------------------------

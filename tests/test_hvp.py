@@ -6,10 +6,9 @@ References: central finite differences of input gradients (float64) and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
+from smooth_models import smooth_cnn
 from torch import Tensor, nn
 
 import saliency
@@ -18,25 +17,7 @@ from saliency.errors import InvalidOptionError
 TARGET = [0, 2, 1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def smooth_model() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.Softplus(),
-        nn.Conv2d(4, 4, 3, padding=1),
-        nn.Tanh(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
-    ).double()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def relu_model() -> nn.Module:
@@ -74,7 +55,7 @@ def functional_hvp(model: nn.Module, x: Tensor, v: Tensor, target: list[int]) ->
 
 
 def test_matches_central_finite_differences_of_gradients() -> None:
-    model, x, v = smooth_model(), make(1), make(2)
+    model, x, v = smooth_cnn(), make(1), make(2)
     eps = 1e-5
     finite = (gradients(model, x + eps * v, TARGET) - gradients(model, x - eps * v, TARGET)) / (
         2 * eps
@@ -86,13 +67,13 @@ def test_matches_central_finite_differences_of_gradients() -> None:
 
 @pytest.mark.parametrize("batch_size", [1, 2, None])
 def test_matches_torch_autograd_functional_hvp(batch_size: int | None) -> None:
-    model, x, v = smooth_model(), make(1), make(2)
+    model, x, v = smooth_cnn(), make(1), make(2)
     result = saliency.hvp(model, x, v, target=TARGET, batch_size=batch_size)
     torch.testing.assert_close(result, functional_hvp(model, x, v, TARGET), rtol=1e-12, atol=1e-14)
 
 
 def test_default_target_is_the_argmax_and_vectors_broadcast() -> None:
-    model, x = smooth_model(), make(1)
+    model, x = smooth_cnn(), make(1)
     v = torch.randn(3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         argmax = model(x).argmax(1).tolist()
@@ -102,7 +83,7 @@ def test_default_target_is_the_argmax_and_vectors_broadcast() -> None:
 
 
 def test_callable_target() -> None:
-    model, x, v = smooth_model(), make(1), make(2)
+    model, x, v = smooth_cnn(), make(1), make(2)
     result = saliency.hvp(model, x, v, target=lambda out: out.logsumexp(1))
     expected = []
     for sample, vector in zip(x, v, strict=True):
@@ -115,7 +96,7 @@ def test_callable_target() -> None:
 
 def test_create_graph_gives_a_differentiable_product() -> None:
     """Third order: d/dx Σ (H(x) v)·w against finite differences; same values as without."""
-    model, x, v = smooth_model(), make(1), make(2)
+    model, x, v = smooth_cnn(), make(1), make(2)
     w, d = make(3), make(4)
     plain = saliency.hvp(model, x, v, target=TARGET)
     leaf = x.clone().requires_grad_(True)
@@ -141,7 +122,7 @@ def test_relu_network_has_zero_hessian_until_smoothed() -> None:
 
 
 def test_model_state_is_restored_and_inputs_untouched() -> None:
-    model, x, v = smooth_model(), make(1), make(2)
+    model, x, v = smooth_cnn(), make(1), make(2)
     model.train()
     model[0].weight.requires_grad_(False)
     before = x.clone()
@@ -167,4 +148,4 @@ def test_model_state_is_restored_and_inputs_untouched() -> None:
 )
 def test_bad_vectors_raise(vectors: Tensor) -> None:
     with pytest.raises(InvalidOptionError, match="vectors"):
-        saliency.hvp(smooth_model(), make(1), vectors)
+        saliency.hvp(smooth_cnn(), make(1), vectors)

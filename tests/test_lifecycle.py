@@ -215,13 +215,7 @@ def _assert_same_tensor_state(what: str, old: dict[str, Any], new: dict[str, Any
     assert new["hooks"] == old["hooks"], f"{what}: tensor hooks changed"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny convolutions are much faster on one thread than on a busy thread pool."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

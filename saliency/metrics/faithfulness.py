@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, TypedDict, get_args
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,9 @@ from saliency.errors import InvalidOptionError, InvalidTargetError, accepted
 from saliency.metrics.relevance import Reduction, relevance_map
 from saliency.model_state import evaluation_state
 from saliency.targets import ClassTarget, TargetSpec, resolve_target
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack is Python ≥ 3.11
 
 __all__ = [
     "Curve",
@@ -214,65 +217,41 @@ def perturbation_curve(
     return Curve(fractions, scores.view(steps + 1, count).T.contiguous())
 
 
+class CurveOptions(TypedDict, total=False):
+    """The keyword options of :func:`perturbation_curve` besides ``mode``."""
+
+    target: TargetSpec
+    step: float
+    substrate: SubstrateSpec | None
+    blur_sigma: float
+    score: Score
+    reduction: Reduction
+    batch_size: int | None
+
+
 def deletion_auc(
     model: Callable[[Tensor], Tensor],
     inputs: Tensor,
     attributions: Tensor,
-    *,
-    target: TargetSpec = None,
-    step: float = 0.02,
-    substrate: SubstrateSpec = "zeros",
-    blur_sigma: float = 5.0,
-    score: Score = "probability",
-    reduction: Reduction = "abs",
-    batch_size: int | None = None,
+    **options: Unpack[CurveOptions],
 ) -> Tensor:
     """``(N,)`` area under the deletion curve: lower is more faithful.
 
-    Arguments as in :func:`perturbation_curve` (the substrate defaults to ``"zeros"``).
+    Options as in :func:`perturbation_curve` (the substrate defaults to ``"zeros"``).
     """
-    return perturbation_curve(
-        model,
-        inputs,
-        attributions,
-        mode="deletion",
-        target=target,
-        step=step,
-        substrate=substrate,
-        blur_sigma=blur_sigma,
-        score=score,
-        reduction=reduction,
-        batch_size=batch_size,
-    ).auc()
+    curve = perturbation_curve(model, inputs, attributions, mode="deletion", **options)
+    return curve.auc()
 
 
 def insertion_auc(
     model: Callable[[Tensor], Tensor],
     inputs: Tensor,
     attributions: Tensor,
-    *,
-    target: TargetSpec = None,
-    step: float = 0.02,
-    substrate: SubstrateSpec = "blur",
-    blur_sigma: float = 5.0,
-    score: Score = "probability",
-    reduction: Reduction = "abs",
-    batch_size: int | None = None,
+    **options: Unpack[CurveOptions],
 ) -> Tensor:
     """``(N,)`` area under the insertion curve: higher is more faithful.
 
-    Arguments as in :func:`perturbation_curve` (the substrate defaults to ``"blur"``).
+    Options as in :func:`perturbation_curve` (the substrate defaults to ``"blur"``).
     """
-    return perturbation_curve(
-        model,
-        inputs,
-        attributions,
-        mode="insertion",
-        target=target,
-        step=step,
-        substrate=substrate,
-        blur_sigma=blur_sigma,
-        score=score,
-        reduction=reduction,
-        batch_size=batch_size,
-    ).auc()
+    curve = perturbation_curve(model, inputs, attributions, mode="insertion", **options)
+    return curve.auc()
