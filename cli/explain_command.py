@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import torch
 
@@ -33,9 +33,9 @@ from saliency.cli.distributed_manifest import (
     read_earlier,
     write_start,
 )
+from saliency.cli.explain_arguments import BATCH_CPU, BATCH_GPU, DESCRIPTION, EPILOG, add_arguments
 from saliency.cli.inputs import FoundInput, InputError, discover
 from saliency.cli.manifest import MANIFEST_NAME, InputRecord, write_manifest
-from saliency.cli.model_input import DEFAULT_SIZE
 from saliency.cli.model_setup import (
     ReadyModel,
     check_layers,
@@ -43,237 +43,39 @@ from saliency.cli.model_setup import (
     parse_target,
     resolve_device,
 )
-from saliency.cli.outputs import FORMATS, OutputSpec
+from saliency.cli.outputs import OutputSpec
 from saliency.cli.pipeline import Compute, Pipeline
 from saliency.cli.plan import Job, Plan, ResumeConflict, make_plan
 from saliency.cli.progress import Progress, format_duration
 from saliency.cli.recording import RunRecorder, now_iso
 from saliency.cli.settings import (
-    DEFAULT_METHODS,
     ChosenMethod,
     UsageError,
-    byte_size,
     check_format,
     choose_methods,
     image_pixel_limit,
     method_names,
-    positive_int,
     prepare_out,
     render_options,
 )
-from saliency.engine import PRECISIONS
 from saliency.explanation import versions
 from saliency.methods.registry import list_methods
-from saliency.rendering import Sign
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _LABEL = "saliency explain"
-_BATCH_CPU, _BATCH_GPU = 16, 32
-_DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default decompression-bomb limit
-
-DESCRIPTION = """\
-Explain a model's predictions on image files. For every input image, writes
-OUT/<relpath>/<method>.<format>: an overlay of the saliency map on the image, at the
-image's own resolution (<relpath> is the image's path relative to the folder argument it
-was found in, extension kept; a file argument: its name; inputs that would collide get a
-~2, ~3... suffix). OUT/manifest.json lists every input with its status, prediction,
-top-5, target and outputs, and the run's settings (see docs/manifest.md).
-
-The model sees the WHOLE image: it is resized to the model's square input size (its
-preprocessing crop size, e.g. 224; --input-size to change) ignoring the aspect ratio,
-never centre-cropped, so the map covers the whole image; the map is then upsampled
-bilinearly onto the original image.
-"""
-
-EPILOG = """\
-Folders: files with an extension Pillow decodes; subfolders with --recursive (symbolic
-links to folders are followed, loops are not); hidden names (.*) and OUT itself are
-skipped. Files named directly are always tried.
-
-Resume: a rerun skips the (image, method) pairs whose outputs and manifest entries are
-complete and says how many it skipped; --overwrite redoes them. Results made with another
-model, weights, target, precision or method options are never mixed silently: such a rerun
-stops with exit code 2 unless --overwrite. Ctrl-C stops cleanly: finished outputs and the
-manifest are kept, and the rerun resumes. Every file is written to a temporary name and
-renamed; nothing is written outside OUT.
-
-Many GPUs or machines: torchrun --nproc-per-node N -m saliency.cli explain ... shares
-the inputs among N processes, one per GPU (cuda:LOCAL_RANK); each records its share in
-OUT/manifest.rank-R.json and rank 0 merges them into OUT/manifest.json. Across machines,
-OUT must be on a shared file system.
-
-Exit codes: 0 every input done; 1 some inputs failed (each has its error in the manifest)
-and every other input was processed; 2 usage or set-up error (unknown method, model,
-option or layer, unusable --out...), found before any work; 130 interrupted.
-
-Registered methods: {methods}.
-Offline: the default model needs its torchvision weights in the torch cache; else pass
---weights FILE (a state dict), --weights none (random), or a demo model (--model demo:shapes).
-"""
 
 
 def add_parser(commands: Any) -> None:
     """Add the ``explain`` command to the CLI's sub-parsers."""
-    registered = list_methods()
     parser = commands.add_parser(
         "explain",
         help="saliency maps for image files (a resumable run folder with a manifest)",
         description=DESCRIPTION,
-        epilog=EPILOG.format(methods=", ".join(registered)),
+        epilog=EPILOG.format(methods=", ".join(list_methods())),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        default="resnet50",
-        metavar="NAME|PATH",
-        help="torchvision model name, TorchScript file, or PREFIX:NAME source such as "
-        "demo:shapes (default: resnet50)",
-    )
-    model.add_argument(
-        "--weights",
-        default="DEFAULT",
-        metavar="NAME|PATH",
-        help="torchvision weights name (default: DEFAULT), a local state-dict file, or 'none' "
-        "for random weights",
-    )
-    model.add_argument(
-        "--device", default="auto", help="auto (default: CUDA if available), cpu, cuda, cuda:N"
-    )
-    model.add_argument("--precision", choices=PRECISIONS, default="fp32", help="default: fp32")
-    model.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the model forward for gradient passes (worth it on a GPU for many "
-        "points: integrated_gradients, smoothgrad); falls back to eager with a warning",
-    )
-    model.add_argument(
-        "--input-size",
-        type=positive_int,
-        metavar="N",
-        help="square side the whole image is resized to for the model (default: the model's "
-        f"crop size, else {DEFAULT_SIZE})",
-    )
-    explaining = parser.add_argument_group("explaining")
-    explaining.add_argument(
-        "--method",
-        action="append",
-        metavar="NAME",
-        help=f"repeatable and/or comma-separated; one of: {', '.join(registered)}; or all "
-        f"(default: {','.join(n for n in DEFAULT_METHODS if n in registered)})",
-    )
-    explaining.add_argument(
-        "--target",
-        default="predicted",
-        metavar="predicted|INT|LABEL",
-        help="class to explain: each image's top class (default), a class index or a class name",
-    )
-    explaining.add_argument(
-        "--batch-size",
-        type=positive_int,
-        metavar="N",
-        help=f"at most N images per forward/backward pass, and N images explained together "
-        f"(default: automatic: {_BATCH_CPU} images per batch on CPU, {_BATCH_GPU} on GPU, "
-        "passes sized by the engine)",
-    )
-    explaining.add_argument(
-        "--memory-budget",
-        type=byte_size,
-        metavar="SIZE",
-        help="memory one automatic forward/backward pass may use, e.g. 4GiB (default: 60%% of "
-        "the free GPU memory, or 25%% of the available RAM up to 8 GiB)",
-    )
-    output = parser.add_argument_group("output")
-    output.add_argument(
-        "--out", default="saliency-out", metavar="DIR", help="default: ./saliency-out"
-    )
-    output.add_argument(
-        "--format", choices=FORMATS, default="png", help="overlay format (default: png)"
-    )
-    output.add_argument(
-        "--save-raw",
-        action="store_true",
-        help="also write <method>.npy: raw float32 attributions at the model's input size",
-    )
-    output.add_argument(
-        "--overwrite", action="store_true", help="redo finished outputs (default: resume)"
-    )
-    output.add_argument(
-        "--overlay-alpha",
-        type=float,
-        default=0.5,
-        metavar="A",
-        help="heatmap weight, 0..1 (default 0.5)",
-    )
-    output.add_argument("--overlay-cmap", metavar="NAME", help="matplotlib colormap")
-    output.add_argument(
-        "--overlay-sign",
-        choices=_choices(Sign),
-        help="which attributions to show (default: absolute values)",
-    )
-    running = parser.add_argument_group("running")
-    running.add_argument("-r", "--recursive", action="store_true", help="search subfolders")
-    running.add_argument(
-        "--max-image-pixels",
-        type=_non_negative_int,
-        default=_DEFAULT_MAX_PIXELS,
-        metavar="N",
-        help="refuse larger images as decompression bombs (default: Pillow's "
-        f"{_DEFAULT_MAX_PIXELS:,}; 0: no limit)",
-    )
-    running.add_argument(
-        "--workers",
-        type=positive_int,
-        default=min(4, os.cpu_count() or 1),
-        metavar="N",
-        help="worker processes that decode and encode images while the device explains "
-        "(threads where fork is unavailable; default: up to 4)",
-    )
-    running.add_argument(
-        "--threads",
-        type=_threads,
-        default="auto",
-        metavar="N|auto",
-        help="torch CPU threads; auto (default): torch's choice (one per core), but 1 when the "
-        "load average already reaches the number of cores, where torch's thread team would "
-        "stall waiting for busy cores",
-    )
-    running.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress, only errors and the summary"
-    )
-    running.add_argument(
-        "--gallery",
-        action="store_true",
-        help="build the HTML gallery (OUT/index.html) at the end of the run, as `saliency gallery`",
-    )
-    reserved = {
-        text.lstrip("-").replace("-", "_")
-        for action in parser._actions
-        for text in action.option_strings
-    } | {"batch_size", "create_graph", "precision", "target", "images", "compile", "memory_budget"}
-    generated = method_options.registry_options(reserved)
-    method_options.add_arguments(
-        parser.add_argument_group(
-            "method options",
-            "From the registered methods' options. Each goes only to the methods that have it\n"
-            "(and to a wrapper such as smoothgrad when its --base method has it); unset, each\n"
-            "method uses its own default. 'none' sets an optional value to None.",
-        ),
-        generated,
-    )
+    generated = add_arguments(parser)
     parser.set_defaults(run=run, generated_options=generated)
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: accepted: an integer >= 0")
-    return value
-
-
-def _threads(text: str) -> int | str:
-    return text if text == "auto" else positive_int(text)
 
 
 def _torch_threads(choice: int | str) -> int:
@@ -283,10 +85,6 @@ def _torch_threads(choice: int | str) -> int:
     cores = os.cpu_count() or 1
     busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores
     return 1 if busy else torch.get_num_threads()
-
-
-def _choices(literal: Any) -> list[str]:
-    return list(get_args(literal))
 
 
 def run(arguments: argparse.Namespace) -> int:
@@ -675,7 +473,7 @@ def _process(
 def _compute(arguments: argparse.Namespace, setup: _Setup) -> Compute:
     """How the pipeline explains batches."""
     ready = setup.ready
-    batch = arguments.batch_size or (_BATCH_GPU if ready.device.type == "cuda" else _BATCH_CPU)
+    batch = arguments.batch_size or (BATCH_GPU if ready.device.type == "cuda" else BATCH_CPU)
     return Compute(
         model=ready.model,
         model_input=ready.model_input,
