@@ -14,6 +14,7 @@ interleaved (rotated order each round) after an untimed warm-up round.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -84,6 +85,8 @@ class PipelineResult:
     inner: list[float] = field(default_factory=list)
     peak_rss: list[float] = field(default_factory=list)
     overlays: list[int] = field(default_factory=list)
+    device_idle: list[float] = field(default_factory=list)
+    """Our CLI's measured share of time the device waited (``totals.device_idle``)."""
     error: str | None = None
 
     def _rate(self, seconds: list[float]) -> float | None:
@@ -113,7 +116,7 @@ def make_photos(folder: Path, count: int, min_side: int, max_side: int, seed: in
     for index in range(count):
         width, height = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
         field_ = rng.uniform(0, 255, size=(4, 5, 3)).astype(np.uint8)
-        image = Image.fromarray(field_).resize((width, height), Image.BICUBIC)
+        image = Image.fromarray(field_).resize((width, height), Image.Resampling.BICUBIC)
         draw = ImageDraw.Draw(image)
         for _ in range(int(rng.integers(3, 9))):
             x0, x1 = sorted(int(v) for v in rng.integers(0, width, size=2))
@@ -175,8 +178,31 @@ def _inner_seconds(stdout: str, images: int) -> float | None:
     return None
 
 
-def _run_once(pipeline: Pipeline, out: Path, logs: Path) -> tuple[float, float | None, float, int]:
-    """Wall seconds, seconds after start-up, peak RSS bytes and overlays written."""
+@dataclass(frozen=True)
+class RunOutcome:
+    """One run of a pipeline."""
+
+    wall: float
+    inner: float | None
+    """Seconds after start-up, when the pipeline reports them."""
+    peak_rss: float
+    overlays: int
+    device_idle: float | None
+    """The device's idle share of the pipeline's time, when the pipeline measures it."""
+
+
+def _device_idle(out: Path) -> float | None:
+    """``totals.device_idle`` of a ``saliency explain`` run folder (None for other pipelines)."""
+    try:
+        totals = json.loads((out / "manifest.json").read_text())["run"]["totals"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    value = totals.get("device_idle") if isinstance(totals, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _run_once(pipeline: Pipeline, out: Path, logs: Path) -> RunOutcome:
+    """Run a pipeline once into ``out`` and measure it."""
     stdout_path, stderr_path = logs / "stdout.txt", logs / "stderr.txt"
     environment = dict(os.environ, MPLBACKEND="Agg")
     with open(stdout_path, "w") as stdout, open(stderr_path, "w") as stderr:
@@ -194,7 +220,7 @@ def _run_once(pipeline: Pipeline, out: Path, logs: Path) -> tuple[float, float |
     overlays = sum(1 for _ in out.rglob("*.png"))
     images = sum(1 for _ in out.iterdir() if _.is_dir())
     inner = _inner_seconds(text, images or 1)
-    return wall, inner, usage.ru_maxrss * 1024.0, overlays
+    return RunOutcome(wall, inner, usage.ru_maxrss * 1024.0, overlays, _device_idle(out))
 
 
 def run_e2e(
@@ -223,9 +249,7 @@ def run_e2e(
         return results
 
 
-def _attempt(
-    result: PipelineResult, folder: Path
-) -> tuple[float, float | None, float, int] | BaseException:
+def _attempt(result: PipelineResult, folder: Path) -> RunOutcome | BaseException:
     folder.mkdir()
     try:
         return _run_once(result.pipeline, folder / "out", folder)
@@ -237,7 +261,7 @@ def _attempt(
 
 def _record(
     result: PipelineResult,
-    outcome: tuple[float, float | None, float, int] | BaseException,
+    outcome: RunOutcome | BaseException,
     config: E2EConfig,
     timed: bool,
     log: Callable[[str], None],
@@ -247,17 +271,18 @@ def _record(
         result.error = " ".join(str(outcome).split())[:300]
         log(f"  {name}: {result.error}")
         return
-    wall, inner, peak, overlays = outcome
     expected = config.images * result.pipeline.overlays_per_image
-    if overlays != expected:
-        result.error = f"wrote {overlays} overlays, expected {expected}"
+    if outcome.overlays != expected:
+        result.error = f"wrote {outcome.overlays} overlays, expected {expected}"
         log(f"  {name}: {result.error}")
         return
     if timed:
-        result.wall.append(wall)
-        if inner is not None:
-            result.inner.append(inner)
-        result.peak_rss.append(peak)
-        result.overlays.append(overlays)
+        result.wall.append(outcome.wall)
+        if outcome.inner is not None:
+            result.inner.append(outcome.inner)
+        if outcome.device_idle is not None:
+            result.device_idle.append(outcome.device_idle)
+        result.peak_rss.append(outcome.peak_rss)
+        result.overlays.append(outcome.overlays)
     state = "timed" if timed else "warm-up"
-    log(f"  {state}: {name}: {wall:.2f} s, {config.images / wall:.3g} images/s")
+    log(f"  {state}: {name}: {outcome.wall:.2f} s, {config.images / outcome.wall:.3g} images/s")

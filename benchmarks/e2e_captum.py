@@ -59,7 +59,9 @@ def main() -> None:
         inputs = torch.stack(
             [
                 normalize(
-                    to_tensor(image.resize((args.size, args.size), Image.BILINEAR)), MEAN, STD
+                    to_tensor(image.resize((args.size, args.size), Image.Resampling.BILINEAR)),
+                    MEAN,
+                    STD,
                 )
                 for image in images
             ]

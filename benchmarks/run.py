@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import statistics
 import sys
 import warnings
 from collections.abc import Sequence
@@ -199,6 +200,7 @@ def _e2e_section(
                 "—" if spread is None else f"{report.number(spread[0])}–{report.number(spread[1])}",
                 report.number(result.inner_images_per_second),
                 report.megabytes(max(result.peak_rss) if result.peak_rss else None),
+                f"{statistics.median(result.device_idle):.0%}" if result.device_idle else "—",
                 str(result.overlays[-1]) if result.overlays else "—",
                 "—"
                 if result is primary
@@ -238,8 +240,10 @@ def _e2e_section(
         "Images/s of the whole process (`images/s`, start-up and imports included: what a user "
         "waits for) and after its imports (`after start-up`: the CLI's own summary line, or the "
         "script's time from after its imports; model loading included). Peak RSS is the "
-        "process's maximum resident set (`wait4`). `speed: ours ÷ this` compares with the bold "
-        "row.",
+        "process's maximum resident set (`wait4`). `device idle`: the share of our pipeline's "
+        "time the device waited for decoding or writing (median; measured by `saliency explain` "
+        "itself, `totals.device_idle` in its manifest). `speed: ours ÷ this` compares with the "
+        "bold row.",
         "",
         report.table(
             [
@@ -249,6 +253,7 @@ def _e2e_section(
                 "range",
                 "after start-up",
                 "peak RSS (MiB)",
+                "device idle",
                 "overlays written",
                 "speed: ours ÷ this",
             ],

@@ -106,11 +106,15 @@ def test_e2e_profile_runs_every_pipeline(smoke_run: tuple[str, str]) -> None:
     section = _section(text, "e2e")
     rows = _rows(section, "pipeline")
     written = {}
-    for pipeline, methods, rate, _range, after, peak, overlays, _speed in rows:
+    for pipeline, methods, rate, _range, after, peak, idle, overlays, _speed in rows:
         _positive(rate)
         _positive(after)
         _positive(peak)
         written[pipeline, methods] = int(overlays)
+        if "saliency explain" in pipeline:  # measured by our CLI, read from its manifest
+            assert idle.endswith("%") and 0 <= int(idle[:-1]) <= 100
+        else:
+            assert idle == "—"
     assert written == E2E_ROWS
     assert len(_rows(section, "target")) == 2
 
