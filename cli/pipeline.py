@@ -13,9 +13,9 @@ waiting for decoded images is measured: :attr:`Pipeline.device_idle`.
 
 Memory stays bounded for any number of inputs: at most ``3 × batch`` images are in flight
 (decoding, batched, or being written), and admission also pauses while the decoded images in
-flight hold more than a pixel budget. One input's failure (decoding, a method, writing) is
-recorded for that input and the run goes on. On Ctrl-C, queued decoding is cancelled, finished
-computations are still written, then the interrupt propagates.
+flight hold more than a pixel budget. One input's failure (decoding, a method, writing, even a
+worker process dying on it) is recorded for that input and the run goes on. On Ctrl-C, queued
+decoding is cancelled, finished computations are still written, then the interrupt propagates.
 
 The main thread owns the run's state: results from the workers are collected there.
 """
@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Executor, Future
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from saliency.cli.model_input import ModelInput
 from saliency.cli.outputs import OutputSpec, render_overlay, write_method_outputs
 from saliency.cli.plan import Job
-from saliency.cli.workers import decode, start_workers
+from saliency.cli.workers import Workers, decode
 from saliency.engine import Precision
 from saliency.errors import ImageLoadError, SaliencyError
 from saliency.explain import explain
@@ -111,6 +111,8 @@ class _Write:
     item: _Item
     method: str
     seconds: float
+    task: tuple[Any, ...]
+    """The arguments of :func:`write_method_outputs`, to run it again after a worker died."""
 
 
 def describe(exc: BaseException) -> str:
@@ -156,7 +158,7 @@ class Pipeline:
     worker_kind: str = field(init=False, default="")
     device_seconds: float = field(init=False, default=0.0)
     wall_seconds: float = field(init=False, default=0.0)
-    _pool: Executor = field(init=False)
+    _pool: Workers = field(init=False)
     _writes: deque[_Write] = field(init=False, default_factory=deque)
     _window: deque[tuple[Job, Future[tuple[PIL.Image.Image, Tensor]]]] = field(
         init=False, default_factory=deque
@@ -185,9 +187,8 @@ class Pipeline:
         Raises:
             KeyboardInterrupt: After recording what was finished.
         """
-        self._pool, self.worker_kind = start_workers(
-            self.workers, self.compute.model_input, PIL.Image.MAX_IMAGE_PIXELS
-        )
+        self._pool = Workers(self.workers, self.compute.model_input, PIL.Image.MAX_IMAGE_PIXELS)
+        self.worker_kind = self._pool.kind
         started = time.perf_counter()
         try:
             self._loop(iter(jobs))
@@ -197,7 +198,7 @@ class Pipeline:
             self._collect(block=True)
             raise
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown()
             self.wall_seconds = time.perf_counter() - started
 
     # ---- scheduling ----------------------------------------------------------------------
@@ -240,7 +241,7 @@ class Pipeline:
 
     def _take(self, job: Job, future: Future[tuple[PIL.Image.Image, Tensor]]) -> _Item | None:
         try:
-            original, pixels = future.result()
+            original, pixels = self._pool.result(future, decode, job)
         except Exception as exc:
             self.events.input_failed(job, decode_reason(exc))
             self._resolve_job(job, pixels=0)
@@ -303,11 +304,10 @@ class Pipeline:
                 continue
             raw = attributions[0].float().cpu().numpy() if self.output.save_raw else None
             self._write_slots.acquire()
-            future = self._pool.submit(
-                write_method_outputs, self.output, item.job.relpath, method, picture, raw
-            )
+            task = (self.output, item.job.relpath, method, picture, raw)
+            future = self._pool.submit(write_method_outputs, *task)
             future.add_done_callback(lambda _: self._write_slots.release())
-            self._writes.append(_Write(future, item, method, seconds))
+            self._writes.append(_Write(future, item, method, seconds, task))
 
     def _record_predictions(
         self, items: list[_Item], outputs: Tensor | None, targets: Tensor | None
@@ -334,7 +334,7 @@ class Pipeline:
             self._writes.popleft()
             collected += 1
             try:
-                overlay, raw = write.future.result()
+                overlay, raw = self._pool.result(write.future, write_method_outputs, *write.task)
             except Exception as exc:
                 message = f"cannot write outputs: {describe(exc)}"
                 self.events.method_failed(write.item.job, write.method, message)

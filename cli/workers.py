@@ -16,7 +16,10 @@ import os
 import signal
 import stat
 import sys
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
 
 import PIL.Image
 import torch
@@ -24,11 +27,72 @@ from torch import Tensor
 
 from saliency.cli.model_input import ModelInput
 from saliency.cli.plan import Job
-from saliency.errors import ImageLoadError
+from saliency.errors import ImageLoadError, SaliencyError
 from saliency.images import open_image
 
 # Set once per worker by its initializer (and for the thread fallback, in this process).
 _model_input: ModelInput | None = None
+
+_T = TypeVar("_T")
+
+
+class WorkerCrashed(SaliencyError):
+    """A worker process died (a crash in a decoder, or killed for memory) while doing a task,
+    also when the task was run again in a fresh worker."""
+
+
+class Workers:
+    """A pool of :func:`start_workers` that survives a worker's death.
+
+    A worker that dies (e.g. a decoder crashing on a malicious file, or the kernel killing it
+    for memory) breaks a process pool: every task in flight fails. The pool is then started
+    again, and each failed task is run once more, alone, when its result is asked for; a task
+    whose second run also kills its worker raises :class:`WorkerCrashed`, which the pipeline
+    records for that input only.
+    """
+
+    def __init__(self, count: int, model_input: ModelInput, max_image_pixels: int | None) -> None:
+        self._arguments = (count, model_input, max_image_pixels)
+        self._pool, self.kind = start_workers(*self._arguments)
+        self.restarts = 0
+
+    def submit(self, function: Callable[..., _T], *arguments: Any) -> Future[_T]:
+        """Schedule ``function(*arguments)`` (restarting a broken pool first)."""
+        try:
+            return self._pool.submit(function, *arguments)
+        except BrokenProcessPool:
+            self._restart()
+            return self._pool.submit(function, *arguments)
+
+    def result(self, future: Future[_T], function: Callable[..., _T], *arguments: Any) -> _T:
+        """The result of ``future``, a task ``function(*arguments)``, run once more if a dying
+        worker took it down."""
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            pass
+        try:
+            return self.submit(function, *arguments).result()
+        except BrokenProcessPool as exc:
+            self._restart()
+            raise WorkerCrashed(
+                "a worker process died while working on it, twice (a crash in a decoder or "
+                "encoder, or killed for lack of memory)"
+            ) from exc
+
+    def _restart(self) -> None:
+        try:
+            self._pool.submit(int)  # raises when the pool is broken; else a no-op task
+            return
+        except BrokenProcessPool:
+            pass
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool, self.kind = start_workers(*self._arguments)
+        self.restarts += 1
+
+    def shutdown(self) -> None:
+        """Wait for the tasks in flight, cancel queued ones, and stop the workers."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def start_workers(

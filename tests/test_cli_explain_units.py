@@ -50,7 +50,7 @@ from saliency.cli.relpaths import (
     split_relpath,
 )
 from saliency.cli.settings import UsageError, method_names, prepare_out
-from saliency.cli.workers import decode, start_workers
+from saliency.cli.workers import WorkerCrashed, Workers, decode, start_workers
 from saliency.engine import Engine
 from saliency.errors import ImageLoadError, InvalidOptionError
 from saliency.images import Preprocess
@@ -594,3 +594,35 @@ def test_workers_decode_in_processes_with_the_pixel_limit(tmp_path: Path) -> Non
     assert image.size == (20, 10) and pixels.shape == (3, 8, 8) and pixels.dtype == torch.uint8
     assert pixels[0].min() == 255 and pixels[2].max() == 0
     assert os.getpid() not in pids
+
+
+def _crash_on_width_13(image: Image.Image) -> torch.Tensor:
+    """A model transform that kills its worker process on 13-pixel-wide images."""
+    if image.width == 13:
+        os._exit(3)
+    return torch.zeros(3, 4, 4)
+
+
+def test_a_dying_worker_fails_only_its_own_task(tmp_path: Path) -> None:
+    sizes = {"a.png": 10, "bad.png": 13, "b.png": 11, "c.png": 12}
+    jobs = []
+    for name, width in sizes.items():
+        Image.new("RGB", (width, 8)).save(tmp_path / name)
+        jobs.append(Job(str(tmp_path / name), name, ("gradient",)))
+    workers = Workers(2, ModelInput(Preprocess(), 4, custom=_crash_on_width_13), None)
+    try:
+        futures = [workers.submit(decode, job) for job in jobs]
+        outcomes = {}
+        for job, future in zip(jobs, futures, strict=True):
+            try:
+                outcomes[job.relpath] = workers.result(future, decode, job)[0].width
+            except WorkerCrashed as exc:
+                outcomes[job.relpath] = str(exc)
+        # the pool still works after the crashes
+        after = workers.result(workers.submit(decode, jobs[0]), decode, jobs[0])
+    finally:
+        workers.shutdown()
+    assert outcomes["a.png"] == 10 and outcomes["b.png"] == 11 and outcomes["c.png"] == 12
+    assert "worker process died" in str(outcomes["bad.png"])
+    assert workers.restarts >= 2  # the first crash, and the crash of the task's second run
+    assert after[0].width == 10
