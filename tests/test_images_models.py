@@ -275,12 +275,32 @@ def test_permission_denied_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     expect_error(path, "permission denied")
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads anything")
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX permissions")
 def test_permission_denied_real(tmp_path: Path) -> None:
-    path = save(Image.new("RGB", (2, 2)), tmp_path / "a.png")
+    # Root reads anything: as root, the check runs in a child that drops to user "nobody", in a
+    # folder that user may enter.
+    folder = tmp_path / "open"
+    folder.mkdir()
+    path = save(Image.new("RGB", (2, 2)), folder / "a.png")
     path.chmod(0)
     try:
-        expect_error(path, "permission denied")
+        if os.geteuid() != 0:
+            expect_error(path, "permission denied")
+            return
+        for parent in (folder, *folder.parents):
+            parent.chmod(parent.stat().st_mode | 0o111)
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                expect_error(path, "permission denied")
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "no 'permission denied' as user nobody"
     finally:
         path.chmod(0o644)
 
