@@ -93,20 +93,29 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return arguments
 
 
+def _section_head(
+    name: str, description: str, device: torch.device, command: str, load: str, smoke: bool
+) -> list[str]:
+    """A profile section's title, description and machine lines, up to its results heading."""
+    return [
+        f"## {name}{SMOKE_NOTE if smoke else ''}",
+        "",
+        description + ".",
+        "",
+        *report.machine_lines(device, command, load),
+        "",
+        "### Results",
+        "",
+    ]
+
+
 def _micro_section(
     name: str, outcome: micro.MicroOutcome, command: str, load: str, smoke: bool
 ) -> str:
     config = outcome.config
     memory = memory_kind(outcome.device)
     lines = [
-        f"## {name}{SMOKE_NOTE if smoke else ''}",
-        "",
-        config.describe() + ".",
-        "",
-        *report.machine_lines(outcome.device, command, load),
-        "",
-        "### Results",
-        "",
+        *_section_head(name, config.describe(), outcome.device, command, load, smoke),
         "Each method's cases ran interleaved in one process on the same model, inputs and "
         "targets. `speed: ours ÷ this` > 1 means ours (the bold row, default options) is faster; "
         "`memory: ours ÷ this` < 1 means ours needs less. `passes/s` = images/s × forward+backward "
@@ -229,14 +238,7 @@ def _e2e_section(
         ),
     ]
     lines = [
-        f"## e2e{SMOKE_NOTE if smoke else ''}",
-        "",
-        config.describe() + ".",
-        "",
-        *report.machine_lines(_e2e_device(), command, load),
-        "",
-        "### Results",
-        "",
+        *_section_head("e2e", config.describe(), _e2e_device(), command, load, smoke),
         "Images/s of the whole process (`images/s`, start-up and imports included: what a user "
         "waits for) and after its imports (`after start-up`: the CLI's own summary line, or the "
         "script's time from after its imports; model loading included). Peak RSS is the "

@@ -47,6 +47,7 @@ from saliency.metrics.report import (
 )
 from saliency.models import load_model
 from saliency.shapes import CLASS_NAMES, TEST_SEED, Scenes, save_scenes
+from saliency.training import accuracy
 
 __all__ = [
     "DemoResult",
@@ -216,15 +217,14 @@ def _evaluate_model(
     device = next(loaded.model.parameters()).device
     scenes = demo_scenes(name, settings.images, seed=settings.seed, device=device)
     inputs = loaded.transform.normalize(scenes.images)
-    hits = _accuracy(loaded.model, inputs, scenes.labels)
+    hits = accuracy(loaded.model, scenes)
     # Markers of random classes: a model that reads the marker instead of the shape fails here.
     counterfactual = None
     if DEMO_MODELS[name].counterfactual is not None:
         swapped = demo_scenes(
             name, settings.images, split="counterfactual", seed=settings.seed, device=device
         )
-        normalized = loaded.transform.normalize(swapped.images)
-        counterfactual = _accuracy(loaded.model, normalized, swapped.labels)
+        counterfactual = accuracy(loaded.model, swapped)
     has_markers = scenes.config.marker != "none"
     metric_settings = MetricSettings(sanity_samples=settings.sanity_samples, step=settings.step)
     evaluations = []
@@ -252,11 +252,6 @@ def _evaluate_model(
         if on_step is not None:
             on_step(f"demo:{name} {method}")
     return evaluations, scenes, hits
-
-
-def _accuracy(model: nn.Module, inputs: Tensor, labels: Tensor) -> float:
-    with torch.no_grad():
-        return float((model(inputs).argmax(1) == labels).float().mean())
 
 
 def _robustness(

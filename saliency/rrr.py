@@ -42,10 +42,9 @@ from saliency.shapes import Scenes, generate_scenes
 from saliency.training import (
     TrainConfig,
     TrainResult,
-    accuracy,
     add_noise,
     augment,
-    evaluation_splits,
+    finish_training,
     noise_level,
     save_weights,
     smoke_config,
@@ -270,21 +269,9 @@ def train_rrr(
                 f"shapes-rrr epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.4f}, "
                 f"penalty {reasons / batches:.3g} ({time.perf_counter() - started:.0f} s)"
             )
-    seconds = time.perf_counter() - started
-    model.eval()
-    scores = {name: accuracy(model, split) for name, split in evaluation_splits(config).items()}
-    if log is not None:
-        log(
-            f"shapes-rrr: {seconds:.0f} s, accuracy "
-            + ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
-        )
-    return TrainResult(
-        model=model,
-        config=replace(config, model=RRR_MODEL),
-        seconds=seconds,
-        accuracy=scores,
-        losses=losses,
-        cpu_seconds=time.process_time() - cpu_started,
+    # shapes-rrr has the shortcut model's evaluation splits
+    return finish_training(
+        model, replace(config, model=RRR_MODEL), (started, cpu_started), losses, log
     )
 
 

@@ -281,8 +281,27 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> Trai
                 f"{config.model} epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.4f} "
                 f"({elapsed:.0f} s)"
             )
-    seconds = time.perf_counter() - started
-    cpu_seconds = time.process_time() - cpu_started
+    return finish_training(model, config, (started, cpu_started), losses, log)
+
+
+def finish_training(
+    model: ShapesNet,
+    config: TrainConfig,
+    started: tuple[float, float],
+    losses: list[float],
+    log: Callable[[str], None] | None,
+) -> TrainResult:
+    """Time a finished run, measure the model on ``config``'s evaluation splits, and log it.
+
+    Args:
+        model: The trained model (left in eval mode).
+        config: The run's configuration (its model names the evaluation splits).
+        started: ``time.perf_counter()`` and ``time.process_time()`` at the start of the run.
+        losses: Mean training loss per epoch.
+        log: Receives the summary line.
+    """
+    seconds = time.perf_counter() - started[0]
+    cpu_seconds = time.process_time() - started[1]
     model.eval()
     scores = {name: accuracy(model, split) for name, split in evaluation_splits(config).items()}
     if log is not None:
