@@ -37,8 +37,12 @@ from saliency.shapes import (
 
 __all__ = [
     "DEMO_MODELS",
+    "PENALTY_FORMS",
+    "PENALTY_SCORES",
     "WEIGHTS_DIR",
     "DemoModel",
+    "PenaltyForm",
+    "PenaltyScore",
     "ShapesNet",
     "demo_preprocess",
     "demo_scenes",
@@ -50,6 +54,11 @@ __all__ = [
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 """Where the shipped weights and their ``manifest.json`` live."""
+
+PenaltyForm = Literal["features", "direction"]
+PENALTY_FORMS: tuple[str, ...] = ("features", "direction")
+PenaltyScore = Literal["all", "label"]
+PENALTY_SCORES: tuple[str, ...] = ("all", "label")
 
 _MEAN = (0.5, 0.5, 0.5)
 _STD = (0.25, 0.25, 0.25)
@@ -108,6 +117,9 @@ class DemoModel:
         penalty: λ of the Right-for-the-Right-Reasons input-gradient penalty on the marker
             patches during training (0: plain training; see :mod:`saliency.rrr`).
         penalty_samples: Scenes of each batch the penalty is taken on (None: all).
+        penalty_form: ``"features"`` (squared gradient per input feature, Ross et al.) or
+            ``"direction"`` (squared derivative along the marker's change).
+        penalty_score: The differentiated score: ``"all"`` (Σ_k log p̂_k) or ``"label"``.
     """
 
     name: str
@@ -119,6 +131,8 @@ class DemoModel:
     epochs: int = 4
     penalty: float = 0.0
     penalty_samples: int | None = None
+    penalty_form: PenaltyForm = "direction"
+    penalty_score: PenaltyScore = "label"
 
 
 DEMO_MODELS: dict[str, DemoModel] = {
@@ -136,8 +150,8 @@ DEMO_MODELS: dict[str, DemoModel] = {
         "shapes-rrr.pt",
         SHORTCUT,
         COUNTERFACTUAL,
-        train_images=16_384,
-        epochs=4,
+        train_images=20_480,
+        epochs=5,
         penalty=10.0,
         penalty_samples=16,
     ),

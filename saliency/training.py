@@ -1,7 +1,8 @@
 """Reproducible training of the demo models on :mod:`saliency.shapes` scenes.
 
 The shipped weights come from exactly this command (one per model, each from its seed in a
-few minutes on a 2-core CPU)::
+few minutes on a 2-core CPU; the RRR model, whose steps take a double backward, in about half an
+hour)::
 
     python -m saliency.training --model shapes --out saliency/weights/
     python -m saliency.training --model shapes-shortcut --out saliency/weights/
@@ -342,6 +343,15 @@ def save_weights(result: TrainResult, out: str | Path) -> Path:
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "penalty": spec.penalty,
+        **(
+            {
+                "penalty_form": spec.penalty_form,
+                "penalty_score": spec.penalty_score,
+                "penalty_samples": spec.penalty_samples,
+            }
+            if spec.penalty
+            else {}
+        ),
         "command": f"python -m saliency.training --model {spec.name} --seed {result.config.seed}",
     }
     manifest["models"] = dict(sorted(manifest["models"].items()))
@@ -388,6 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             config,
             spec.penalty,
             penalty_samples=spec.penalty_samples,
+            form=spec.penalty_form,
+            score=spec.penalty_score,
             log=lambda line: print(line, flush=True),
         )
     else:

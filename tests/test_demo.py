@@ -13,7 +13,7 @@ import torch
 from saliency.cli.demo_command import metrics_table
 from saliency.cli.main import main
 from saliency.demo import DemoSettings, mask_outlines, outlined_pictures, run_demo
-from saliency.demo_models import installed_demo_models
+from saliency.demo_models import DEMO_MODELS, installed_demo_models
 from saliency.errors import InvalidOptionError
 from saliency.methods.registry import list_methods
 from saliency.metrics.report import METRIC_NAMES
@@ -58,7 +58,7 @@ def test_demo_settings_are_validated() -> None:
 
 
 def test_the_shipped_demo_models_are_installed() -> None:
-    assert {"shapes", "shapes-shortcut"} <= set(installed_demo_models())
+    assert set(installed_demo_models()) == set(DEMO_MODELS)
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,9 @@ def marker_mask() -> Tensor:
     return mask
 
 
-def reference(net: nn.Module, x: Tensor, mask: Tensor, labels: Tensor | None) -> tuple[Any, ...]:
+def reference(
+    net: nn.Module, x: Tensor, mask: Tensor, labels: Tensor | None, direction: Tensor | None = None
+) -> tuple[Any, ...]:
     """Penalty and its parameter gradients by torch.func: grad over θ of a grad over x."""
     params = {name: p.detach() for name, p in net.named_parameters()}
 
@@ -58,20 +60,29 @@ def reference(net: nn.Module, x: Tensor, mask: Tensor, labels: Tensor | None) ->
         for n in range(len(x)):
             label = None if labels is None else labels[n]
             g = grad(score)(x[n], theta, label)
-            total = total + (mask[n].to(x.dtype) * g).square().sum()
+            if direction is None:
+                total = total + (mask[n].to(x.dtype) * g).square().sum()
+            else:  # the squared derivative along mask ⊙ direction
+                total = total + (mask[n].to(x.dtype) * direction[n] * g).sum().square()
         return total / len(x)
 
     value = penalty(params)
     return value, grad(penalty)(params)
 
 
+DIRECTION = torch.randn(3, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.mark.parametrize("direction", [None, DIRECTION], ids=["per feature", "along a direction"])
 @pytest.mark.parametrize("labels", [None, LABELS], ids=["all classes", "labels"])
-def test_parameter_gradient_matches_independent_double_backprop(labels: Tensor | None) -> None:
+def test_parameter_gradient_matches_independent_double_backprop(
+    labels: Tensor | None, direction: Tensor | None
+) -> None:
     net, x, mask = model(), inputs(), marker_mask()
-    value = input_gradient_penalty(net, x, labels, mask)
+    value = input_gradient_penalty(net, x, labels, mask, direction=direction)
     assert value.ndim == 0 and value > 0
     grads = torch.autograd.grad(value, list(net.parameters()))
-    expected_value, expected = reference(net, x, mask, labels)
+    expected_value, expected = reference(net, x, mask, labels, direction)
     torch.testing.assert_close(value, expected_value, rtol=1e-12, atol=1e-15)
     for (name, _), ours in zip(net.named_parameters(), grads, strict=True):
         torch.testing.assert_close(ours, expected[name], rtol=1e-10, atol=1e-14, msg=name)
@@ -107,6 +118,48 @@ def test_only_features_inside_the_mask_count() -> None:
     right[..., 3:] = True
     assert input_gradient_penalty(left_only, x, None, right).item() == 0.0
     assert input_gradient_penalty(left_only, x, None, ~right).item() > 0
+
+
+def test_direction_penalty_of_a_linear_score_is_the_squared_change_of_the_region() -> None:
+    """For a linear score S, (Σ_d A_d v_d ∂_d S)² with v = x − x̃ equals (S(x) − S(x̃))² at every
+    point of the path; for a non-linear one its mean over the path is at least that
+    (Cauchy–Schwarz)."""
+    torch.manual_seed(0)
+    linear = nn.Linear(3 * 25, 3).double()
+    x = inputs()
+    replaced = x.clone()
+    replaced[..., :2, 3:] = torch.randn(3, 3, 2, 2, dtype=torch.float64)
+    mask = marker_mask()
+
+    def second_logit(outputs: Tensor) -> Tensor:
+        return outputs[:, 1]
+
+    def flat(v: Tensor) -> Tensor:
+        return linear(v.flatten(1))
+
+    change = (flat(x) - flat(replaced))[:, 1].square()
+    for alpha in (0.0, 0.3, 1.0):
+        point = replaced + alpha * (x - replaced)
+        penalty = input_gradient_penalty(
+            flat, point, second_logit, mask, direction=x - replaced, reduction="none"
+        )
+        torch.testing.assert_close(penalty, change, rtol=1e-12, atol=1e-14)
+    net = model()
+    alphas = (torch.arange(64, dtype=torch.float64) + 0.5) / 64  # midpoint rule over the path
+    mean = sum(
+        input_gradient_penalty(
+            net,
+            replaced + a * (x - replaced),
+            second_logit,
+            mask,
+            direction=x - replaced,
+            reduction="none",
+        )
+        for a in alphas
+    ) / len(alphas)
+    with torch.no_grad():
+        total_change = (net(x) - net(replaced))[:, 1].square()
+    assert (mean >= total_change * (1 - 1e-3)).all() and (total_change > 0).all()
 
 
 def test_model_is_called_once_as_it_is() -> None:
@@ -157,10 +210,11 @@ def test_callable_target_is_used_as_is() -> None:
         ({"mask": torch.zeros(3, 2, 5, 5)}, InvalidOptionError),
         ({"mask": torch.zeros(2, 3, 3, 5, 5)}, InvalidOptionError),
         ({"mask": [[0.0]]}, InvalidOptionError),
+        ({"direction": torch.zeros(3, 2, 5, 5)}, InvalidOptionError),
         ({"reduction": "max"}, InvalidOptionError),
         ({"targets": torch.tensor([0, 1, 7])}, InvalidTargetError),
     ],
-    ids=["mask shape", "mask dims", "mask type", "reduction", "target range"],
+    ids=["mask shape", "mask dims", "mask type", "direction shape", "reduction", "target range"],
 )
 def test_bad_arguments_raise(arguments: dict[str, Any], error: type[Exception]) -> None:
     call: dict[str, Any] = {"targets": LABELS, "mask": marker_mask(), **arguments}

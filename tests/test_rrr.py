@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 
 from saliency.demo_models import ShapesNet, demo_preprocess
-from saliency.rrr import path_points, penalty_statistics, rrr_batches, unmarked_scenes
+from saliency.rrr import (
+    SharedStatistics,
+    path_points,
+    penalty_statistics,
+    rrr_batches,
+    unmarked_scenes,
+)
 from saliency.shapes import MARKER_COLOURS, SHORTCUT, generate_scenes
 from saliency.training import TrainConfig, training_batches
 
@@ -63,21 +69,44 @@ def test_path_points_lie_between_the_unmarked_and_the_marked_inputs() -> None:
     assert torch.equal(points[:, :, 5:], inputs[:, :, 5:])  # outside the patch: the input
 
 
-def test_detached_statistics_give_the_train_mode_function_without_its_batch_gradient() -> None:
+def test_shared_statistics_give_the_training_function_per_sample() -> None:
+    """The penalty's pass normalises with the cross-entropy batch's statistics: each sample's
+    output and its parameter gradient (through the statistics too) are those of the training
+    pass, no sample influences another, and the running statistics are left alone."""
     torch.manual_seed(0)
     model = ShapesNet(widths=(4, 4, 4)).train()
     x = torch.randn(6, 3, 16, 16)
+    shared = SharedStatistics(model)
+    with shared.record():
+        training = model(x)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    with penalty_statistics(model, "detached"):
-        leaf = x.clone().requires_grad_(True)
-        detached = model(leaf)
-        (grad,) = torch.autograd.grad(detached[0, 1], leaf)
+    leaf = x[:2].clone().requires_grad_(True)
+    with penalty_statistics(model, "shared", shared):
+        replayed = model(leaf)
+    assert all("forward" not in m.__dict__ for m in model.modules())
     for key, value in model.state_dict().items():  # running statistics not updated
         assert torch.equal(value, state[key]), key
+    torch.testing.assert_close(replayed, training[:2], rtol=1e-5, atol=1e-6)
+    (grad,) = torch.autograd.grad(replayed[0, 1], leaf, retain_graph=True)
+    assert torch.count_nonzero(grad[1]) == 0 and torch.count_nonzero(grad[0]) > 0
+    params = list(model.parameters())
+    ours = torch.autograd.grad(replayed[0, 1], params, retain_graph=True)
+    expected = torch.autograd.grad(training[0, 1], params)
+    for mine, theirs in zip(ours, expected, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_statistics_restore_the_model_when_the_pass_raises() -> None:
+    model = ShapesNet(widths=(4, 4, 4)).train()
+    shared = SharedStatistics(model)
+    with shared.record():
+        model(torch.randn(4, 3, 16, 16))
+    try:
+        with penalty_statistics(model, "shared", shared):
+            model(torch.randn(2, 5, 16, 16))  # wrong channel count
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the bad pass should raise")
     assert all("forward" not in m.__dict__ for m in model.modules())
-    leaf = x.clone().requires_grad_(True)
-    plain = model(leaf)
-    torch.testing.assert_close(detached, plain, rtol=1e-5, atol=1e-6)
-    (batch_grad,) = torch.autograd.grad(plain[0, 1], leaf)
-    # Constant statistics: other samples do not influence sample 0's output through them.
-    assert torch.count_nonzero(grad[1:]) == 0 and torch.count_nonzero(batch_grad[1:]) > 0
+    assert all(not m._forward_pre_hooks for m in model.modules())
