@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import torch
 
 from saliency.demo_models import ShapesNet, demo_preprocess
+from saliency.errors import InvalidOptionError
 from saliency.rrr import (
     SharedStatistics,
     path_points,
     penalty_statistics,
     rrr_batches,
+    train_rrr,
     unmarked_scenes,
 )
 from saliency.shapes import MARKER_COLOURS, SHORTCUT, generate_scenes
-from saliency.training import TrainConfig, training_batches
+from saliency.training import TrainConfig, smoke_config, training_batches
 
 
 def test_batches_match_plain_training_and_masks_follow_the_augmentation() -> None:
@@ -110,3 +115,40 @@ def test_shared_statistics_restore_the_model_when_the_pass_raises() -> None:
         raise AssertionError("the bad pass should raise")
     assert all("forward" not in m.__dict__ for m in model.modules())
     assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"penalty": -1.0},
+        {"penalty": True},
+        {"at": "corner"},
+        {"form": "pixels"},
+        {"score": "logits"},
+        {"statistics": "detached"},
+    ],
+    ids=["negative", "bool", "at", "form", "score", "statistics"],
+)
+def test_bad_rrr_options_name_the_option_and_what_is_accepted(options: dict[str, Any]) -> None:
+    name = next(iter(options))
+    with pytest.raises(InvalidOptionError, match=f"{name}=") as raised:
+        train_rrr(smoke_config("shapes-shortcut"), **options)
+    assert "accepted" in str(raised.value)
+
+
+def test_the_per_feature_form_trains_with_each_statistics_mode() -> None:
+    config = TrainConfig("shapes-shortcut", images=64, epochs=1, batch_size=32, eval_images=8)
+    for statistics in ("batch", "running"):
+        lines: list[str] = []
+        result = train_rrr(
+            config,
+            1.0,
+            form="features",
+            score="all",
+            statistics=statistics,
+            penalty_samples=4,
+            log=lines.append,
+        )
+        assert not result.model.training and set(result.accuracy) == {"test", "counterfactual"}
+        [epoch] = [line for line in lines if "epoch" in line]
+        assert float(epoch.split("penalty ")[1].split(" ")[0]) > 0, statistics
