@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -56,9 +56,9 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 """Where the shipped weights and their ``manifest.json`` live."""
 
 PenaltyForm = Literal["features", "direction"]
-PENALTY_FORMS: tuple[str, ...] = ("features", "direction")
+PENALTY_FORMS: tuple[str, ...] = get_args(PenaltyForm)
 PenaltyScore = Literal["all", "label"]
-PENALTY_SCORES: tuple[str, ...] = ("all", "label")
+PENALTY_SCORES: tuple[str, ...] = get_args(PenaltyScore)
 
 _MEAN = (0.5, 0.5, 0.5)
 _STD = (0.25, 0.25, 0.25)

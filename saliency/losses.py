@@ -29,11 +29,10 @@ from typing import Any, Literal, overload
 import torch
 from torch import Tensor
 
-from saliency.errors import InvalidOptionError
+from saliency.errors import InvalidOptionError, check_choice
 from saliency.targets import TargetSpec, check_outputs, resolve_target
 
 Reduction = Literal["mean", "sum", "none"]
-_REDUCTIONS = ("mean", "sum", "none")
 
 
 @overload
@@ -113,8 +112,7 @@ def input_gradient_penalty(
         The penalty (a scalar, or ``(N,)`` for ``reduction="none"``), float32 at least; with
         ``return_outputs=True`` a tuple ``(penalty, outputs)``.
     """
-    if reduction not in _REDUCTIONS:
-        raise InvalidOptionError(f"reduction={reduction!r}; accepted: 'mean', 'sum', 'none'")
+    check_choice("reduction", reduction, Reduction)
     if not isinstance(inputs, Tensor) or inputs.ndim < 2 or not inputs.is_floating_point():
         raise InvalidOptionError("inputs must be a floating-point (N, ...) tensor")
     weights = _broadcast("mask", mask, inputs)

@@ -14,13 +14,13 @@ import functools
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Literal, get_args, overload
+from typing import Literal, overload
 
 import torch
 from PIL import Image
 from torch import Tensor
 
-from saliency.errors import InvalidOptionError, accepted
+from saliency.errors import InvalidOptionError, accepted, check_choice
 
 __all__ = [
     "ChannelReduction",
@@ -44,14 +44,6 @@ LUT_SIZE = 256
 DEFAULT_CMAP = "inferno"
 DEFAULT_DIVERGING_CMAP = "RdBu_r"
 _EXAMPLE_CMAPS = ("inferno", "viridis", "magma", "gray", "jet", "RdBu_r", "bwr", "seismic")
-
-
-def _check_choice(option: str, value: object, choices_type: object) -> None:
-    choices = get_args(choices_type)
-    if not isinstance(value, str) or value not in choices:
-        raise InvalidOptionError(
-            f"{option}={value!r} is not supported; accepted: {accepted(choices)}"
-        )
 
 
 def _check_number(option: str, value: object, ok: Callable[[float], bool], interval: str) -> float:
@@ -89,7 +81,7 @@ def reduce_channels(attributions: Tensor, reduction: ChannelReduction = "sum") -
     Raises:
         InvalidOptionError: Unknown ``reduction`` or attributions that are not 4-D.
     """
-    _check_choice("reduction", reduction, ChannelReduction)
+    check_choice("reduction", reduction, ChannelReduction)
     attributions = _check_attributions(attributions)
     if attributions.shape[1] == 1:
         return attributions[:, 0]
@@ -178,8 +170,8 @@ def normalize_maps(
         InvalidOptionError: An unknown choice, a number out of range, or maps that are not
             ``(N, H, W)`` with ``H, W > 0``.
     """
-    _check_choice("sign", sign, Sign)
-    _check_choice("normalization", normalization, Normalization)
+    check_choice("sign", sign, Sign)
+    check_choice("normalization", normalization, Normalization)
     percentile = _check_number("percentile", percentile, lambda v: 0 < v <= 100, "(0, 100]")
     outlier_perc = _check_number("outlier_perc", outlier_perc, lambda v: 0 <= v < 100, "[0, 100)")
     if not isinstance(maps, Tensor) or maps.dim() != 3 or 0 in maps.shape[1:]:
@@ -428,8 +420,8 @@ def render(
         InvalidOptionError: A bad choice or number, a bad shape, a missing background or a
             count of images that differs from ``N``.
     """
-    _check_choice("style", style, Style)
-    _check_choice("sign", sign, Sign)
+    check_choice("style", style, Style)
+    check_choice("sign", sign, Sign)
     alpha = _check_number("alpha", alpha, lambda v: 0 <= v <= 1, "[0, 1]")
     attributions = _check_attributions(attributions)
     if images is None and style != "heatmap":

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ from saliency.demo_models import (
     PenaltyForm,
     PenaltyScore,
 )
-from saliency.errors import InvalidOptionError, accepted
+from saliency.errors import InvalidOptionError, check_choice
 from saliency.losses import input_gradient_penalty
 from saliency.model_state import evaluation_state
 from saliency.shapes import Scenes, generate_scenes
@@ -76,9 +76,9 @@ __all__ = [
 ]
 
 PenaltyPoint = Literal["input", "path"]
-PENALTY_POINTS: tuple[str, ...] = ("input", "path")
+PENALTY_POINTS: tuple[str, ...] = get_args(PenaltyPoint)
 Statistics = Literal["shared", "running", "batch"]
-STATISTICS: tuple[str, ...] = ("shared", "running", "batch")
+STATISTICS: tuple[str, ...] = get_args(Statistics)
 
 SHORTCUT_MODEL = "shapes-shortcut"
 RRR_MODEL = "shapes-rrr"
@@ -346,14 +346,10 @@ def train_rrr(
 def _check_options(penalty: float, at: str, form: str, score: str, statistics: str) -> None:
     if isinstance(penalty, bool) or not isinstance(penalty, int | float) or penalty < 0:
         raise InvalidOptionError(f"penalty={penalty!r}; accepted: a number ≥ 0")
-    for name, value, choices in (
-        ("at", at, PENALTY_POINTS),
-        ("form", form, PENALTY_FORMS),
-        ("score", score, PENALTY_SCORES),
-        ("statistics", statistics, STATISTICS),
-    ):
-        if value not in choices:
-            raise InvalidOptionError(f"{name}={value!r}; accepted: {accepted(choices)}")
+    check_choice("at", at, PenaltyPoint)
+    check_choice("form", form, PenaltyForm)
+    check_choice("score", score, PenaltyScore)
+    check_choice("statistics", statistics, Statistics)
 
 
 def _ramp(step: int, total: int, share: float) -> float:
