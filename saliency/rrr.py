@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -263,11 +263,13 @@ def train_rrr(
     form: PenaltyForm = _SPEC.penalty_form,
     score: PenaltyScore = _SPEC.penalty_score,
     statistics: Statistics = "shared",
-    penalty_samples: int | None = None,
+    penalty_samples: int | None = _SPEC.penalty_samples,
     penalty_ramp: float = 0.0,
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ShapesNet on ``config``'s scenes with the RRR penalty on the marker patches.
+
+    The defaults are the recipe of the shipped ``demo:shapes-rrr`` (``DEMO_MODELS["shapes-rrr"]``).
 
     Mirrors :func:`saliency.training.train` (same scenes, initial weights, batch order,
     augmentation, optimiser and schedule); only the loss gains ``penalty ×`` the input-gradient
@@ -310,7 +312,7 @@ def train_rrr(
         model.train()
         total, reasons, batches = 0.0, 0.0, 0
         for inputs, labels, masks, clean in rrr_batches(scenes, unmarked, config, epoch, normalize):
-            with shared.record():
+            with shared.record() if statistics == "shared" else nullcontext():
                 right_answers = F.cross_entropy(model(inputs), labels)
             subset, subset_clean = inputs[chosen], clean[chosen]
             points = subset if at == "input" else path_points(subset, subset_clean, generator)
