@@ -160,9 +160,12 @@ def make_plan(
     jobs: list[Job] = []
     skipped: list[str] = []
     for item, relpath in zip(found, relpaths, strict=True):
-        entry = entries.get(relpath)
-        if entry is None or entry.source != item.source:
-            entry = InputRecord(path=relpath, source=item.source)
+        known = entries.get(relpath)
+        entry = (
+            known
+            if known is not None and known.source == item.source
+            else InputRecord(path=relpath, source=item.source)
+        )
         todo = tuple(
             method
             for method in requested

@@ -147,13 +147,15 @@ def run_summary(run: Run) -> list[tuple[str, str]]:
     add("Model", info.get("model"), f"weights {weights}" if weights else None)
     add("Target", info.get("target"))
     add("Device", info.get("device"), info.get("precision"))
-    totals = info.get("totals") if isinstance(info.get("totals"), dict) else {}
+    totals_info = info.get("totals")
+    totals = totals_info if isinstance(totals_info, dict) else {}
     counts = [f"{totals[k]} {k}" for k in ("inputs", "ok", "error", "skipped") if k in totals]
     add("Inputs", *counts or [f"{len(run.inputs)} inputs"])
     if isinstance(totals.get("seconds"), int | float):
         add("Run time", f"{totals['seconds']:.1f} s")
     add("Started", info.get("started"), info.get("finished"), sep=" → ")
-    versions = info.get("versions") if isinstance(info.get("versions"), dict) else {}
+    versions_info = info.get("versions")
+    versions = versions_info if isinstance(versions_info, dict) else {}
     add("Versions", *(f"{name} {value}" for name, value in versions.items()))
     return rows
 
