@@ -71,21 +71,3 @@ class Method(ABC):
     ) -> dict[str, Tensor]:
         """Optional per-sample diagnostics computed after :meth:`attribute` (none by default)."""
         return {}
-
-
-def require_int(name: str, value: object, minimum: int) -> None:
-    """Raise unless ``value`` is an int ≥ ``minimum``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise InvalidOptionError(f"{name}={value!r}; accepted: an int ≥ {minimum}")
-
-
-def require_float(name: str, value: object, minimum: float) -> None:
-    """Raise unless ``value`` is a real number ≥ ``minimum``."""
-    if not isinstance(value, int | float) or isinstance(value, bool) or not value >= minimum:
-        raise InvalidOptionError(f"{name}={value!r}; accepted: a number ≥ {minimum}")
-
-
-def require_bool(name: str, value: object) -> None:
-    """Raise unless ``value`` is a bool."""
-    if not isinstance(value, bool):
-        raise InvalidOptionError(f"{name}={value!r}; accepted: True or False")

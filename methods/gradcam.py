@@ -10,8 +10,9 @@ from torch import Tensor, nn
 
 from saliency.engine import Chunk, Engine, Points
 from saliency.layers import find_layer
-from saliency.methods.base import Method, require_bool
+from saliency.methods.base import Method
 from saliency.targets import Target
+from saliency.validation import require_bool
 
 
 @dataclass(frozen=True)

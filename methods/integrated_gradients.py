@@ -12,8 +12,9 @@ from torch import Tensor
 from saliency.baselines import BASELINE_NAMES, BaselineSpec, make_baseline
 from saliency.engine import Chunk, Engine, Points
 from saliency.errors import InvalidOptionError
-from saliency.methods.base import Method, require_bool, require_int
+from saliency.methods.base import Method
 from saliency.targets import Target
+from saliency.validation import require_bool, require_int
 
 
 @dataclass(frozen=True)

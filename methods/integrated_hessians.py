@@ -14,9 +14,10 @@ from saliency.baselines import BASELINE_NAMES, BaselineSpec, make_baseline
 from saliency.engine import Chunk, Engine, Points
 from saliency.errors import InvalidOptionError
 from saliency.hvp import hessian_vector_product
-from saliency.methods.base import Method, require_bool, require_int
+from saliency.methods.base import Method
 from saliency.methods.integrated_gradients import IntegratedGradients, gauss_legendre
 from saliency.targets import Target
+from saliency.validation import require_bool, require_int
 
 Box = tuple[int, int, int, int]
 QuerySpec = Box | Tensor | None

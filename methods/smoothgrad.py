@@ -11,9 +11,10 @@ from torch import Tensor
 
 from saliency.engine import Engine
 from saliency.errors import InvalidOptionError
-from saliency.methods.base import Method, require_bool, require_float, require_int
+from saliency.methods.base import Method
 from saliency.methods.registry import get_method
 from saliency.targets import Target
+from saliency.validation import require_bool, require_float, require_int
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import get_args
 
 
 class SaliencyError(Exception):
@@ -59,12 +58,3 @@ class ImageLoadError(SaliencyError, ValueError):
 def accepted(values: Iterable[object]) -> str:
     """Format a list of accepted values for an error message."""
     return ", ".join(repr(v) for v in values)
-
-
-def check_choice(option: str, value: object, choices_type: object) -> None:
-    """Raise :class:`InvalidOptionError` unless ``value`` is a value of the ``Literal`` type."""
-    choices = get_args(choices_type)
-    if not isinstance(value, str) or value not in choices:
-        raise InvalidOptionError(
-            f"{option}={value!r} is not supported; accepted: {accepted(choices)}"
-        )

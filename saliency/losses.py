@@ -29,8 +29,9 @@ from typing import Any, Literal, overload
 import torch
 from torch import Tensor
 
-from saliency.errors import InvalidOptionError, check_choice
+from saliency.errors import InvalidOptionError
 from saliency.targets import TargetSpec, check_outputs, resolve_target
+from saliency.validation import check_choice
 
 Reduction = Literal["mean", "sum", "none"]
 

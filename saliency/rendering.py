@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from saliency.errors import InvalidOptionError, accepted, check_choice
+from saliency.errors import InvalidOptionError, accepted
+from saliency.validation import check_choice
 
 __all__ = [
     "ChannelReduction",

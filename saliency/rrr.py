@@ -47,7 +47,7 @@ from saliency.demo_models import (
     PenaltyForm,
     PenaltyScore,
 )
-from saliency.errors import InvalidOptionError, check_choice
+from saliency.errors import InvalidOptionError
 from saliency.losses import input_gradient_penalty
 from saliency.model_state import evaluation_state
 from saliency.shapes import Scenes, generate_scenes
@@ -63,6 +63,7 @@ from saliency.training import (
     start_training,
     train,
 )
+from saliency.validation import check_choice
 
 __all__ = [
     "DEFAULT_PENALTY",

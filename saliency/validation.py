@@ -1,0 +1,66 @@
+"""Option checks shared by the library, the methods and the CLI.
+
+Each raises :class:`~saliency.errors.InvalidOptionError` naming the option, the value given
+and what is accepted. ``bool`` is never accepted as a number (``True`` is an ``int`` in Python).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import get_args
+
+from saliency.errors import InvalidOptionError, accepted
+
+
+def is_int(value: object) -> bool:
+    """``value`` is an ``int`` and not a ``bool``."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> bool:
+    """``value`` is an ``int`` or ``float`` and not a ``bool``."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def require_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
+    """Raise unless ``value`` is an int in ``[minimum, maximum]``."""
+    if not is_int(value) or value < minimum or (maximum is not None and value > maximum):  # type: ignore[operator]
+        bound = f"≥ {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise InvalidOptionError(f"{name}={value!r}; accepted: an int {bound}")
+
+
+def require_float(
+    name: str,
+    value: object,
+    minimum: float,
+    *,
+    exclusive: bool = False,
+    maximum: float | None = None,
+) -> None:
+    """Raise unless ``value`` is a finite real number ≥ ``minimum`` (> with ``exclusive``) and
+    ≤ ``maximum``. NaN and ±inf are never accepted."""
+    ok = is_real(value) and math.isfinite(float(value))  # type: ignore[arg-type]
+    if ok:
+        number = float(value)  # type: ignore[arg-type]
+        ok = (number > minimum if exclusive else number >= minimum) and (
+            maximum is None or number <= maximum
+        )
+    if not ok:
+        low = f"> {minimum}" if exclusive else f"≥ {minimum}"
+        high = "" if maximum is None else f" and ≤ {maximum}"
+        raise InvalidOptionError(f"{name}={value!r}; accepted: a finite number {low}{high}")
+
+
+def require_bool(name: str, value: object) -> None:
+    """Raise unless ``value`` is a bool."""
+    if not isinstance(value, bool):
+        raise InvalidOptionError(f"{name}={value!r}; accepted: True or False")
+
+
+def check_choice(option: str, value: object, choices_type: object) -> None:
+    """Raise unless ``value`` is one of the values of the ``Literal`` type ``choices_type``."""
+    choices = get_args(choices_type)
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidOptionError(
+            f"{option}={value!r} is not supported; accepted: {accepted(choices)}"
+        )
