@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+
+# One lock per model: the state change below is global to the model, so two threads explaining
+# the same model would see each other's eval mode and restore each other's flags.
+_model_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serialises explanations of ``model`` across threads (re-entrant)."""
+    with _locks_guard:
+        lock = _model_locks.get(model)
+        if lock is None:
+            lock = _model_locks[model] = threading.RLock()
+        return lock
 
 
 @contextmanager
@@ -18,7 +34,7 @@ def evaluation_state(model: Callable[..., Any], keep_parameter_grads: bool) -> I
     the memory of the saved tensors. With ``keep_parameter_grads=True`` (``create_graph``) the
     graph must reach the parameters, so their flags stay as the user set them. Every module's
     ``training`` flag and every parameter's ``requires_grad`` is restored in ``finally``, also
-    when the model raises.
+    when the model raises. Calls on one module from several threads run one at a time.
 
     Args:
         model: an ``nn.Module`` (its state is managed) or any callable (left alone).
@@ -28,6 +44,12 @@ def evaluation_state(model: Callable[..., Any], keep_parameter_grads: bool) -> I
         with torch.enable_grad():
             yield
         return
+    with model_lock(model), _module_state(model, keep_parameter_grads):
+        yield
+
+
+@contextmanager
+def _module_state(model: nn.Module, keep_parameter_grads: bool) -> Iterator[None]:
     training = [(module, module.training) for module in model.modules()]
     frozen = [] if keep_parameter_grads else [p for p in model.parameters() if p.requires_grad]
     try:
