@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from saliency.targets import Target
 
 OutputSpace = Literal["input", "layer"]
+# Options every method takes, handled by explain() and the engine rather than the method.
+COMMON_OPTIONS = ("batch_size", "create_graph", "precision", "compile", "memory_budget")
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,16 @@ class Method(ABC):
         names = cls.option_names()
         unknown = sorted(set(options) - set(names))
         if unknown:
+            close = difflib.get_close_matches(unknown[0], [*names, *COMMON_OPTIONS], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            own = (
+                f"accepted: {accepted(names)} and the common options"
+                if names
+                else f"{cls.__name__} has no options of its own; it accepts the common options"
+            )
             raise InvalidOptionError(
-                f"{cls.__name__} has no option {unknown[0]!r}; accepted: {accepted(names)} and "
-                "the common options 'batch_size', 'create_graph', 'precision'"
+                f"{cls.__name__} has no option {unknown[0]!r}{hint}; {own} "
+                f"{accepted(COMMON_OPTIONS)}"
             )
         return cls(**options)
 

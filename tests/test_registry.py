@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 import saliency
-from saliency.errors import DuplicateMethodError, UnknownMethodError
+from saliency.errors import DuplicateMethodError, InvalidOptionError, UnknownMethodError
 from saliency.methods import registry
 from saliency.methods.base import Method
 
@@ -266,3 +266,17 @@ def test_plugin_colliding_with_built_in_warns_and_built_in_wins(
     assert set(BUILT_INS) <= set(names)
     # A third-party package must not be able to replace a built-in method.
     assert saliency.get_method("gradient").__module__ == "saliency.methods.gradient", messages
+
+
+def test_unknown_option_of_a_method_without_options_says_it_has_none() -> None:
+    with pytest.raises(InvalidOptionError) as raised:
+        saliency.get_method("gradient").create(steps=5)
+    message = str(raised.value)
+    assert "no options of its own" in message
+    assert "accepted:  " not in message  # never an empty list
+    assert "'batch_size'" in message
+
+
+def test_misspelt_option_suggests_the_close_name() -> None:
+    with pytest.raises(InvalidOptionError, match=r"did you mean 'steps'\?"):
+        saliency.get_method("integrated_gradients").create(stepz=5)
