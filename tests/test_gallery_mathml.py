@@ -1,0 +1,54 @@
+"""Formulas as MathML: converted at build time, and nothing unsafe gets through."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ElementTree
+
+import pytest
+
+import saliency
+from saliency.gallery.describe import describe_method
+from saliency.gallery.mathml import tex_to_mathml
+
+
+@pytest.mark.parametrize("name", saliency.list_methods())
+def test_every_registered_formula_converts(name: str) -> None:
+    formula = describe_method(name).formula
+    if not formula:
+        pytest.skip(f"{name} has no formula in its docstring")
+    markup = tex_to_mathml(formula)
+    assert markup is not None, formula
+    root = ElementTree.fromstring(str(markup))
+    assert root.tag == "{http://www.w3.org/1998/Math/MathML}math"
+    assert root.get("display") == "block"
+    assert "\\" not in "".join(root.itertext())  # no TeX command left as text
+
+
+def test_fraction_and_subscript_structure() -> None:
+    markup = tex_to_mathml(r"\alpha_k = \frac{1}{hw}")
+    assert markup is not None
+    root = ElementTree.fromstring(str(markup))
+    names = {element.tag.rpartition("}")[2] for element in root.iter()}
+    assert {"msub", "mfrac", "mi", "mn"} <= names
+
+
+@pytest.mark.parametrize(
+    "tex",
+    [
+        r"\text{<script>alert(1)</script>} x",
+        r"\text{<img src=x onerror=alert(1)>}",
+        r"\text{<b>bold</b>}",
+        r"\frac{",
+        "x & y",
+    ],
+)
+def test_hostile_or_broken_tex_falls_back_to_none(tex: str) -> None:
+    assert tex_to_mathml(tex) is None
+
+
+def test_quotes_in_text_are_escaped_not_attributes() -> None:
+    markup = tex_to_mathml(r'\text{a " onload="x}')
+    assert markup is not None
+    root = ElementTree.fromstring(str(markup))
+    assert all(set(element.attrib) <= {"display"} for element in root.iter())
+    assert 'a " onload="x' in "".join(root.itertext()).replace("\xa0", " ")
