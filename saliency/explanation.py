@@ -50,6 +50,21 @@ class Explanation:
     def __len__(self) -> int:
         return len(self.attributions)
 
+    def __repr__(self) -> str:
+        """One line: method, shape, dtype and device of the maps, and the targets."""
+        shape = "×".join(str(size) for size in self.attributions.shape)
+        if self.targets is None:
+            targets = "callable target"
+        else:
+            shown = self.targets[:8].tolist()
+            more = ", …" if len(self.targets) > 8 else ""
+            targets = f"targets [{', '.join(map(str, shown))}{more}]"
+        dtype = str(self.attributions.dtype).removeprefix("torch.")
+        return (
+            f"<Explanation {self.method}: {shape} {dtype} on {self.attributions.device}, "
+            f"{targets}>"
+        )
+
     def backgrounds(self) -> Tensor | Sequence[Tensor | PIL.Image.Image]:
         """The images overlays are drawn on: ``images``, else the inputs rescaled to [0, 1]."""
         if self.images is not None:

@@ -267,3 +267,15 @@ def test_atomic_files_get_the_usual_permissions(tmp_path: Path) -> None:
 
     path = write_text_atomic(tmp_path / "x.txt", "hello")
     assert path.stat().st_mode & 0o777 == 0o666 & ~_UMASK
+
+
+def test_repr_is_one_short_line_without_tensor_values() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    ex = saliency.explain(model, torch.randn(10, 3, 2, 2), "gradient", target=2)
+    text = repr(ex)
+    assert "\n" not in text and len(text) < 120
+    assert text.startswith("<Explanation gradient: 10×3×2×2 float32 on cpu")
+    assert "targets [2, 2, 2, 2, 2, 2, 2, 2, …]" in text
+    assert "tensor(" not in text
+    callable_target = saliency.explain(model, torch.randn(2, 3, 2, 2), target=lambda o: o[:, 0])
+    assert "callable target" in repr(callable_target)
