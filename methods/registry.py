@@ -15,10 +15,10 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import TypeVar, overload
 
 from saliency.errors import DuplicateMethodError, UnknownMethodError
+from saliency.installation import DISTRIBUTION
 from saliency.methods.base import Method
 
 ENTRY_POINT_GROUP = "saliency.methods"
-DISTRIBUTION = "saliency-kit"
 
 _M = TypeVar("_M", bound=type[Method])
 _registry: dict[str, type[Method]] = {}

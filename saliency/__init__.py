@@ -8,7 +8,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 # demo_models registers the "demo:" model source (load_model("demo:shapes"))
-from saliency import demo_models, errors
+from saliency import demo_models, errors, installation
 from saliency.engine import Engine, Precision
 from saliency.explain import explain
 from saliency.explanation import Explanation
@@ -20,8 +20,10 @@ from saliency.models import LoadedModel, load_model, register_model_source
 from saliency.rendering import render
 from saliency.smooth_relu import smooth_relu
 
+installation.warn_on_clashing_distribution()
+
 try:
-    __version__ = version("saliency-kit")
+    __version__ = version(installation.DISTRIBUTION)
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
