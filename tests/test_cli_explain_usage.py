@@ -21,7 +21,7 @@ from PIL import Image
 import saliency
 from saliency.cli import pipeline
 from saliency.cli.main import main
-from saliency.cli.settings import byte_size
+from saliency.cli.explain_options import byte_size
 
 SMALL = ["--input-size", "32"]
 
