@@ -220,10 +220,6 @@ class RelpathAllocator:
         for end in range(1, len(parts) + 1):
             self._folders.add(_key(parts[:end]))
 
-    def is_free(self, relpath: str) -> bool:
-        """Whether ``relpath`` collides with nothing claimed."""
-        return self._first_collision(split_relpath(relpath)) is None
-
     def allocate(self, natural: Sequence[str]) -> str:
         """Claim and return ``natural`` (components), suffixed ``~N`` where it collides."""
         parts = list(split_relpath("/".join(natural)))

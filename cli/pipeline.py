@@ -162,8 +162,6 @@ class Pipeline:
         workers: Worker processes for decoding and encoding.
 
     Attributes:
-        worker_kind: ``"processes"``, or ``"threads"`` where fork is unavailable (after
-            :meth:`run`).
         device_seconds: Time the main process spent explaining and rendering batches.
         wall_seconds: Time from the first admitted job to the last recorded result.
     """
@@ -172,7 +170,6 @@ class Pipeline:
     output: OutputSpec
     events: Events
     workers: int
-    worker_kind: str = field(init=False, default="")
     device_seconds: float = field(init=False, default=0.0)
     wall_seconds: float = field(init=False, default=0.0)
     _pool: Workers = field(init=False)
@@ -205,7 +202,6 @@ class Pipeline:
             KeyboardInterrupt: After recording what was finished.
         """
         self._pool = Workers(self.workers, self.compute.model_input, PIL.Image.MAX_IMAGE_PIXELS)
-        self.worker_kind = self._pool.kind
         started = time.perf_counter()
         try:
             self._loop(iter(jobs))
@@ -461,7 +457,7 @@ class Workers:
 
     def __init__(self, count: int, model_input: ModelInput, max_image_pixels: int | None) -> None:
         self._arguments = (count, model_input, max_image_pixels)
-        self._pool, self.kind = start_workers(*self._arguments)
+        self._pool, _ = start_workers(*self._arguments)
         self.restarts = 0
 
     def submit(self, function: Callable[..., _T], *arguments: Any) -> Future[_T]:
@@ -495,7 +491,7 @@ class Workers:
         except BrokenProcessPool:
             pass
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool, self.kind = start_workers(*self._arguments)
+        self._pool, _ = start_workers(*self._arguments)
         self.restarts += 1
 
     def shutdown(self) -> None:

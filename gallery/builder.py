@@ -15,6 +15,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from saliency.errors import InvalidOptionError
 from saliency.gallery.assets import DISPLAY_SIZE, THUMBNAIL_SIZE, Colours, RunInput, build_assets
 from saliency.gallery.imaging import PERCENTILE, colour_bar
 from saliency.gallery.page import (
@@ -29,6 +30,7 @@ from saliency.gallery.page import (
 from saliency.gallery.sinks import FolderSink, InlineSink, Sink, relative_url
 from saliency.method_info import describe_method
 from saliency.output_files import write_text_atomic
+from saliency.rendering import colormap_lut
 from saliency.run_folder import (
     MANIFEST_NAME,
     Manifest,
@@ -122,7 +124,7 @@ def build_gallery(
     page.parent.mkdir(parents=True, exist_ok=True)
     assets_folder = page.parent / (ASSETS if page.name == INDEX else f"{page.stem}_{ASSETS}")
     sink: Sink = InlineSink() if single_file else FolderSink(page.parent, assets_folder)
-    colours = Colours()
+    colours = _colours(run.manifest.run.extra)
     infos = [describe_method(name) for name in run.methods]
     anchors = [
         f"method-{i}-{re.sub(r'[^A-Za-z0-9_-]+', '-', n)}" for i, n in enumerate(run.methods)
@@ -224,6 +226,20 @@ def metrics_table(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
         columns.extend(k for k in row if k not in ("model", "method") and k not in columns)
     notes = metrics.get("notes")
     return {"columns": columns, "rows": rows, "notes": notes if isinstance(notes, str) else None}
+
+
+def _colours(extra: dict[str, Any]) -> Colours:
+    """The run's colormap (``run.overlay.cmap`` or ``run.cmap`` when recorded, else the default)."""
+    overlay = extra.get("overlay")
+    recorded = overlay.get("cmap") if isinstance(overlay, dict) else None
+    for name in (recorded, extra.get("cmap")):
+        if isinstance(name, str):
+            try:
+                colormap_lut(name)
+                return Colours(sequential=name)
+            except InvalidOptionError:
+                continue
+    return Colours()
 
 
 def _safe(name: str) -> str:

@@ -192,8 +192,8 @@ def _options(options: dict[str, Any]) -> dict[str, str]:
 
 def format_number(value: object, digits: int = 3) -> str:
     """Metric values for the table: floats with ``digits`` decimals, the rest as text."""
-    if isinstance(value, bool) or value is None:
-        return "—" if value is None else str(value)
+    if value is None:
+        return "—"
     if isinstance(value, float):
         return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
     return str(value)

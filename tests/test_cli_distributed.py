@@ -312,3 +312,21 @@ def test_read_earlier_folds_rank_files_and_warns_about_broken_ones(tmp_path: Pat
     earlier = read_earlier(tmp_path)
     assert earlier.manifest is not None and sorted(earlier.manifest.inputs) == ["a.png"]
     assert len(earlier.warnings) == 1 and "manifest.rank-1.json" in earlier.warnings[0]
+
+
+def test_a_process_alone_is_a_local_world_of_one() -> None:
+    """Without torchrun the run goes through the same Group, which never calls torch.distributed."""
+    assert not dist.is_initialized()
+    with distributed.join(detect({}), "cpu") as world:
+        assert world.local and not world.shared and world.ranks == distributed.ALONE
+        world.barrier()
+        assert world.all_gather("x") == ["x"] and world.gather({"a": 1}) == [{"a": 1}]
+        assert distributed.agree(world, "no images", "t0") == ("no images", "t0")
+        assert world.share([1, 2, 3]) == [1, 2, 3]
+        assert world.manifest_name == "manifest.json"
+        assert world.label("saliency explain") == "saliency explain"
+    assert not dist.is_initialized()
+    shared = Group(Ranks(1, 2, 1), None)
+    assert shared.shared and shared.manifest_name == rank_manifest_name(1)
+    assert shared.label("saliency explain") == "saliency explain [rank 1]"
+    assert shared.share([1, 2, 3]) == [2]
