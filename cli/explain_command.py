@@ -21,6 +21,7 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _LABEL = "saliency explain"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> Any:
+def add_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     """Add the options of ``saliency explain`` to its sub-parser; returns :func:`run`."""
     parser.set_defaults(generated_options=explain_options.add_arguments(parser))
     return run
