@@ -1,4 +1,8 @@
-"""Running ``saliency explain`` as several processes started by ``torchrun``.
+"""The processes of a ``saliency explain`` run: one (a world of size 1), or several started by
+``torchrun``.
+
+A run always goes through a :class:`Group`: alone, its meeting points cost nothing and its
+messages stay in the process; under ``torchrun`` they go through :mod:`torch.distributed`.
 
 ``torchrun`` starts one process per device and tells each its place through the environment:
 ``RANK`` (0 .. ``WORLD_SIZE`` - 1 over every machine), ``WORLD_SIZE`` and ``LOCAL_RANK`` (its
@@ -25,8 +29,9 @@ from typing import Any, TypeVar, cast
 import torch
 import torch.distributed as dist
 
-from saliency.cli.model_setup import resolve_device
-from saliency.cli.settings import UsageError
+from saliency.cli import UsageError
+from saliency.cli.model import resolve_device
+from saliency.run_folder import MANIFEST_NAME, rank_manifest_name
 
 T = TypeVar("T")
 
@@ -53,6 +58,10 @@ class Ranks:
     def is_main(self) -> bool:
         """Whether this is rank 0, which merges the manifests and reports for everyone."""
         return self.rank == 0
+
+
+ALONE = Ranks(rank=0, world_size=1, local_rank=0)
+"""A process started without ``torchrun``: a world of size 1."""
 
 
 def detect(environ: Mapping[str, str] | None = None) -> Ranks | None:
@@ -92,10 +101,14 @@ def backend_for(device: str) -> str:
 def rank_device(text: str, ranks: Ranks) -> torch.device:
     """This rank's device for ``--device`` (see the module docstring); CUDA: made current.
 
+    Alone (a world of size 1), any device :func:`resolve_device` accepts.
+
     Raises:
         UsageError: A device this rank cannot use: no ``cuda:LOCAL_RANK``, or an explicit
             ``cuda:N`` (every rank would share that one device).
     """
+    if ranks.world_size == 1:
+        return resolve_device(text)
     if text == "auto" and not torch.cuda.is_available():
         return resolve_device("auto")
     if text != "auto":
@@ -140,31 +153,58 @@ class Group:
     Attributes:
         ranks: This process's place.
         control: The Gloo group the messages go through (None: the default group).
+        local: A process alone, without :mod:`torch.distributed`: the messages stay in it.
     """
 
     ranks: Ranks
     control: dist.ProcessGroup | None
+    local: bool = False
+
+    @property
+    def shared(self) -> bool:
+        """Whether the run has several processes (each then records its own share)."""
+        return self.ranks.world_size > 1
+
+    @property
+    def manifest_name(self) -> str:
+        """The file this process records its share in: ``manifest.json`` alone, else
+        ``manifest.rank-R.json``."""
+        return rank_manifest_name(self.ranks.rank) if self.shared else MANIFEST_NAME
+
+    def label(self, command: str) -> str:
+        """What this process's messages start with: ``command``, and ``[rank R]`` if shared."""
+        return f"{command} [rank {self.ranks.rank}]" if self.shared else command
 
     def barrier(self) -> None:
         """Wait until every rank gets here."""
-        dist.barrier(group=self.control)
+        if not self.local:
+            dist.barrier(group=self.control)
 
     def all_gather(self, value: T) -> list[T]:
         """Every rank's ``value`` (picklable), in rank order, on every rank."""
+        if self.local:
+            return [value]
         values: list[Any] = [None] * self.ranks.world_size
         dist.all_gather_object(values, value, group=self.control)
         return cast(list[T], values)
 
     def gather(self, value: T) -> list[T] | None:
         """Every rank's ``value`` in rank order on rank 0; None on the other ranks."""
+        if self.local:
+            return [value]
         values: list[Any] | None = [None] * self.ranks.world_size if self.ranks.is_main else None
         dist.gather_object(value, values, dst=0, group=self.control)
         return cast(list[T], values) if values is not None else None
 
+    def share(self, items: Sequence[T]) -> list[T]:
+        """This process's share of ``items`` (see :func:`shard`)."""
+        return shard(items, self.ranks.rank, self.ranks.world_size)
+
 
 @contextmanager
-def process_group(ranks: Ranks, device: str) -> Iterator[Group]:
-    """Join the process group for the block (or use the one the caller already started).
+def join(ranks: Ranks | None, device: str) -> Iterator[Group]:
+    """The run's processes for the block: this one alone (``ranks`` None or of size 1), or the
+    process group ``torchrun`` started (joined here unless the caller already did).
 
     Args:
         ranks: From :func:`detect`.
@@ -173,6 +213,9 @@ def process_group(ranks: Ranks, device: str) -> Iterator[Group]:
     Raises:
         UsageError: This torch has no :mod:`torch.distributed`.
     """
+    if ranks is None or ranks.world_size == 1:
+        yield Group(ranks or ALONE, None, local=True)
+        return
     if not dist.is_available():
         raise UsageError("WORLD_SIZE is above 1 but this torch has no torch.distributed")
     owned = not dist.is_initialized()

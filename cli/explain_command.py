@@ -2,55 +2,38 @@
 
 Writes ``OUT/<relpath>/<method>.<format>`` overlays at each image's own resolution and
 ``OUT/manifest.json`` (docs/manifest.md). The model sees the whole image, resized to its square
-input size (see :mod:`saliency.cli.model_input`). Runs resume by default; exit codes: 0 every
-input done, 1 some inputs failed (the others were processed), 2 a usage or set-up error found
-before any work, 130 interrupted (what was done is kept; rerun to resume).
+input size (see :mod:`saliency.cli.model`). Runs resume by default; exit codes: 0 every input
+done, 1 some inputs failed (the others were processed), 2 a usage or set-up error found before
+any work, 130 interrupted (what was done is kept; rerun to resume).
 
-Under ``torchrun`` (``WORLD_SIZE`` > 1) every process plans the whole run, does its share of the
-inputs and records it in ``OUT/manifest.rank-R.json``; rank 0 then merges the shares into
-``OUT/manifest.json`` (see :mod:`saliency.cli.distributed` and
-:mod:`saliency.cli.distributed_manifest`).
+A run is a world of one or more processes (:mod:`saliency.cli.distributed`): each plans the
+whole run, does its share of the inputs and records it; rank 0 reports for everyone and builds
+the gallery. Alone, a process's share is everything and its record is ``OUT/manifest.json``;
+under ``torchrun`` (``WORLD_SIZE`` > 1) each rank records its share in
+``OUT/manifest.rank-R.json`` and rank 0 merges the shares into ``OUT/manifest.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from saliency.cli import distributed, method_options
-from saliency.cli.distributed_manifest import (
-    RankResult,
-    merge,
-    rank_manifest_name,
-    read_earlier,
-    write_start,
-)
-from saliency.cli.explain_arguments import BATCH_CPU, BATCH_GPU, DESCRIPTION, EPILOG, add_arguments
-from saliency.cli.inputs import FoundInput, InputError, discover
-from saliency.cli.manifest import MANIFEST_NAME, InputRecord, write_manifest
-from saliency.cli.model_setup import (
-    ReadyModel,
-    check_layers,
-    load_ready_model,
-    parse_target,
-    resolve_device,
-)
-from saliency.cli.outputs import OutputSpec
-from saliency.cli.pipeline import Compute, Pipeline
-from saliency.cli.plan import Job, Plan, ResumeConflict, make_plan
-from saliency.cli.progress import Progress, format_duration
-from saliency.cli.recording import RunRecorder, now_iso
-from saliency.cli.settings import (
+from saliency.cli import UsageError, distributed, explain_options, method_options
+from saliency.cli.distributed import Group
+from saliency.cli.explain_options import (
+    BATCH_CPU,
+    BATCH_GPU,
     ChosenMethod,
-    UsageError,
     check_format,
     choose_methods,
     image_pixel_limit,
@@ -58,24 +41,32 @@ from saliency.cli.settings import (
     prepare_out,
     render_options,
 )
-from saliency.explanation import versions
+from saliency.cli.inputs import FoundInput, InputError, discover
+from saliency.cli.model import ReadyModel, check_layers, load_ready_model, parse_target
+from saliency.cli.pipeline import Compute, OutputSpec, Pipeline
+from saliency.cli.plan import Job, Plan, ResumeConflict, RunRecorder, make_plan
+from saliency.cli.progress import Progress, format_duration
 from saliency.methods.registry import list_methods
+from saliency.run_folder import (
+    InputRecord,
+    Manifest,
+    RunInfo,
+    merge,
+    now,
+    rank_manifest_files,
+    read_earlier,
+    versions,
+    write_manifest,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _LABEL = "saliency explain"
 
 
-def add_parser(commands: Any) -> None:
-    """Add the ``explain`` command to the CLI's sub-parsers."""
-    parser = commands.add_parser(
-        "explain",
-        help="saliency maps for image files (a resumable run folder with a manifest)",
-        description=DESCRIPTION,
-        epilog=EPILOG.format(methods=", ".join(list_methods())),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    generated = add_arguments(parser)
-    parser.set_defaults(run=run, generated_options=generated)
+def add_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """Add the options of ``saliency explain`` to its sub-parser; returns :func:`run`."""
+    parser.set_defaults(generated_options=explain_options.add_arguments(parser))
+    return run
 
 
 def _torch_threads(choice: int | str) -> int:
@@ -90,15 +81,12 @@ def _torch_threads(choice: int | str) -> int:
 def run(arguments: argparse.Namespace) -> int:
     """Run the command; returns the exit code (this rank's, under torchrun)."""
     threads = torch.get_num_threads()
-    ranks: distributed.Ranks | None = None
+    world: Group | None = None
     try:
-        ranks = distributed.detect()
-        if ranks is None:
-            return _run(arguments, None)
-        with distributed.process_group(ranks, arguments.device) as group:
-            return _run(arguments, group)
+        with distributed.join(distributed.detect(), arguments.device) as world:
+            return _run(arguments, world)
     except UsageError as exc:
-        if ranks is None or ranks.is_main:  # every rank has the same (agreed) error
+        if world is None or world.ranks.is_main:  # every rank has the same (agreed) error
             print(f"{_LABEL}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # during set-up: nothing was written yet
@@ -117,25 +105,26 @@ class _Setup:
     overlay: dict[str, Any]
     ready: ReadyModel
     target: int | None
-    run_section: dict[str, Any]
+    run: RunInfo
     plan: Plan
 
 
-def _run(arguments: argparse.Namespace, group: distributed.Group | None) -> int:
-    """Set up (every rank agreeing that it could, under torchrun), then do the work."""
-    started, started_at = time.monotonic(), now_iso()
+def _run(arguments: argparse.Namespace, world: Group) -> int:
+    """Set up (every rank agreeing that it could), then do the work."""
+    started, started_at = time.monotonic(), now()
     existed = os.path.lexists(arguments.out)
-    if group is not None:
-        group.barrier()  # every rank has looked before one creates the folder
-    setup, error = _attempt_set_up(arguments, group, started_at)
-    if group is not None:
-        error, started_at = distributed.agree(group, error, started_at)
+    world.barrier()  # every rank has looked before one creates the folder
+    try:
+        setup, error = _set_up(arguments, world), None
+    except UsageError as exc:
+        setup, error = None, str(exc)
+    error, started_at = distributed.agree(world, error, started_at)
     if error is not None or setup is None:
-        if not existed and (group is None or group.ranks.is_main):
+        if not existed and world.ranks.is_main:
             _remove_if_empty(Path(arguments.out))  # a usage error leaves nothing behind
         raise UsageError(error)
-    setup.run_section["started"] = started_at  # rank 0's, on every rank
-    return _execute(arguments, setup, group, started)
+    setup.run.started = started_at  # rank 0's, on every rank
+    return _execute(arguments, setup, world, started)
 
 
 def _remove_if_empty(out: Path) -> None:
@@ -145,25 +134,12 @@ def _remove_if_empty(out: Path) -> None:
             out.rmdir()
 
 
-def _attempt_set_up(
-    arguments: argparse.Namespace, group: distributed.Group | None, started_at: str
-) -> tuple[_Setup | None, str | None]:
-    """The set-up, or the usage error that stopped it."""
-    try:
-        return _set_up(arguments, group, started_at), None
-    except UsageError as exc:
-        return None, str(exc)
-
-
-def _set_up(
-    arguments: argparse.Namespace, group: distributed.Group | None, started_at: str
-) -> _Setup:
+def _set_up(arguments: argparse.Namespace, world: Group) -> _Setup:
     """Check every choice, load the model and plan the run (whole, on every rank).
 
     Raises:
         UsageError: Anything that stops the run before any work.
     """
-    main = group is None or group.ranks.is_main
     names = method_names(arguments.method)
     given = method_options.given_options(arguments, arguments.generated_options)
     methods = choose_methods(names, given)
@@ -172,13 +148,27 @@ def _set_up(
         arguments.overlay_alpha, arguments.overlay_cmap, arguments.overlay_sign
     )
     out = prepare_out(arguments.out)
-    found = _discover(arguments, out, main)
-    ready = _load_model(arguments, methods, group)
+    found = _discover(arguments, out, world.ranks.is_main)
+    ready = _load_model(arguments, methods, world)
     target = parse_target(arguments.target, ready)
-    run_section = _run_section(arguments, ready, methods, target, started_at)
-    plan = _plan(arguments, out, found, run_section, main)
-    run_section["methods"], run_section["method_options"] = plan.methods, plan.method_options
-    return _Setup(out, methods, overlay, ready, target, run_section, plan)
+    run = RunInfo(
+        model=ready.name,
+        weights=ready.weights,
+        methods=list(methods),
+        method_options={name: chosen.recorded for name, chosen in methods.items()},
+        target="predicted" if target is None else target,
+        device=str(ready.device),
+        precision=arguments.precision,
+        compile=arguments.compile,
+        batch_size=arguments.batch_size,
+        memory_budget=arguments.memory_budget,
+        format=arguments.format,
+        class_names=ready.class_names is not None,
+        versions=versions(),
+    )
+    plan = _plan(arguments, out, found, run, world.ranks.is_main)
+    run.methods, run.method_options = plan.methods, plan.method_options
+    return _Setup(out, methods, overlay, ready, target, run, plan)
 
 
 def _discover(arguments: argparse.Namespace, out: Path, main: bool) -> list[FoundInput]:
@@ -198,11 +188,7 @@ def _discover(arguments: argparse.Namespace, out: Path, main: bool) -> list[Foun
 
 
 def _plan(
-    arguments: argparse.Namespace,
-    out: Path,
-    found: list[FoundInput],
-    run_section: dict[str, Any],
-    main: bool,
+    arguments: argparse.Namespace, out: Path, found: list[FoundInput], run: RunInfo, main: bool
 ) -> Plan:
     """The whole run's plan, from what earlier runs left in ``out``."""
     earlier = read_earlier(out)
@@ -212,7 +198,7 @@ def _plan(
         return make_plan(
             earlier.manifest,
             found,
-            run_section,
+            run,
             out=out,
             extension=arguments.format,
             save_raw=arguments.save_raw,
@@ -224,141 +210,78 @@ def _plan(
 
 
 def _load_model(
-    arguments: argparse.Namespace,
-    methods: dict[str, ChosenMethod],
-    group: distributed.Group | None,
+    arguments: argparse.Namespace, methods: dict[str, ChosenMethod], world: Group
 ) -> ReadyModel:
     """The checked model, on this process's device."""
     torch.set_num_threads(_torch_threads(arguments.threads))
-    if group is None:
-        device = resolve_device(arguments.device)
-    else:
-        device = distributed.rank_device(arguments.device, group.ranks)
+    device = distributed.rank_device(arguments.device, world.ranks)
     weights = None if arguments.weights.lower() == "none" else arguments.weights
     ready = load_ready_model(arguments.model, weights, device, arguments.input_size)
     check_layers(ready, {name: chosen.instance for name, chosen in methods.items()})
     return ready
 
 
-def _run_section(
-    arguments: argparse.Namespace,
-    ready: ReadyModel,
-    methods: dict[str, ChosenMethod],
-    target: int | None,
-    started_at: str,
-) -> dict[str, Any]:
-    """The manifest's ``run`` object (``finished`` and ``totals`` are added at each save)."""
-    return {
-        "model": ready.name,
-        "weights": ready.weights,
-        "methods": list(methods),
-        "method_options": {name: chosen.recorded for name, chosen in methods.items()},
-        "target": "predicted" if target is None else target,
-        "device": str(ready.device),
-        "precision": arguments.precision,
-        "compile": arguments.compile,
-        "batch_size": arguments.batch_size,
-        "memory_budget": arguments.memory_budget,
-        "format": arguments.format,
-        "class_names": ready.class_names is not None,
-        "versions": versions(),
-        "started": started_at,
-    }
-
-
 @dataclass
 class _Share:
-    """What this process does: the whole plan, or its rank's share under torchrun.
+    """What this process does: its share of the plan.
 
     Attributes:
         jobs: Its inputs with work left, in order.
         skipped: Its inputs already done.
         entries: The records its manifest starts from.
         run: Its manifest's run section.
-        manifest_name: Its manifest's file name.
         label: What its messages start with.
     """
 
     jobs: list[Job]
     skipped: list[str]
     entries: dict[str, InputRecord]
-    run: dict[str, Any]
-    manifest_name: str
+    run: RunInfo
     label: str
 
 
-def _share(setup: _Setup, group: distributed.Group | None) -> _Share:
-    """This process's share (see :func:`saliency.cli.distributed.shard`)."""
-    plan = setup.plan
-    if group is None:
-        return _Share(
-            plan.jobs, plan.skipped, plan.entries, setup.run_section, MANIFEST_NAME, _LABEL
-        )
-    rank, size = group.ranks.rank, group.ranks.world_size
-    jobs = distributed.shard(plan.jobs, rank, size)
-    skipped = distributed.shard(plan.skipped, rank, size)
-    entries = {path: plan.entries[path] for path in [job.relpath for job in jobs] + skipped}
-    run = {**setup.run_section, "rank": rank, "world_size": size}
-    return _Share(jobs, skipped, entries, run, rank_manifest_name(rank), f"{_LABEL} [rank {rank}]")
+def _share(setup: _Setup, world: Group) -> _Share:
+    """This process's share: round-robin over the ranks.
+
+    Alone, the share is the whole plan and its manifest is the run's, so it starts from every
+    record of the plan (also those of earlier inputs this run does not name). A rank's manifest
+    holds its inputs only; rank 0 adds the earlier records when it merges.
+    """
+    plan, run = setup.plan, setup.run
+    jobs, skipped = world.share(plan.jobs), world.share(plan.skipped)
+    entries = plan.entries
+    if world.shared:
+        run = dataclasses.replace(run, rank=world.ranks.rank, world_size=world.ranks.world_size)
+        entries = {path: entries[path] for path in [job.relpath for job in jobs] + skipped}
+    return _Share(jobs, skipped, entries, run, world.label(_LABEL))
 
 
 @dataclass
-class _Ran:
-    """How this process's share went."""
+class RankResult:
+    """What one process did, sent to rank 0 at the end.
 
-    share: _Share
-    recorder: RunRecorder
-    progress: Progress
-    interrupted: bool
+    Attributes:
+        manifest: Its manifest as saved (its inputs only); kept in memory even if the file
+            could not be written.
+        saved: Where its manifest was saved (None: it could not be written).
+        done: Inputs finished without error.
+        skipped: Inputs already done by an earlier run.
+        failed: Inputs that failed.
+        unfinished: Inputs not finished (interrupted).
+        images: Inputs processed, for the rate.
+        interrupted: Whether it was interrupted.
+        code: Its own exit code.
+    """
+
+    manifest: Manifest
     saved: Path | None
-    elapsed: float
-
-    @property
-    def failed(self) -> int:
-        """Inputs that failed."""
-        return len(self.recorder.failed)
-
-    @property
-    def unfinished(self) -> int:
-        """Inputs not finished (interrupted)."""
-        return len(self.recorder.unfinished)
-
-    @property
-    def done(self) -> int:
-        """Inputs finished without error."""
-        return len(self.share.jobs) - self.unfinished - self.failed
-
-    def code(self) -> int:
-        """The exit code of this share (before any gallery)."""
-        if self.interrupted:
-            return EXIT_INTERRUPTED
-        return EXIT_FAILED if self.failed or self.saved is None else EXIT_OK
-
-    def summary(self) -> str:
-        """The summary line (and what to do after an interruption)."""
-        idle = self.recorder.device_idle
-        text = _summary(
-            self.share.label,
-            (self.done, len(self.share.skipped), self.failed, self.progress.done),
-            self.elapsed,
-            self.saved,
-            f", device idle {idle:.0%}" if idle is not None and self.progress.done else "",
-        )
-        note = _interrupted_note(self.share.label, self.unfinished) if self.interrupted else ""
-        return text + note
-
-    def result(self) -> RankResult:
-        """What rank 0 needs of this share."""
-        return RankResult(
-            self.recorder.snapshot(),
-            self.done,
-            len(self.share.skipped),
-            self.failed,
-            self.unfinished,
-            self.progress.done,
-            self.interrupted,
-            self.code(),
-        )
+    done: int
+    skipped: int
+    failed: int
+    unfinished: int
+    images: int
+    interrupted: bool
+    code: int
 
 
 def _summary(
@@ -384,20 +307,24 @@ def _interrupted_note(label: str, unfinished: int) -> str:
     )
 
 
-def _execute(
-    arguments: argparse.Namespace,
-    setup: _Setup,
-    group: distributed.Group | None,
-    started: float,
-) -> int:
+def _idle(results: list[RankResult]) -> str:
+    """The device's idle fraction for the summary (the ranks' mean), when it was measured."""
+    idle = [r.manifest.run.totals.device_idle for r in results if r.manifest.run.totals]
+    if not idle or None in idle or not sum(r.images for r in results):
+        return ""
+    return f", device idle {sum(i or 0.0 for i in idle) / len(idle):.0%}"
+
+
+def _execute(arguments: argparse.Namespace, setup: _Setup, world: Group, started: float) -> int:
     """Do this process's share of the plan, save its manifest and conclude; the exit code."""
-    main = group is None or group.ranks.is_main
-    if main:
+    if world.ranks.is_main:
         _report_plan(setup.plan)
-    if group is not None:
-        _start_ranks(setup, group)
-    share = _share(setup, group)
-    progress = Progress(len(share.jobs), enabled=not arguments.quiet and main, label=share.label)
+        _start(setup, world)
+    world.barrier()  # no rank writes its manifest before the earlier ones are removed
+    share = _share(setup, world)
+    progress = Progress(
+        len(share.jobs), enabled=not arguments.quiet and world.ranks.is_main, label=share.label
+    )
     recorder = RunRecorder(
         setup.out,
         share.run,
@@ -406,15 +333,39 @@ def _execute(
         share.skipped,
         setup.ready.class_names,
         progress,
-        manifest_name=share.manifest_name,
-        prefix="" if group is None else f"[rank {group.ranks.rank}] ",
+        manifest_name=world.manifest_name,
+        prefix=f"[rank {world.ranks.rank}] " if world.shared else "",
     )
     interrupted = _process(arguments, setup, share.jobs, recorder, progress)
     saved = _save(recorder, share.label)
-    ran = _Ran(share, recorder, progress, interrupted, saved, time.monotonic() - started)
-    if group is None:
-        return _conclude(arguments, setup.out, ran)
-    return _conclude_rank(arguments, setup, group, ran, started)
+    failed, unfinished = len(recorder.failed), len(recorder.unfinished)
+    code = EXIT_INTERRUPTED if interrupted else EXIT_FAILED if failed or saved is None else EXIT_OK
+    result = RankResult(
+        recorder.snapshot(),
+        saved,
+        len(share.jobs) - unfinished - failed,
+        len(share.skipped),
+        failed,
+        unfinished,
+        progress.done,
+        interrupted,
+        code,
+    )
+    if world.shared:  # alone, this process's summary is the run's
+        summary = _summary(
+            share.label,
+            (result.done, result.skipped, failed, result.images),
+            time.monotonic() - started,
+            saved,
+            _idle([result]),
+        )
+        note = _interrupted_note(share.label, unfinished) if interrupted else ""
+        print(summary + note, file=sys.stderr)
+    results = world.gather(result)
+    if results is not None:
+        code = _conclude(arguments, setup, world, results, time.monotonic() - started)
+    world.barrier()  # torchrun stops every rank when one exits with an error: leave together
+    return code
 
 
 def _report_plan(plan: Plan) -> None:
@@ -430,15 +381,21 @@ def _report_plan(plan: Plan) -> None:
         )
 
 
-def _start_ranks(setup: _Setup, group: distributed.Group) -> None:
-    """Rank 0 writes the run's first ``manifest.json``; then every rank may start."""
-    if group.ranks.is_main:
-        run = {**setup.run_section, "world_size": group.ranks.world_size}
-        try:
-            write_start(setup.out, run, setup.plan, setup.ready.class_names)
-        except OSError as exc:
-            print(f"{_LABEL}: warning: cannot write the manifest: {exc}", file=sys.stderr)
-    group.barrier()  # no rank writes its manifest before the earlier ones are removed
+def _start(setup: _Setup, world: Group) -> None:
+    """Rank 0, before any work: ``manifest.json`` with the plan's records, and the per-rank
+    manifests of earlier runs removed (their records are in it now)."""
+    size = world.ranks.world_size
+    run = dataclasses.replace(setup.run, world_size=size if world.shared else None)
+    plan = setup.plan
+    recorder = RunRecorder(
+        setup.out, run, plan.entries, plan.jobs, plan.skipped, None, Progress(0, enabled=False)
+    )
+    try:
+        recorder.save()
+        for earlier in rank_manifest_files(setup.out).values():
+            earlier.unlink(missing_ok=True)
+    except OSError as exc:
+        print(f"{_LABEL}: warning: cannot write the manifest: {exc}", file=sys.stderr)
 
 
 def _process(
@@ -497,56 +454,39 @@ def _save(recorder: RunRecorder, label: str) -> Path | None:
         return None
 
 
-def _conclude(arguments: argparse.Namespace, out: Path, ran: _Ran) -> int:
-    """Report a single-process run and build its gallery; returns the exit code."""
-    if ran.saved is None:
-        return ran.code()
-    if ran.interrupted:
-        print(ran.summary(), file=sys.stderr)
-        return EXIT_INTERRUPTED
-    print(ran.summary())
-    if arguments.gallery and not _build_gallery(out):
-        return EXIT_FAILED
-    return ran.code()
-
-
-def _conclude_rank(
+def _conclude(
     arguments: argparse.Namespace,
     setup: _Setup,
-    group: distributed.Group,
-    ran: _Ran,
-    started: float,
+    world: Group,
+    results: list[RankResult],
+    elapsed: float,
 ) -> int:
-    """Report this rank, send its records to rank 0, which merges them; leave together."""
-    print(ran.summary(), file=sys.stderr)
-    results = group.gather(ran.result())
-    code = ran.code()
-    if results is not None:
-        code = _conclude_main(arguments, setup, results, time.monotonic() - started)
-    group.barrier()  # torchrun stops every rank when one exits with an error: leave together
-    return code
-
-
-def _conclude_main(
-    arguments: argparse.Namespace, setup: _Setup, results: list[RankResult], elapsed: float
-) -> int:
-    """Rank 0: write the merged ``manifest.json``, report, build the gallery; the exit code."""
-    plan = setup.plan
-    current = {job.relpath for job in plan.jobs} | set(plan.skipped)
-    kept = {path: entry for path, entry in plan.entries.items() if path not in current}
+    """Rank 0: the run's ``manifest.json`` (several ranks: merged from their records), the
+    summary and the gallery; the run's exit code."""
     interrupted = any(result.interrupted for result in results)
-    try:
-        path = write_manifest(setup.out, merge(setup.run_section, kept, results))
-    except OSError as exc:
-        print(f"{_LABEL}: error: cannot write the manifest: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED if interrupted else EXIT_FAILED
+    if world.shared:
+        plan = setup.plan
+        current = {job.relpath for job in plan.jobs} | set(plan.skipped)
+        kept = {path: entry for path, entry in plan.entries.items() if path not in current}
+        try:
+            path: Path | None = write_manifest(
+                setup.out, merge(setup.run, kept, [result.manifest for result in results])
+            )
+        except OSError as exc:
+            print(f"{_LABEL}: error: cannot write the manifest: {exc}", file=sys.stderr)
+            return EXIT_INTERRUPTED if interrupted else EXIT_FAILED
+    else:
+        path = results[0].saved
+        if path is None:  # reported by _save
+            return results[0].code
     counts = (
         sum(result.done for result in results),
         sum(result.skipped for result in results),
         sum(result.failed for result in results),
         sum(result.images for result in results),
     )
-    summary = _summary(_LABEL, counts, elapsed, path, f" by {len(results)} processes")
+    where = f" by {len(results)} processes" if world.shared else ""
+    summary = _summary(_LABEL, counts, elapsed, path, where + _idle(results))
     if interrupted:
         unfinished = sum(result.unfinished for result in results)
         print(summary + _interrupted_note(_LABEL, unfinished), file=sys.stderr)

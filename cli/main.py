@@ -1,45 +1,275 @@
-"""The ``saliency`` command line: one module per command, registered in :data:`COMMANDS`.
+"""The ``saliency`` command line: ``explain``, ``gallery``, ``methods`` and ``demo``.
 
-Each command module ``saliency.cli.<name>_command`` has ``add_parser(commands)``, which adds its
-sub-parser and sets ``run`` (``Namespace -> exit code``) as its default.
+The top-level parser knows each command by its name and one line of help. A command's own
+arguments and code are loaded only when that command runs: ``saliency --help`` and
+``saliency methods --help`` import no torch, and ``saliency methods`` imports neither the
+gallery, the demo, training nor metrics.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
 
 import saliency
-from saliency.methods.registry import list_methods
 
-COMMANDS: tuple[str, ...] = ("demo", "methods", "explain", "gallery")
+ENTRY_POINT_GROUP = "saliency.methods"
+"""The registry's entry-point group (``saliency.methods.registry.ENTRY_POINT_GROUP``, whose
+module imports torch): the top-level help lists its names without loading any method."""
+
+Run = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every command; method names come from the registry."""
+@dataclass(frozen=True)
+class Command:
+    """A command: its help line, and what adds its arguments (returning its ``run``)."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], Run]
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; only ``command``'s own arguments are added (and loaded)."""
     parser = argparse.ArgumentParser(
         prog="saliency",
         description="Gradient-based saliency maps for PyTorch image models.",
-        epilog="Registered methods: " + ", ".join(list_methods()),
+        epilog="Registered methods: " + ", ".join(registered_names()),
     )
     parser.add_argument("--version", action="version", version=f"saliency {saliency.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f"saliency.cli.{name}_command").add_parser(commands)
+    for name, spec in COMMANDS.items():
+        sub = commands.add_parser(name, help=spec.help)
+        if name == command:
+            sub.set_defaults(run=spec.add_arguments(sub))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    parser = build_parser()
-    arguments = parser.parse_args(argv)
-    if arguments.command is None:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in arguments if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    parsed = parser.parse_args(arguments)
+    if parsed.command is None:
         parser.print_help()
         return 0
-    code: int = arguments.run(arguments)
+    code: int = parsed.run(parsed)
     return code
+
+
+def registered_names() -> list[str]:
+    """The registered methods' names, read from the entry points without loading them."""
+    return sorted({entry.name for entry in entry_points(group=ENTRY_POINT_GROUP)})
+
+
+# ---- saliency methods ----------------------------------------------------------------------
+
+
+def _methods_arguments(parser: argparse.ArgumentParser) -> Run:
+    parser.description = (
+        "List the registered methods with a one-line description and their options."
+    )
+    return _run_methods
+
+
+def _run_methods(_arguments: argparse.Namespace) -> int:
+    print(describe_methods())
+    return 0
+
+
+def describe_methods() -> str:
+    """One block per registered method: name, summary, paper and options with defaults."""
+    from saliency.method_info import describe_method
+    from saliency.methods.registry import list_methods
+
+    blocks = []
+    for name in list_methods():
+        info = describe_method(name)
+        options = ", ".join(f"{option}={value}" for option, value in info.defaults.items())
+        lines = [f"{name}  ({info.output} space)", f"    {info.summary}"]
+        if info.paper:
+            lines.append(f"    paper: {info.paper}")
+        lines.append(f"    options: {options or 'none'}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+# ---- saliency gallery ----------------------------------------------------------------------
+
+
+def _gallery_arguments(parser: argparse.ArgumentParser) -> Run:
+    parser.description = (
+        "Build a static, self-contained HTML gallery (overview, detail views, method "
+        "descriptions, metrics) from a run folder written by `saliency explain --out DIR`. "
+        "Open the page from disk; it makes no network request."
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (holds manifest.json)")
+    parser.add_argument(
+        "--out",
+        metavar="PATH",
+        default=None,
+        help="an .html file or a folder for index.html (default: RUN_DIR/index.html)",
+    )
+    parser.add_argument("--title", metavar="TEXT", default=None, help="the page title")
+    parser.add_argument(
+        "--single-file",
+        action="store_true",
+        help="inline the stylesheet, the script and every image: one HTML file to share",
+    )
+    return _run_gallery
+
+
+def _run_gallery(arguments: argparse.Namespace) -> int:
+    """Build the gallery; print the page's path. Exit code 0, or 2 for an unusable run folder."""
+    from saliency.gallery import GalleryError, build_gallery
+
+    started = time.perf_counter()
+    try:
+        page = build_gallery(
+            arguments.run_dir,
+            out=arguments.out,
+            title=arguments.title,
+            single_file=arguments.single_file,
+        )
+    except (GalleryError, OSError) as error:
+        print(f"saliency gallery: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{page}  ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+# ---- saliency demo -------------------------------------------------------------------------
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> Run:
+    from saliency.cli.explain_options import positive_int
+    from saliency.demo_models import DEMO_MODELS
+    from saliency.methods.registry import list_methods
+    from saliency.shapes import TEST_SEED
+
+    parser.description = (
+        "The project's main job, offline: draws test scenes with exact object (and marker) "
+        "masks, explains them with every registered method on each shipped demo model "
+        f"({', '.join('demo:' + name for name in DEMO_MODELS)}), measures every metric "
+        "(pointing game, relevance mass and rank, deletion/insertion AUC, parameter "
+        "randomisation, marker vs object mass, robustness) and writes OUT/metrics.json, "
+        "OUT/metrics.csv, the overlays and an HTML gallery OUT/index.html."
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", default="saliency-demo", help="run folder (default ./saliency-demo)"
+    )
+    parser.add_argument(
+        "--images", type=positive_int, default=24, metavar="N", help="scenes per model (24)"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (default: CUDA if available), cpu, cuda, cuda:N"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=TEST_SEED, help=f"seed of the scenes (default {TEST_SEED})"
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        choices=sorted(DEMO_MODELS),
+        help="a demo model (repeatable; default: every installed one)",
+    )
+    parser.add_argument(
+        "--method",
+        action="append",
+        metavar="NAME",
+        help="a registered method (repeatable; default: all: " + ", ".join(list_methods()) + ")",
+    )
+    parser.add_argument("--no-gallery", action="store_true", help="skip the HTML gallery")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    return _run_demo
+
+
+def _run_demo(arguments: argparse.Namespace) -> int:
+    """Run the demo; print the metrics table and where everything went. Exit 0, or 2."""
+    from saliency.cli import UsageError
+    from saliency.cli.model import resolve_device
+    from saliency.cli.progress import Progress, format_duration
+    from saliency.demo import DemoSettings, run_demo
+    from saliency.demo_models import installed_demo_models
+    from saliency.errors import SaliencyError
+    from saliency.methods.registry import list_methods
+
+    try:
+        settings = DemoSettings(
+            images=arguments.images,
+            seed=arguments.seed,
+            device=resolve_device(arguments.device),
+            models=tuple(arguments.model) if arguments.model else None,
+            methods=tuple(arguments.method) if arguments.method else None,
+            gallery=not arguments.no_gallery,
+        )
+    except (SaliencyError, UsageError) as error:
+        print(f"saliency demo: error: {error}", file=sys.stderr)
+        return 2
+    models = settings.models or installed_demo_models()
+    methods = settings.methods or tuple(list_methods())
+    progress = Progress(
+        len(models) * len(methods), enabled=not arguments.quiet, label="saliency demo", unit="steps"
+    )
+    try:
+        result = run_demo(arguments.out, settings, on_step=lambda _: progress.advance())
+    except (SaliencyError, OSError) as error:
+        progress.close()
+        print(f"saliency demo: error: {error}", file=sys.stderr)
+        return 2
+    progress.close()
+    print(metrics_table(result.rows))
+    print(f"\nmetrics: {result.out / 'metrics.csv'}")
+    if result.gallery is not None:
+        print(f"gallery: {result.gallery}")
+    print(f"done in {format_duration(result.seconds)}")
+    return 0
+
+
+def metrics_table(rows: list[dict[str, Any]]) -> str:
+    """The main columns of the metrics rows as an aligned text table."""
+    from saliency.metrics.report import METRIC_NAMES
+
+    columns = ["model", "method", "accuracy", *METRIC_NAMES, "robustness"]
+    present = [c for c in columns if any(c in row for row in rows)]
+    cells = [[_cell(row.get(column)) for column in present] for row in rows]
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(present)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(present, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _explain_arguments(parser: argparse.ArgumentParser) -> Run:
+    from saliency.cli.explain_command import add_arguments
+
+    return add_arguments(parser)
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command(
+        "explain synthetic scenes with every method on the demo models and measure them",
+        _demo_arguments,
+    ),
+    "methods": Command("list the registered methods with their options", _methods_arguments),
+    "explain": Command(
+        "saliency maps for image files (a resumable run folder with a manifest)",
+        _explain_arguments,
+    ),
+    "gallery": Command(
+        "build the static HTML gallery of a `saliency explain` run folder", _gallery_arguments
+    ),
+}
 
 
 if __name__ == "__main__":

@@ -7,45 +7,62 @@ atomic write)
 ```
 
 Decoding runs ahead of the device and writing runs behind it, so the device does not wait on
-one core. Only the main process runs torch on the device; the workers (:mod:`saliency.cli.workers`,
-forked processes, or threads where fork is unavailable) run Pillow. The time the device spends
-waiting for decoded images is measured: :attr:`Pipeline.device_idle`.
+one core. Only the main process runs torch on the device; the workers run Pillow. Pillow
+releases the GIL while it decodes, resizes and encodes, but not around everything a worker does
+(format probing, EXIF, colour conversion, building tensors), so on a machine with many cores
+threads would leave the device waiting: workers are forked processes (Linux), like PyTorch's
+DataLoader workers. They inherit the loaded modules instead of importing torch again, run torch
+with one thread, ignore Ctrl-C (the main process decides what happens), and get the model's
+input pipeline and the image size limit once, when they start. Where fork is not available, the
+same functions run in threads of the main process. The time the device spends waiting for
+decoded images is measured: :attr:`Pipeline.device_idle`.
 
 Memory stays bounded for any number of inputs: at most ``3 × batch`` images are in flight
 (decoding, batched, or being written), and admission also pauses while the decoded images in
 flight hold more than a pixel budget. One input's failure (decoding, a method, writing, even a
 worker process dying on it) is recorded for that input and the run goes on. On Ctrl-C, queued
 decoding is cancelled, finished computations are still written, then the interrupt propagates.
+Every file is written under a temporary name and renamed, into folders checked to stay inside
+the output folder.
 
 The main thread owns the run's state: results from the workers are collected there.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import stat
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
+import numpy as np
 import PIL.Image
 import torch
 from torch import Tensor, nn
 
-from saliency.cli.model_input import ModelInput
-from saliency.cli.outputs import OutputSpec, render_overlay, write_method_outputs
+from saliency.cli.inputs import output_folder
+from saliency.cli.model import ModelInput
 from saliency.cli.plan import Job
-from saliency.cli.workers import Workers, decode
 from saliency.engine import Precision
 from saliency.errors import ImageLoadError, SaliencyError
 from saliency.explain import explain
+from saliency.images import open_image
+from saliency.rendering import render
+from saliency.run_folder import output_name, top_probabilities, write_overlay, write_raw
 
 # Decoded pixels in flight (originals, kept until their overlays are written): ~0.8 GB of RGB.
 PIXEL_BUDGET = 256_000_000
 _IN_FLIGHT_BATCHES = 3
-_TOP_CLASSES = 5
 
 
 class Events(Protocol):
@@ -145,8 +162,6 @@ class Pipeline:
         workers: Worker processes for decoding and encoding.
 
     Attributes:
-        worker_kind: ``"processes"``, or ``"threads"`` where fork is unavailable (after
-            :meth:`run`).
         device_seconds: Time the main process spent explaining and rendering batches.
         wall_seconds: Time from the first admitted job to the last recorded result.
     """
@@ -155,7 +170,6 @@ class Pipeline:
     output: OutputSpec
     events: Events
     workers: int
-    worker_kind: str = field(init=False, default="")
     device_seconds: float = field(init=False, default=0.0)
     wall_seconds: float = field(init=False, default=0.0)
     _pool: Workers = field(init=False)
@@ -188,7 +202,6 @@ class Pipeline:
             KeyboardInterrupt: After recording what was finished.
         """
         self._pool = Workers(self.workers, self.compute.model_input, PIL.Image.MAX_IMAGE_PIXELS)
-        self.worker_kind = self._pool.kind
         started = time.perf_counter()
         try:
             self._loop(iter(jobs))
@@ -315,8 +328,7 @@ class Pipeline:
         pending = [i for i, item in enumerate(items) if not item.predicted]
         if outputs is None or targets is None or not pending:
             return
-        top = outputs.softmax(dim=1).topk(min(_TOP_CLASSES, outputs.shape[1]), dim=1)
-        indices, probabilities = top.indices.tolist(), top.values.tolist()
+        indices, probabilities = top_probabilities(outputs)
         chosen = targets.tolist()
         for i in pending:
             items[i].predicted = True
@@ -352,3 +364,187 @@ class Pipeline:
         self._admitted -= 1
         self._pixels -= pixels
         self.events.finished(job)
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What to write for every (input, method) pair.
+
+    Attributes:
+        out: The output folder.
+        extension: The overlay format (one of :data:`FORMATS`).
+        save_raw: Also write the raw float32 attributions as ``.npy``.
+        render_options: Keyword options of :func:`saliency.render`.
+    """
+
+    out: Path
+    extension: str
+    save_raw: bool
+    render_options: Mapping[str, Any]
+
+
+def render_overlay(
+    spec: OutputSpec, attributions: Tensor, original: PIL.Image.Image
+) -> PIL.Image.Image:
+    """The overlay of one map on the decoded image, at the image's size.
+
+    Runs in the device thread: rendering is torch work on the attributions' device, and torch
+    ops from several threads at once oversubscribe the CPU's intra-op thread pool.
+
+    Args:
+        spec: What to write (the render options).
+        attributions: ``(1, C, h, w)`` raw attributions at the model's input size.
+        original: The decoded image.
+    """
+    (picture,) = render(attributions, [original], as_pil=True, **spec.render_options)
+    return picture
+
+
+def write_method_outputs(
+    spec: OutputSpec,
+    relpath: str,
+    method: str,
+    picture: PIL.Image.Image,
+    raw: np.ndarray | None,
+) -> tuple[str, str | None]:
+    """Encode and write one pair's files (runs in writer threads).
+
+    Args:
+        spec: What to write.
+        relpath: The input's relpath.
+        method: The method name (checked to be a safe file name).
+        picture: The rendered overlay.
+        raw: The raw float32 attributions to save, when asked for.
+
+    Returns:
+        The manifest paths of the overlay and of the raw array (None when not asked for).
+    """
+    folder = output_folder(spec.out, relpath, create=True)
+    write_overlay(folder / f"{method}.{spec.extension}", picture, spec.extension)
+    raw_path = None
+    if raw is not None:
+        write_raw(folder / f"{method}.npy", raw)
+        raw_path = output_name(relpath, method, "npy")
+    return output_name(relpath, method, spec.extension), raw_path
+
+
+# ---- workers ---------------------------------------------------------------------------------
+
+
+# Set once per worker by its initializer (and for the thread fallback, in this process).
+_model_input: ModelInput | None = None
+
+_T = TypeVar("_T")
+
+
+class WorkerCrashed(SaliencyError):
+    """A worker process died (a crash in a decoder, or killed for memory) while doing a task,
+    also when the task was run again in a fresh worker."""
+
+
+class Workers:
+    """A pool of :func:`start_workers` that survives a worker's death.
+
+    A worker that dies (e.g. a decoder crashing on a malicious file, or the kernel killing it
+    for memory) breaks a process pool: every task in flight fails. The pool is then started
+    again, and each failed task is run once more, alone, when its result is asked for; a task
+    whose second run also kills its worker raises :class:`WorkerCrashed`, which the pipeline
+    records for that input only.
+    """
+
+    def __init__(self, count: int, model_input: ModelInput, max_image_pixels: int | None) -> None:
+        self._arguments = (count, model_input, max_image_pixels)
+        self._pool, _ = start_workers(*self._arguments)
+        self.restarts = 0
+
+    def submit(self, function: Callable[..., _T], *arguments: Any) -> Future[_T]:
+        """Schedule ``function(*arguments)`` (restarting a broken pool first)."""
+        try:
+            return self._pool.submit(function, *arguments)
+        except BrokenProcessPool:
+            self._restart()
+            return self._pool.submit(function, *arguments)
+
+    def result(self, future: Future[_T], function: Callable[..., _T], *arguments: Any) -> _T:
+        """The result of ``future``, a task ``function(*arguments)``, run once more if a dying
+        worker took it down."""
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            pass
+        try:
+            return self.submit(function, *arguments).result()
+        except BrokenProcessPool as exc:
+            self._restart()
+            raise WorkerCrashed(
+                "a worker process died while working on it, twice (a crash in a decoder or "
+                "encoder, or killed for lack of memory)"
+            ) from exc
+
+    def _restart(self) -> None:
+        try:
+            self._pool.submit(int)  # raises when the pool is broken; else a no-op task
+            return
+        except BrokenProcessPool:
+            pass
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool, _ = start_workers(*self._arguments)
+        self.restarts += 1
+
+    def shutdown(self) -> None:
+        """Wait for the tasks in flight, cancel queued ones, and stop the workers."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def start_workers(
+    count: int, model_input: ModelInput, max_image_pixels: int | None
+) -> tuple[Executor, str]:
+    """A pool of ``count`` workers for :func:`decode` and write tasks, and its kind.
+
+    Args:
+        count: The number of workers.
+        model_input: How decoded images become model pixels.
+        max_image_pixels: Pillow's decompression-bomb limit for the workers (None: no limit).
+
+    Returns:
+        ``(pool, "processes")`` where fork is available, else ``(pool, "threads")``.
+    """
+    initargs = (model_input, max_image_pixels)
+    if sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("fork")
+        pool = ProcessPoolExecutor(
+            count, mp_context=context, initializer=_start_process, initargs=initargs
+        )
+        return pool, "processes"
+    _configure(*initargs)
+    return ThreadPoolExecutor(count, thread_name_prefix="saliency-worker"), "threads"
+
+
+def _start_process(model_input: ModelInput, max_image_pixels: int | None) -> None:
+    # The main process handles Ctrl-C: it still collects the writes in flight.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)  # as DataLoader workers: a forked OpenMP team is not usable
+    _configure(model_input, max_image_pixels)
+
+
+def _configure(model_input: ModelInput, max_image_pixels: int | None) -> None:
+    global _model_input
+    _model_input = model_input
+    PIL.Image.MAX_IMAGE_PIXELS = max_image_pixels
+
+
+def decode(job: Job) -> tuple[PIL.Image.Image, Tensor]:
+    """Worker: the decoded RGB image and the model's pixels of one input."""
+    if _model_input is None:
+        raise RuntimeError("decode() runs in a pool made by start_workers()")
+    try:
+        mode = os.stat(job.source).st_mode
+    except OSError:
+        mode = stat.S_IFREG  # open_image names the problem
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise ImageLoadError(job.source, "not a regular file (a FIFO, socket or device)")
+    image = open_image(job.source)
+    return image, _model_input.pixels(image)

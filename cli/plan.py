@@ -1,31 +1,54 @@
-"""Resuming: which (input, method) pairs a run does, given the manifest an earlier run left.
+"""The records of a run: which (input, method) pairs it does, given what an earlier run left,
+and the manifest as results come in.
 
-A pair is *complete* when the earlier manifest lists it for the same source file and its output
-files (the overlay in the current format, and the raw array when ``--save-raw`` asks for it)
-still exist as regular files inside the output folder. Complete pairs are skipped unless
+Resuming: a pair is *complete* when the earlier manifest lists it for the same source file and
+its output files (the overlay in the current format, and the raw array when ``--save-raw`` asks
+for it) still exist as regular files inside the output folder. Complete pairs are skipped unless
 ``overwrite``. Entries of inputs this run does not name are kept, so the manifest keeps
-describing the whole folder.
+describing the whole folder. Results are only comparable between runs of the same model,
+weights, target and precision and of the same method options: a difference is a conflict that
+needs ``--overwrite`` (which then replaces the outdated records) or another output folder.
 
-Results are only comparable between runs of the same model, weights, target and precision and
-of the same method options: a difference is a conflict that needs ``--overwrite`` (which then
-replaces the outdated records) or another output folder.
+Recording: the recorder is only called from the main thread. It saves the manifest every few
+seconds (so even a killed run leaves a recent, valid one) and at the end. An input still in
+progress at a save is left out when nothing of it is done yet, else listed as an error saying it
+is not finished, so a rerun completes it.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saliency.cli.inputs import FoundInput
-from saliency.cli.manifest import InputRecord, Manifest, MethodRecord
-from saliency.cli.relpaths import assign_relpaths, existing_output
+from saliency.cli.inputs import FoundInput, assign_relpaths, existing_output
+from saliency.cli.progress import Progress
+from saliency.run_folder import (
+    MANIFEST_NAME,
+    InputRecord,
+    Manifest,
+    MethodRecord,
+    RunInfo,
+    Totals,
+    class_of,
+    class_score,
+    now,
+    output_name,
+    write_manifest,
+)
 
 # Settings of the run section that change the results (device, batch size, format do not).
 RESULT_SETTINGS = ("model", "weights", "target", "precision")
+# Always recorded by saliency explain: None there means an earlier run that did not record it
+# (a folder written from Python), which is no conflict. None weights are random weights.
+_NONE_IS_UNKNOWN = frozenset({"model", "target", "precision"})
+SAVE_INTERVAL_SECONDS = 5.0
+NOT_FINISHED = "not finished: the run stopped before every method was done; rerun to complete it"
 
 
 class ResumeConflict(ValueError):
@@ -59,39 +82,42 @@ class Plan:
     entries: dict[str, InputRecord]
     skipped: list[str]
     methods: list[str]
-    method_options: dict[str, Any]
+    method_options: dict[str, dict[str, Any]]
     notes: list[str] = field(default_factory=list)
 
 
-def output_name(relpath: str, method: str, extension: str) -> str:
-    """The manifest path of an output file: ``<relpath>/<method>.<extension>``."""
-    return f"{relpath}/{method}.{extension}"
-
-
-def conflicts(previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+def conflicts(previous: RunInfo | None, current: RunInfo) -> list[str]:
     """How an earlier run section differs from the current one in what changes the results.
 
-    Only methods of the current run are compared; a setting the earlier run lacks is no
-    conflict.
+    Only methods of the current run are compared; a setting the earlier run did not record is
+    no conflict.
     """
+    if previous is None:
+        return []
     found = [
-        f"{key}: {previous[key]!r} -> {current[key]!r}"
+        f"{key}: {getattr(previous, key)!r} -> {getattr(current, key)!r}"
         for key in RESULT_SETTINGS
-        if key in previous and previous[key] != current[key]
+        if _differs(previous, current, key)
     ]
-    before = previous.get("method_options") or {}
     for method in sorted(_changed_methods(previous, current)):
-        found.append(f"{method} options: {before[method]} -> {current['method_options'][method]}")
+        before, after = previous.method_options[method], current.method_options[method]
+        found.append(f"{method} options: {before} -> {after}")
     return found
 
 
-def _changed_methods(previous: Mapping[str, Any], current: Mapping[str, Any]) -> set[str]:
+def _differs(previous: RunInfo, current: RunInfo, key: str) -> bool:
+    before = getattr(previous, key)
+    if before is None and key in _NONE_IS_UNKNOWN:
+        return False
+    return bool(before != getattr(current, key))
+
+
+def _changed_methods(previous: RunInfo | None, current: RunInfo) -> set[str]:
     """Methods of the current run whose options differ from the earlier run's."""
-    before = previous.get("method_options")
-    before = before if isinstance(before, dict) else {}
+    before = previous.method_options if previous is not None else {}
     return {
         method
-        for method, options in current["method_options"].items()
+        for method, options in current.method_options.items()
         if method in before and before[method] != options
     }
 
@@ -99,7 +125,7 @@ def _changed_methods(previous: Mapping[str, Any], current: Mapping[str, Any]) ->
 def make_plan(
     previous: Manifest | None,
     found: Sequence[FoundInput],
-    run: Mapping[str, Any],
+    run: RunInfo,
     *,
     out: Path,
     extension: str,
@@ -112,8 +138,8 @@ def make_plan(
     Args:
         previous: The earlier manifest of the output folder, if any.
         found: The current inputs, in processing order.
-        run: The current run section (``model``, ``weights``, ``target``, ``precision``,
-            ``methods``, ``method_options``).
+        run: The current run section (its ``model``, ``weights``, ``target``,
+            ``precision``, ``methods`` and ``method_options`` are used).
         out: The output folder.
         extension: The overlay format's extension.
         save_raw: Whether raw arrays are asked for.
@@ -124,9 +150,9 @@ def make_plan(
         ResumeConflict: The earlier results were made with other settings and not
             ``overwrite``.
     """
-    requested: list[str] = list(run["methods"])
+    requested = list(run.methods)
     notes: list[str] = []
-    earlier_run: Mapping[str, Any] = previous.run if previous is not None else {}
+    earlier_run = previous.run if previous is not None else None
     entries = copy.deepcopy(previous.inputs) if previous is not None else {}
     differences = conflicts(earlier_run, run)
     if differences and not overwrite:
@@ -138,7 +164,9 @@ def make_plan(
     if differences:
         notes.append(f"replacing results made with other settings: {'; '.join(differences)}")
         outdated = _changed_methods(earlier_run, run)
-        if any(key in earlier_run and earlier_run[key] != run[key] for key in RESULT_SETTINGS):
+        if earlier_run is not None and any(
+            _differs(earlier_run, run, key) for key in RESULT_SETTINGS
+        ):
             # Another model or target: nothing earlier is comparable; keep only the relpaths.
             entries = {p: e for p, e in entries.items() if e.source in current_sources}
             outdated = {m for e in entries.values() for m in e.methods}
@@ -180,16 +208,11 @@ def make_plan(
         else:
             skipped.append(relpath)
 
-    earlier_methods = earlier_run.get("methods")
+    earlier_methods = earlier_run.methods if earlier_run is not None else []
+    earlier_options = earlier_run.method_options if earlier_run is not None else {}
     listed = {m for entry in entries.values() for m in entry.methods}
-    methods = requested + [
-        m
-        for m in (earlier_methods if isinstance(earlier_methods, list) else [])
-        if isinstance(m, str) and m in listed and m not in requested
-    ]
-    earlier_options = earlier_run.get("method_options")
-    earlier_options = earlier_options if isinstance(earlier_options, dict) else {}
-    options = {m: run["method_options"].get(m, earlier_options.get(m, {})) for m in methods}
+    methods = requested + [m for m in earlier_methods if m in listed and m not in requested]
+    options = {m: run.method_options.get(m, earlier_options.get(m, {})) for m in methods}
     return Plan(jobs, entries, skipped, methods, options, notes)
 
 
@@ -205,3 +228,153 @@ def _complete(entry: InputRecord, method: str, out: Path, extension: str, save_r
         return True
     raw = output_name(entry.path, method, "npy")
     return record.raw == raw and existing_output(out, raw) is not None
+
+
+class RunRecorder:
+    """Collects per-input results into manifest records and saves the manifest.
+
+    Args:
+        out: The output folder.
+        run: The run section (without ``finished`` and ``totals``, filled in at each save).
+        entries: The records to start from (see :class:`~saliency.cli.plan.Plan`).
+        jobs: This run's work.
+        skipped: Relpaths of this run's inputs with nothing left to do.
+        class_names: The model's class names, for labels.
+        progress: Where errors and progress go.
+        manifest_name: The manifest's file name in ``out`` (a rank of a torchrun job: its own).
+        prefix: Put before every error line (a rank of a torchrun job: which one).
+    """
+
+    def __init__(
+        self,
+        out: Path,
+        run: RunInfo,
+        entries: dict[str, InputRecord],
+        jobs: Sequence[Job],
+        skipped: Sequence[str],
+        class_names: Sequence[str] | None,
+        progress: Progress,
+        *,
+        manifest_name: str = MANIFEST_NAME,
+        prefix: str = "",
+    ) -> None:
+        self.out = out
+        self.manifest_name = manifest_name
+        self.prefix = prefix
+        self.run = run
+        self.entries = entries
+        self.requested = {job.relpath: tuple(run.methods) for job in jobs}
+        self.requested.update({relpath: tuple(run.methods) for relpath in skipped})
+        self.unfinished = {job.relpath for job in jobs}
+        self.skipped = len(skipped)
+        self.failed: set[str] = set()
+        self.class_names = class_names
+        self.progress = progress
+        self._started = time.monotonic()
+        self._saved = self._started
+        self._save_seconds = 0.0
+        self.device_seconds: float | None = None
+        self.device_idle: float | None = None
+
+    def decoded(self, job: Job, width: int, height: int) -> None:
+        """The input was decoded: record its size."""
+        entry = self.entries[job.relpath]
+        entry.width, entry.height = width, height
+
+    def predicted(
+        self, job: Job, indices: Sequence[int], probabilities: Sequence[float], target: int
+    ) -> None:
+        """The model's top classes (most probable first) and the explained class."""
+        names = self.class_names
+        top5 = [class_score(i, p, names) for i, p in zip(indices, probabilities, strict=True)]
+        entry = self.entries[job.relpath]
+        entry.prediction = top5[0]
+        entry.top5 = top5
+        entry.target = class_of(target, names)
+
+    def method_done(
+        self, job: Job, method: str, overlay: str, raw: str | None, seconds: float
+    ) -> None:
+        """One method's outputs exist."""
+        self.entries[job.relpath].methods[method] = MethodRecord(overlay, raw, seconds)
+
+    def method_failed(self, job: Job, method: str, message: str) -> None:
+        """One method failed for this input (the others go on)."""
+        self._error(job, f"{method}: {message}")
+
+    def input_failed(self, job: Job, message: str) -> None:
+        """The input cannot be used at all (e.g. it cannot be decoded)."""
+        entry = self.entries[job.relpath]
+        entry.width = entry.height = entry.prediction = entry.target = None
+        entry.top5 = []
+        self._error(job, message)
+
+    def finished(self, job: Job) -> None:
+        """Every method of the input is done or failed."""
+        self.unfinished.discard(job.relpath)
+        entry = self.entries[job.relpath]
+        missing = [m for m in self.requested[job.relpath] if m not in entry.methods]
+        if entry.error is None and missing:  # cannot happen unless a method vanished
+            entry.error = f"{job.relpath}: no output for {', '.join(missing)}"
+        entry.status = "error" if entry.error is not None else "ok"
+        if entry.status == "error":
+            self.failed.add(job.relpath)
+        self.progress.advance(failed=entry.status == "error")
+        self.save_if_due()
+
+    def save_if_due(self) -> None:
+        """Save the manifest if the last save is old enough.
+
+        A few seconds, and at least 20 times what the last save took, so that saving a huge
+        manifest never takes more than a twentieth of the run.
+        """
+        interval = max(SAVE_INTERVAL_SECONDS, 20 * self._save_seconds)
+        if time.monotonic() - self._saved >= interval:
+            self.save()
+
+    def snapshot(self) -> Manifest:
+        """The manifest as it would be saved now."""
+        entries = dict(self._saved_entries())
+        return Manifest(self._run_section(entries), entries)
+
+    def save(self) -> Path:
+        """Write the manifest atomically with what is done now."""
+        started = time.monotonic()
+        path = write_manifest(self.out, self.snapshot(), self.manifest_name)
+        self._saved = time.monotonic()
+        self._save_seconds = self._saved - started
+        return path
+
+    def _saved_entries(self) -> Iterable[tuple[str, InputRecord]]:
+        for relpath, entry in self.entries.items():
+            if relpath not in self.unfinished:
+                yield relpath, entry
+            elif entry.methods:
+                partial = copy.copy(entry)
+                partial.status, partial.error = "error", entry.error or f"{relpath}: {NOT_FINISHED}"
+                yield relpath, partial
+
+    def _run_section(self, saved: Mapping[str, InputRecord]) -> RunInfo:
+        device = {}
+        if self.device_seconds is not None and self.device_idle is not None:
+            device = {
+                "device_seconds": round(self.device_seconds, 3),
+                "device_idle": round(self.device_idle, 4),
+            }
+        totals = Totals.of(
+            saved.values(),
+            skipped=self.skipped,
+            seconds=round(time.monotonic() - self._started, 3),
+            **device,
+        )
+        return dataclasses.replace(self.run, finished=now(), totals=totals)
+
+    def device_time(self, seconds: float, idle: float) -> None:
+        """Record the device's busy seconds and idle fraction (saved in the totals)."""
+        self.device_seconds, self.device_idle = seconds, idle
+
+    def _error(self, job: Job, message: str) -> None:
+        text = message if message.startswith(f"{job.relpath}: ") else f"{job.relpath}: {message}"
+        entry = self.entries[job.relpath]
+        entry.error = text if entry.error is None else f"{entry.error}; {text}"
+        self.progress.message(f"{self.prefix}error: {text}")

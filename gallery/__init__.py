@@ -7,8 +7,7 @@
 results first, then builds the same gallery.
 """
 
-from saliency.gallery.builder import build_gallery
+from saliency.gallery.builder import GalleryError, build_gallery
 from saliency.gallery.from_explanations import build_gallery_from_explanations, write_run_folder
-from saliency.gallery.run_folder import GalleryError
 
 __all__ = ["GalleryError", "build_gallery", "build_gallery_from_explanations", "write_run_folder"]

@@ -35,8 +35,8 @@ from saliency.gallery.imaging import (
     resized,
 )
 from saliency.gallery.layers import Layers, heatmap_layers
-from saliency.gallery.run_folder import RunInput
 from saliency.gallery.sinks import Sink
+from saliency.run_folder import InputRecord
 
 THUMBNAIL_SIZE = 192
 """Longest side of a thumbnail tile in pixels (≤ 256; sharp at 96 CSS pixels on 2× screens)."""
@@ -138,6 +138,56 @@ def asset_key(text: str) -> str:
     return f"{readable}-{digest}" if readable else digest
 
 
+@dataclass(frozen=True)
+class MethodFiles:
+    """One method's files for one input: paths inside the run folder, or None."""
+
+    overlay: Path | None
+    raw: Path | None
+    seconds: float | None
+
+
+@dataclass(frozen=True)
+class RunInput:
+    """An entry of the manifest with its files resolved in the run folder.
+
+    Attributes:
+        record: The entry.
+        source: Its source image (None when the entry names none).
+        methods: Each method's files; a method whose record names a path outside the run
+            folder has no files (the reader dropped its record).
+    """
+
+    record: InputRecord
+    source: Path | None
+    methods: dict[str, MethodFiles]
+
+    @property
+    def path(self) -> str:
+        """The input's relpath."""
+        return self.record.path
+
+    @property
+    def failed(self) -> bool:
+        """Whether the input failed."""
+        return self.record.status == "error"
+
+    @classmethod
+    def of(cls, directory: Path, record: InputRecord) -> RunInput:
+        """The entry's files (its paths are checked to stay inside ``directory``)."""
+        methods = {
+            name: MethodFiles(
+                directory / item.overlay,
+                directory / item.raw if item.raw is not None else None,
+                item.seconds,
+            )
+            for name, item in record.methods.items()
+        }
+        for name in record.dropped:
+            methods.setdefault(name, MethodFiles(None, None, None))
+        return cls(record, directory / record.source if record.source else None, methods)
+
+
 def input_assets(
     item: RunInput, methods: Sequence[str], sink: Sink, colours: Colours
 ) -> InputAssets:
@@ -160,10 +210,9 @@ def input_assets(
         result.original = Picture(urls["original"], *facts["original"])
     for name in present:
         assets = result.methods[name] = MethodAssets(problem=facts["problems"].get(name))
-        output = item.methods[name]
-        if name in facts["overlays"] and output.overlay is not None:
+        if name in facts["overlays"] and name in overlays:
             assets.tile = facts["tiles"].get(name)
-            reference = sink.reference(output.overlay, f"overlay/{key}--{asset_key(name)}.png")
+            reference = sink.reference(overlays[name], f"overlay/{key}--{asset_key(name)}.png")
             assets.overlay = Picture(reference, *facts["overlays"][name])
         elif assets.problem is None:
             assets.problem = "no overlay file"

@@ -9,14 +9,14 @@ With ``single_file=True`` the page holds everything itself (CSS, JS and images a
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from markupsafe import Markup
 
 from saliency.errors import InvalidOptionError
-from saliency.gallery.assets import DISPLAY_SIZE, THUMBNAIL_SIZE, Colours, build_assets
-from saliency.gallery.describe import describe_method
+from saliency.gallery.assets import DISPLAY_SIZE, THUMBNAIL_SIZE, Colours, RunInput, build_assets
 from saliency.gallery.imaging import PERCENTILE, colour_bar
 from saliency.gallery.page import (
     SCRIPT,
@@ -27,14 +27,70 @@ from saliency.gallery.page import (
     script_json,
     static_text,
 )
-from saliency.gallery.run_folder import Run, read_run
 from saliency.gallery.sinks import FolderSink, InlineSink, Sink, relative_url
+from saliency.method_info import describe_method
 from saliency.output_files import write_text_atomic
 from saliency.rendering import colormap_lut
+from saliency.run_folder import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestError,
+    read_manifest,
+    read_metrics,
+)
 
 INDEX = "index.html"
 ASSETS = "gallery"
 PAGE_SIZE = 50
+_COUNTS = ("inputs", "ok", "error", "skipped")
+
+
+class GalleryError(ManifestError):
+    """A run folder the gallery cannot be built from (missing or malformed manifest)."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run folder as the gallery reads it.
+
+    Attributes:
+        directory: The folder (absolute).
+        manifest: Its manifest.
+        inputs: Its entries with their files, in the manifest's order.
+        methods: Its methods in column order (those only found in the entries last).
+        metrics: ``metrics.json``, when it has one.
+    """
+
+    directory: Path
+    manifest: Manifest
+    inputs: list[RunInput]
+    methods: list[str]
+    metrics: dict[str, Any] | None
+
+
+def read_run(run_dir: str | Path) -> Run:
+    """Read ``run_dir/manifest.json`` (and ``metrics.json`` when present).
+
+    Raises:
+        GalleryError: The folder or its manifest is missing, not JSON, or of another format.
+    """
+    directory = Path(run_dir).resolve()
+    if not directory.is_dir():
+        raise GalleryError(f"{run_dir}: not a folder; expected a `saliency explain` run folder")
+    try:
+        manifest = read_manifest(directory)
+        metrics = read_metrics(directory)
+    except ManifestError as error:
+        raise GalleryError(str(error)) from error
+    if manifest is None:
+        raise GalleryError(
+            f"{directory / MANIFEST_NAME}: not found; a run folder written by `saliency explain "
+            "--out DIR` holds manifest.json"
+        )
+    inputs = [RunInput.of(directory, record) for record in manifest.inputs.values()]
+    methods = manifest.methods()
+    methods += [m for item in inputs for m in item.methods if m not in methods]
+    return Run(directory, manifest, inputs, methods, metrics)
 
 
 def build_gallery(
@@ -68,7 +124,7 @@ def build_gallery(
     page.parent.mkdir(parents=True, exist_ok=True)
     assets_folder = page.parent / (ASSETS if page.name == INDEX else f"{page.stem}_{ASSETS}")
     sink: Sink = InlineSink() if single_file else FolderSink(page.parent, assets_folder)
-    colours = _colours(run.info)
+    colours = _colours(run.manifest.run.extra)
     infos = [describe_method(name) for name in run.methods]
     anchors = [
         f"method-{i}-{re.sub(r'[^A-Za-z0-9_-]+', '-', n)}" for i, n in enumerate(run.methods)
@@ -79,7 +135,8 @@ def build_gallery(
         for key, name in (("heatmap", colours.sequential), ("signed", colours.diverging))
     }
     sink.close()
-    data = page_data(run, assets, infos, anchors, colour_bars)
+    options = run.manifest.run.method_options
+    data = page_data(run.inputs, options, assets, infos, anchors, colour_bars)
     data["pageSize"] = PAGE_SIZE
     data["percentile"] = PERCENTILE
     css, js = static_text(STYLESHEET), static_text(SCRIPT)
@@ -105,7 +162,7 @@ def build_gallery(
             "summary": run_summary(run),
             "methods": list(zip(infos, anchors, strict=True)),
             "metrics": metrics_table(run.metrics),
-            "failed": [(i, item) for i, item in enumerate(run.inputs) if item.status == "error"],
+            "failed": [(i, item.record) for i, item in enumerate(run.inputs) if item.failed],
             "count": len(run.inputs),
             "thumbnail_size": THUMBNAIL_SIZE,
             "display_size": DISPLAY_SIZE,
@@ -127,15 +184,15 @@ def page_path(run_dir: Path, out: str | Path | None) -> Path:
 
 def default_title(run: Run) -> str:
     """``Saliency gallery — <model> · <run folder name>``."""
-    model = run.info.get("model")
-    parts = [str(model)] if model else []
+    model = run.manifest.run.model
+    parts = [model] if model else []
     parts.append(run.directory.name)
     return "Saliency gallery — " + " · ".join(parts)
 
 
 def run_summary(run: Run) -> list[tuple[str, str]]:
     """``(label, text)`` pairs describing the run (model, target, device, totals, versions)."""
-    info = run.info
+    info = run.manifest.run
     rows: list[tuple[str, str]] = []
 
     def add(label: str, *values: Any, sep: str = " · ") -> None:
@@ -143,20 +200,19 @@ def run_summary(run: Run) -> list[tuple[str, str]]:
         if text:
             rows.append((label, text))
 
-    weights = info.get("weights")
-    add("Model", info.get("model"), f"weights {weights}" if weights else None)
-    add("Target", info.get("target"))
-    add("Device", info.get("device"), info.get("precision"))
-    totals_info = info.get("totals")
-    totals = totals_info if isinstance(totals_info, dict) else {}
-    counts = [f"{totals[k]} {k}" for k in ("inputs", "ok", "error", "skipped") if k in totals]
-    add("Inputs", *counts or [f"{len(run.inputs)} inputs"])
-    if isinstance(totals.get("seconds"), int | float):
-        add("Run time", f"{totals['seconds']:.1f} s")
-    add("Started", info.get("started"), info.get("finished"), sep=" → ")
-    versions_info = info.get("versions")
-    versions = versions_info if isinstance(versions_info, dict) else {}
-    add("Versions", *(f"{name} {value}" for name, value in versions.items()))
+    add("Model", info.model, f"weights {info.weights}" if info.weights else None)
+    add("Target", info.target)
+    add("Device", info.device, info.precision)
+    totals = info.totals
+    if totals is None:
+        add("Inputs", f"{len(run.inputs)} inputs")
+    else:
+        counts = (totals.inputs, totals.ok, totals.error, totals.skipped)
+        add("Inputs", *(f"{n} {k}" for n, k in zip(counts, _COUNTS, strict=True)))
+    if totals is not None and totals.seconds is not None:
+        add("Run time", f"{totals.seconds:.1f} s")
+    add("Started", info.started, info.finished, sep=" → ")
+    add("Versions", *(f"{name} {value}" for name, value in info.versions.items()))
     return rows
 
 
@@ -172,11 +228,11 @@ def metrics_table(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"columns": columns, "rows": rows, "notes": notes if isinstance(notes, str) else None}
 
 
-def _colours(info: dict[str, Any]) -> Colours:
+def _colours(extra: dict[str, Any]) -> Colours:
     """The run's colormap (``run.overlay.cmap`` or ``run.cmap`` when recorded, else the default)."""
-    overlay = info.get("overlay")
+    overlay = extra.get("overlay")
     recorded = overlay.get("cmap") if isinstance(overlay, dict) else None
-    for name in (recorded, info.get("cmap")):
+    for name in (recorded, extra.get("cmap")):
         if isinstance(name, str):
             try:
                 colormap_lut(name)

@@ -1,19 +1,17 @@
-"""A gallery from :class:`saliency.Explanation` results (Python API).
+"""A run folder from :class:`saliency.Explanation` results (Python API), and its gallery.
 
-The explanations are first written as a run folder in the documented layout (``manifest.json``,
-``<name>/<method>.png`` overlays, ``<name>/<method>.npy`` raw maps, and the original image as
-``<name>/_original.png``, which the manifest's ``source`` names); the gallery is then built from
-that folder by :func:`saliency.gallery.build_gallery`, exactly as for ``saliency explain`` runs.
+The explanations are written in the documented layout (``manifest.json``, ``<name>/<method>.png``
+overlays, ``<name>/<method>.npy`` raw maps, and the original image as ``<name>/_original.png``,
+which the manifest's ``source`` names); the gallery is then built from that folder by
+:func:`saliency.gallery.build_gallery`, exactly as for ``saliency explain`` runs.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TypeAlias
 
 import numpy as np
 import PIL.Image
@@ -21,13 +19,29 @@ import torch
 from torch import Tensor
 
 from saliency.errors import InvalidOptionError
-from saliency.explanation import Explanation, json_safe, versions
+from saliency.explanation import Explanation
 from saliency.gallery.builder import build_gallery
-from saliency.gallery.run_folder import MANIFEST, SUPPORTED_FORMAT
-from saliency.output_files import write_atomic, write_text_atomic
+from saliency.run_folder import (
+    InputRecord,
+    Manifest,
+    MethodRecord,
+    RunInfo,
+    Totals,
+    class_of,
+    is_safe_relpath,
+    json_safe,
+    now,
+    output_name,
+    top_classes,
+    versions,
+    write_manifest,
+    write_overlay,
+    write_raw,
+)
 
 ORIGINAL = "_original.png"
-ImagesArg = Tensor | Sequence[Tensor | PIL.Image.Image]
+
+ImagesArg: TypeAlias = Tensor | Sequence[Tensor | PIL.Image.Image]
 
 
 def build_gallery_from_explanations(
@@ -79,20 +93,36 @@ def write_run_folder(
     model: str | None = None,
     save_raw: bool = True,
 ) -> Path:
-    """Write explanations in the run-folder layout of ``docs/manifest.md``; return the folder.
+    """Write explanations as a run folder (``manifest.json``, ``<name>/<method>.png`` overlays,
+    ``<name>/<method>.npy`` raw maps, the original as ``<name>/_original.png``); the folder.
+
+    Args:
+        explanations: One :class:`~saliency.Explanation` per method, all of the same ``N``
+            inputs (one Explanation alone is fine).
+        out_dir: The run folder (created; existing files of the same names are replaced).
+        images: The ``N`` original images (a ``(N, 3, H, W)`` tensor in ``[0, 1]`` or uint8, or
+            tensors / PIL images); default: the first explanation's ``backgrounds()``.
+        names: ``N`` relative names, e.g. ``"cats/tom.jpg"`` (default ``image_0000.png``, ...).
+        labels: Class names, indexed by class, for predictions and targets.
+        model: The model's name.
+        save_raw: Also write raw ``.npy`` maps.
 
     Raises:
         InvalidOptionError: No explanations, different ``N``, a repeated method, a method name
             that is not a safe file name, bad ``names`` or a wrong number of images.
     """
-    results = [explanations] if isinstance(explanations, Explanation) else list(explanations)
+    results = _explanation_list(explanations)
     count = _check_explanations(results)
     relpaths = relpaths_of(names, count)
-    pictures = _pictures(images if images is not None else results[0].backgrounds(), count)
+    backgrounds = images if images is not None else results[0].backgrounds()
+    pictures = [_to_pil(item) for item in _exactly(backgrounds, count)]
     folder = Path(out_dir).absolute()
-    started = _now()
-    entries = write_inputs(results, folder, relpaths, pictures, labels=labels, save_raw=save_raw)
-    write_manifest(folder, entries, run_section(results, model, labels, started))
+    started = now()
+    entries = write_inputs(
+        results, folder, relpaths, pictures, labels=labels, save_raw=save_raw
+    )
+    run = run_section(results, model, labels, started, inputs=count)
+    write_manifest(folder, Manifest(run, {entry.path: entry for entry in entries}), sort=False)
     return folder
 
 
@@ -105,42 +135,48 @@ def write_inputs(
     labels: Sequence[str] | None = None,
     save_raw: bool = True,
     seconds: Sequence[float | None] | None = None,
-) -> list[dict[str, Any]]:
-    """Write each input's original and per-method overlay (and raw map); return its entries.
+) -> list[InputRecord]:
+    """Write each input's original and every method's overlay and raw map; their records.
 
     Args:
         results: One explanation per method, all of the ``len(relpaths)`` inputs.
         folder: The run folder.
-        relpaths: Validated relative names of the inputs (folders under ``folder``).
+        relpaths: Checked relative names of the inputs (folders under ``folder``).
         pictures: The originals the overlays are drawn on.
         labels: Class names for predictions and targets.
         save_raw: Also write raw ``.npy`` maps.
-        seconds: Per method, the seconds it took per input (for the manifest), or None.
-
-    Returns:
-        The manifest's ``inputs`` entries, in order.
+        seconds: Per method, the seconds it took per input, or None.
     """
+    outputs = next((r.outputs for r in results if r.outputs is not None), None)
+    targets = next((r.targets for r in results if r.targets is not None), None)
+    top = top_classes(outputs, labels) if outputs is not None else [[] for _ in relpaths]
     entries = []
     for i, (relpath, picture) in enumerate(zip(relpaths, pictures, strict=True)):
         item_folder = folder / relpath
         item_folder.mkdir(parents=True, exist_ok=True)
-        _save_png(picture, item_folder / ORIGINAL)
-        entries.append(_entry(i, relpath, item_folder, picture, list(results), labels))
+        write_overlay(item_folder / ORIGINAL, picture)
+        entries.append(
+            InputRecord(
+                path=relpath,
+                source=str(item_folder / ORIGINAL),
+                width=picture.width,
+                height=picture.height,
+                prediction=top[i][0] if top[i] else None,
+                top5=top[i],
+                target=None if targets is None else class_of(int(targets[i]), labels),
+            )
+        )
     timings = list(seconds) if seconds is not None else [None] * len(results)
     for result, method_seconds in zip(results, timings, strict=True):
         overlays = result.pictures(list(pictures))
         raw = result.attributions.detach().float().cpu().numpy() if save_raw else None
         for i, (relpath, overlay) in enumerate(zip(relpaths, overlays, strict=True)):
-            _save_png(overlay, folder / relpath / f"{result.method}.png")
-            output = {
-                "overlay": f"{relpath}/{result.method}.png",
-                "raw": None,
-                "seconds": method_seconds,
-            }
+            record = MethodRecord(output_name(relpath, result.method, "png"), None, method_seconds)
+            write_overlay(folder / record.overlay, overlay)
             if raw is not None:
-                _save_npy(np.ascontiguousarray(raw[i]), folder / relpath / f"{result.method}.npy")
-                output["raw"] = f"{relpath}/{result.method}.npy"
-            entries[i]["methods"][result.method] = output
+                record.raw = output_name(relpath, result.method, "npy")
+                write_raw(folder / record.raw, raw[i])
+            entries[i].methods[result.method] = record
     return entries
 
 
@@ -150,30 +186,54 @@ def run_section(
     labels: Sequence[str] | None,
     started: str,
     *,
-    inputs: int | None = None,
+    inputs: int,
     seconds: float | None = None,
-) -> dict[str, Any]:
-    """The manifest's ``run`` section for explanations (``inputs``: default their ``N``)."""
-    count = len(results[0]) if inputs is None else inputs
-    return {
-        "model": model,
-        "weights": None,
-        "methods": [r.method for r in results],
-        "method_options": {r.method: json_safe(r.options) for r in results},
-        "target": "given" if results[0].targets is not None else None,
-        "class_names": labels is not None,
-        "format": "png",
-        "versions": versions(),
-        "started": started,
-        "finished": _now(),
-        "totals": {"inputs": count, "ok": count, "error": 0, "skipped": 0, "seconds": seconds},
-    }
+) -> RunInfo:
+    """The run section of explanations (``target``: ``"given"``, the explanations' classes; None
+    for a callable target)."""
+    first = results[0]
+    return RunInfo(
+        model=model,
+        methods=[r.method for r in results],
+        method_options={r.method: json_safe(r.options) for r in results},
+        target=None if first.targets is None else "given",
+        device=str(first.attributions.device),
+        class_names=labels is not None,
+        versions=versions(),
+        started=started,
+        finished=now(),
+        totals=Totals(inputs=inputs, ok=inputs, seconds=seconds),
+    )
 
 
-def write_manifest(folder: Path, entries: list[dict[str, Any]], run: dict[str, Any]) -> Path:
-    """Write ``folder/manifest.json`` atomically."""
-    manifest = {"format": SUPPORTED_FORMAT, "run": run, "inputs": entries}
-    return write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
+def relpaths_of(names: Sequence[str] | None, count: int) -> list[str]:
+    """Checked relative ``/`` names, made unique with ``~2``, ``~3`` suffixes.
+
+    Raises:
+        InvalidOptionError: Not ``count`` names, or a name that is absolute or has ``..``.
+    """
+    if names is None:
+        return [f"image_{i:04d}.png" for i in range(count)]
+    if isinstance(names, str) or len(names) != count:
+        raise InvalidOptionError(f"names must be a sequence of {count} strings")
+    seen: set[str] = set()
+    result = []
+    for name in names:
+        path = PurePosixPath(str(name).replace("\\", "/"))
+        if not str(name) or not is_safe_relpath(str(path)):
+            raise InvalidOptionError(
+                f"name {name!r} is not a relative path without '..'; e.g. 'cats/tom.jpg'"
+            )
+        unique, suffix = str(path), 2
+        while unique in seen:
+            unique, suffix = f"{path}~{suffix}", suffix + 1
+        seen.add(unique)
+        result.append(unique)
+    return result
+
+
+def _explanation_list(explanations: Explanation | Sequence[Explanation]) -> list[Explanation]:
+    return [explanations] if isinstance(explanations, Explanation) else list(explanations)
 
 
 def _check_explanations(results: list[Explanation]) -> int:
@@ -191,33 +251,11 @@ def _check_explanations(results: list[Explanation]) -> int:
     return counts.pop()
 
 
-def relpaths_of(names: Sequence[str] | None, count: int) -> list[str]:
-    """Validated relative ``/`` names, made unique with ``~2``, ``~3`` suffixes."""
-    if names is None:
-        return [f"image_{i:04d}.png" for i in range(count)]
-    if isinstance(names, str) or len(names) != count:
-        raise InvalidOptionError(f"names must be a sequence of {count} strings")
-    seen: set[str] = set()
-    result = []
-    for name in names:
-        path = PurePosixPath(str(name).replace("\\", "/"))
-        if not str(name) or path.is_absolute() or any(p in ("..", ".", "") for p in path.parts):
-            raise InvalidOptionError(
-                f"name {name!r} is not a relative path without '..'; e.g. 'cats/tom.jpg'"
-            )
-        unique, suffix = str(path), 2
-        while unique in seen:
-            unique, suffix = f"{path}~{suffix}", suffix + 1
-        seen.add(unique)
-        result.append(unique)
-    return result
-
-
-def _pictures(images: ImagesArg, count: int) -> list[PIL.Image.Image]:
+def _exactly(images: ImagesArg, count: int) -> list[Tensor | PIL.Image.Image]:
     items = list(images)
     if len(items) != count:
         raise InvalidOptionError(f"got {len(items)} images for {count} inputs")
-    return [_to_pil(item) for item in items]
+    return items
 
 
 def _to_pil(image: Tensor | PIL.Image.Image) -> PIL.Image.Image:
@@ -230,63 +268,3 @@ def _to_pil(image: Tensor | PIL.Image.Image) -> PIL.Image.Image:
         pixels = (pixels.float().clamp(0, 1) * 255).round()
     array = pixels.to(torch.uint8).expand(3, -1, -1).permute(1, 2, 0).numpy()
     return PIL.Image.fromarray(np.ascontiguousarray(array))
-
-
-def _entry(
-    i: int,
-    relpath: str,
-    item_folder: Path,
-    picture: PIL.Image.Image,
-    results: list[Explanation],
-    labels: Sequence[str] | None,
-) -> dict[str, Any]:
-    outputs = next((r.outputs for r in results if r.outputs is not None), None)
-    targets = next((r.targets for r in results if r.targets is not None), None)
-    top5: list[dict[str, Any]] = []
-    if outputs is not None:
-        probabilities = _probabilities(outputs[i].detach().float().cpu())
-        values, indices = probabilities.topk(min(5, probabilities.numel()))
-        top5 = [_score(int(k), float(p), labels) for p, k in zip(values, indices, strict=True)]
-    target = None
-    if targets is not None:
-        index = int(targets[i])
-        target = {"index": index, "label": _label(index, labels)}
-    return {
-        "path": relpath,
-        "source": str(item_folder / ORIGINAL),
-        "status": "ok",
-        "error": None,
-        "width": picture.width,
-        "height": picture.height,
-        "prediction": top5[0] if top5 else None,
-        "top5": top5,
-        "target": target,
-        "methods": {},
-    }
-
-
-def _probabilities(scores: Tensor) -> Tensor:
-    """Scores that already are probabilities stay as they are; others go through softmax."""
-    if bool((scores >= 0).all()) and abs(float(scores.sum()) - 1.0) < 1e-3:
-        return scores
-    return scores.softmax(dim=0)
-
-
-def _score(index: int, probability: float, labels: Sequence[str] | None) -> dict[str, Any]:
-    return {"index": index, "label": _label(index, labels), "probability": probability}
-
-
-def _label(index: int, labels: Sequence[str] | None) -> str | None:
-    return str(labels[index]) if labels is not None and 0 <= index < len(labels) else None
-
-
-def _save_png(picture: PIL.Image.Image, path: Path) -> None:
-    write_atomic(path, lambda handle: picture.save(handle, "PNG"))
-
-
-def _save_npy(array: np.ndarray, path: Path) -> None:
-    write_atomic(path, lambda handle: np.save(handle, array))
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -18,10 +18,10 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from saliency.gallery.assets import InputAssets, MethodAssets, Picture, Strip
-from saliency.gallery.describe import MethodInfo
+from saliency.gallery.assets import InputAssets, MethodAssets, Picture, RunInput, Strip
 from saliency.gallery.layers import Layers
-from saliency.gallery.run_folder import ClassScore, Run, RunInput
+from saliency.method_info import MethodInfo
+from saliency.run_folder import ClassScore
 
 STYLESHEET = "gallery.css"
 SCRIPT = "gallery.js"
@@ -77,7 +77,8 @@ def render_page(context: dict[str, Any]) -> str:
 
 
 def page_data(
-    run: Run,
+    inputs: list[RunInput],
+    method_options: dict[str, dict[str, Any]],
     assets: list[InputAssets],
     infos: list[MethodInfo],
     anchors: list[str],
@@ -86,7 +87,7 @@ def page_data(
     """Everything the script needs, as JSON-ready values (strings are shown as text)."""
     methods = []
     for info, anchor in zip(infos, anchors, strict=True):
-        options = run.method_options.get(info.name)
+        options = method_options.get(info.name)
         methods.append(
             {
                 "name": info.name,
@@ -98,23 +99,24 @@ def page_data(
         )
     items = [
         _item(number, item, item_assets, [info.name for info in infos])
-        for number, (item, item_assets) in enumerate(zip(run.inputs, assets, strict=True))
+        for number, (item, item_assets) in enumerate(zip(inputs, assets, strict=True))
     ]
     labels = sorted({i["prediction"]["label"] for i in items if _has_label(i)}, key=str.lower)
     return {"methods": methods, "items": items, "labels": labels, "colourBars": colour_bars}
 
 
 def _item(number: int, item: RunInput, assets: InputAssets, methods: list[str]) -> dict[str, Any]:
+    record = item.record
     return {
         "id": number,
-        "path": item.path,
-        "status": item.status,
-        "error": item.error,
-        "width": item.width,
-        "height": item.height,
-        "prediction": _score(item.prediction),
-        "target": _score(item.target),
-        "top5": [_score(s) for s in item.top5],
+        "path": record.path,
+        "status": record.status,
+        "error": record.error,
+        "width": record.width,
+        "height": record.height,
+        "prediction": _score(record.prediction),
+        "target": _score(record.target),
+        "top5": [_score(s) for s in record.top5],
         "original": _picture(assets.original),
         "strip": _strip(assets.strip),
         "originalTile": assets.original_tile,
@@ -190,8 +192,8 @@ def _options(options: dict[str, Any]) -> dict[str, str]:
 
 def format_number(value: object, digits: int = 3) -> str:
     """Metric values for the table: floats with ``digits`` decimals, the rest as text."""
-    if isinstance(value, bool) or value is None:
-        return "—" if value is None else str(value)
+    if value is None:
+        return "—"
     if isinstance(value, float):
         return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
     return str(value)

@@ -11,16 +11,25 @@ import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
 
-from saliency.gallery.run_folder import MANIFEST, METRICS, SUPPORTED_FORMAT
 from saliency.methods.registry import list_methods
 from saliency.output_files import atomic_path, write_text_atomic
 from saliency.rendering import render
+from saliency.run_folder import (
+    METRICS_NAME,
+    ClassScore,
+    InputRecord,
+    Manifest,
+    MethodRecord,
+    RunInfo,
+    Totals,
+    class_of,
+    write_manifest,
+)
 
 LABELS = ("tabby cat", "golden retriever", "red fox", "fire truck", "espresso", "tulip")
 
@@ -92,16 +101,16 @@ def write_synthetic_run(
             if not finished:
                 continue
             files.append((folder / name / f"{method}.png", overlays[i]))
-            output = {"overlay": f"{name}/{method}.png", "raw": None, "seconds": 0.01 * (k + 1)}
+            output = MethodRecord(f"{name}/{method}.png", None, 0.01 * (k + 1))
             if raw:
                 files.append((folder / name / f"{method}.npy", maps[i]))
-                output["raw"] = f"{name}/{method}.npy"
-            entries[i]["methods"][method] = output
+                output.raw = f"{name}/{method}.npy"
+            entries[i].methods[method] = output
     for path, _ in files:
         path.parent.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda item: _save(*item), files))
-    write_text_atomic(folder / MANIFEST, json.dumps(_manifest(methods, entries), indent=1))
+    write_manifest(folder, _manifest(methods, entries), sort=False)
     if metrics:
         rows = [
             {
@@ -113,7 +122,7 @@ def write_synthetic_run(
             for k, m in enumerate(methods)
         ]
         text = json.dumps({"rows": rows, "notes": "synthetic metrics of a synthetic run"})
-        write_text_atomic(folder / METRICS, text)
+        write_text_atomic(folder / METRICS_NAME, text)
     return folder
 
 
@@ -152,12 +161,12 @@ def _maps(
 
 def _entry(
     generator: np.random.Generator, name: str, source: Path, kind: str, width: int, height: int
-) -> dict[str, Any]:
+) -> InputRecord:
     """A manifest entry; ``kind``: ``"ok"``, ``"decode"`` (nothing ran) or ``"partial"``."""
     picks = generator.permutation(len(LABELS))[:5]
     probabilities = np.sort(generator.dirichlet(np.full(len(LABELS), 0.4)))[::-1][:5]
     top5 = [
-        {"index": int(k), "label": LABELS[k], "probability": round(float(p), 4)}
+        ClassScore(int(k), LABELS[k], round(float(p), 4))
         for k, p in zip(picks, probabilities, strict=True)
     ]
     errors = {
@@ -166,45 +175,31 @@ def _entry(
         "partial": "RuntimeError: CUDA out of memory while explaining (synthetic failure)",
     }
     decoded = kind != "decode"
-    return {
-        "path": name,
-        "source": str(source),
-        "status": "ok" if kind == "ok" else "error",
-        "error": errors[kind],
-        "width": width if decoded else None,
-        "height": height if decoded else None,
-        "prediction": top5[0] if decoded else None,
-        "top5": top5 if decoded else [],
-        "target": {"index": top5[0]["index"], "label": top5[0]["label"]} if decoded else None,
-        "methods": {},
-    }
+    return InputRecord(
+        path=name,
+        source=str(source),
+        status="ok" if kind == "ok" else "error",
+        error=errors[kind],
+        width=width if decoded else None,
+        height=height if decoded else None,
+        prediction=top5[0] if decoded else None,
+        top5=top5 if decoded else [],
+        target=class_of(top5[0].index, LABELS) if decoded else None,
+    )
 
 
-def _manifest(methods: list[str], entries: list[dict[str, Any]]) -> dict[str, Any]:
-    errors = sum(e["status"] == "error" for e in entries)
-    return {
-        "format": SUPPORTED_FORMAT,
-        "run": {
-            "model": "synthetic",
-            "weights": None,
-            "methods": methods,
-            "method_options": {m: {} for m in methods},
-            "target": "predicted",
-            "device": "cpu",
-            "precision": "fp32",
-            "batch_size": None,
-            "format": "png",
-            "class_names": True,
-            "totals": {
-                "inputs": len(entries),
-                "ok": len(entries) - errors,
-                "error": errors,
-                "skipped": 0,
-                "seconds": 0.0,
-            },
-        },
-        "inputs": entries,
-    }
+def _manifest(methods: list[str], entries: list[InputRecord]) -> Manifest:
+    run = RunInfo(
+        model="synthetic",
+        methods=methods,
+        method_options={m: {} for m in methods},
+        target="predicted",
+        device="cpu",
+        precision="fp32",
+        class_names=True,
+        totals=Totals.of(entries, seconds=0.0),
+    )
+    return Manifest(run, {entry.path: entry for entry in entries})
 
 
 def _save(path: Path, content: PIL.Image.Image | np.ndarray) -> None:

@@ -34,7 +34,7 @@ from saliency.demo_models import DEMO_MODELS, demo_scenes, installed_demo_models
 from saliency.errors import InvalidOptionError, accepted
 from saliency.explanation import Explanation
 from saliency.gallery.builder import build_gallery
-from saliency.gallery.from_explanations import run_section, write_inputs, write_manifest
+from saliency.gallery.from_explanations import run_section, write_inputs
 from saliency.images import Preprocess
 from saliency.methods.registry import get_method, list_methods
 from saliency.metrics.fragility import fragility
@@ -46,6 +46,7 @@ from saliency.metrics.report import (
     write_metrics,
 )
 from saliency.models import load_model
+from saliency.run_folder import Manifest, write_manifest
 from saliency.shapes import CLASS_NAMES, TEST_SEED, Scenes, save_scenes
 from saliency.training import accuracy
 
@@ -199,7 +200,7 @@ def run_demo(
         inputs=len(entries),
         seconds=round(seconds, 2),
     )
-    write_manifest(folder, entries, run)
+    write_manifest(folder, Manifest(run, {entry.path: entry for entry in entries}), sort=False)
     write_metrics(rows, folder, notes=_notes(settings, accuracy))
     page = build_gallery(folder, title="saliency demo") if settings.gallery else None
     return DemoResult(folder, rows, page, time.perf_counter() - started, accuracy)

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import io
 import json
-import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import PIL.Image
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from saliency.output_files import write_atomic, write_text_atomic
+from saliency.output_files import write_text_atomic
 from saliency.rendering import render
+from saliency.run_folder import json_safe, versions, write_overlay, write_raw
 
 _NOTEBOOK_MAX_IMAGES = 8
 
@@ -112,11 +110,11 @@ class Explanation:
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
         paths = [
-            _save_png(picture, folder / f"{i:04d}_{self.method}.png")
+            write_overlay(folder / f"{i:04d}_{self.method}.png", picture)
             for i, picture in enumerate(self.pictures(**render_options))
         ]
         raw = self.attributions.detach().float().cpu().numpy()
-        paths.append(write_atomic(folder / f"{self.method}.npy", lambda f: np.save(f, raw)))
+        paths.append(write_raw(folder / f"{self.method}.npy", raw))
         paths.append(
             write_text_atomic(folder / f"{self.method}.json", json.dumps(self.metadata(), indent=2))
         )
@@ -181,10 +179,6 @@ class Explanation:
         return [_to_pil(b) for b in backgrounds]
 
 
-def _save_png(picture: PIL.Image.Image, path: Path) -> Path:
-    return write_atomic(path, lambda handle: picture.save(handle, "PNG"))
-
-
 def _head(images: Tensor | Sequence[Any], count: int) -> Tensor | list[Any]:
     return images[:count] if isinstance(images, Tensor) else list(images)[:count]
 
@@ -198,27 +192,4 @@ def _to_pil(image: Tensor | PIL.Image.Image) -> PIL.Image.Image:
     return PIL.Image.fromarray(pixels.to(torch.uint8).permute(1, 2, 0).cpu().numpy())
 
 
-def json_safe(value: Any) -> Any:
-    """Options made JSON-serialisable: tensors and modules are described, not dumped."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, Tensor):
-        return {"tensor": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
-    if isinstance(value, nn.Module):
-        return {"module": type(value).__name__}
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return repr(value)
-
-
-def versions() -> dict[str, str]:
-    """Versions of this package and the libraries that shape its results."""
-    found = {"python": platform.python_version()}
-    for distribution in ("saliency-kit", "torch", "torchvision"):
-        try:
-            found[distribution] = version(distribution)
-        except PackageNotFoundError:
-            found[distribution] = "not installed"
-    return found
+__all__ = ["Explanation", "json_safe", "versions"]

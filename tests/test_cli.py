@@ -7,6 +7,7 @@ module fixture.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,34 @@ RUNS: dict[str, tuple[str, ...]] = {
 }
 if SCRIPT is not None:  # the installed console script (entry point saliency.cli.main:main)
     RUNS["script methods"] = (SCRIPT, "methods")
+
+# What the CLI itself imports for its help texts, whatever `import saliency` imports: the
+# package's __init__ is replaced by a bare package of the same folder, then main() runs.
+HELP_IMPORTS = """
+import importlib.metadata, importlib.util, json, sys, types
+spec = importlib.util.find_spec("saliency")
+package = types.ModuleType("saliency")
+package.__path__ = list(spec.submodule_search_locations)
+package.__version__ = importlib.metadata.version("saliency-kit")
+sys.modules["saliency"] = package
+from saliency.cli.main import main
+for argv in (["--help"], ["methods", "--help"], ["--version"]):
+    try:
+        main(argv)
+    except SystemExit as stop:
+        assert stop.code == 0, argv
+print(json.dumps(sorted(sys.modules)))
+"""
+# What `saliency methods` imports (the package as installed).
+METHODS_IMPORTS = """
+import contextlib, io, json, sys
+from saliency.cli.main import main
+with contextlib.redirect_stdout(io.StringIO()):
+    assert main(["methods"]) == 0
+print(json.dumps(sorted(sys.modules)))
+"""
+RUNS["help imports"] = (sys.executable, "-c", HELP_IMPORTS)
+RUNS["methods imports"] = (sys.executable, "-c", METHODS_IMPORTS)
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +135,40 @@ def test_methods_lists_every_method_with_options(
             assert re.search(rf"\b{re.escape(option.name)}=", block), (name, option.name, block)
             if option.default is not dataclasses.MISSING:
                 assert f"{option.name}={option.default!r}" in block
+
+
+def imported(result: subprocess.CompletedProcess[str]) -> list[str]:
+    modules: list[str] = json.loads(check(result).splitlines()[-1])
+    return modules
+
+
+def test_help_texts_import_no_torch_and_no_command(
+    results: dict[str, subprocess.CompletedProcess[str]],
+) -> None:
+    modules = imported(results["help imports"])
+    heavy = [m for m in modules if m.split(".")[0] in ("torch", "torchvision", "matplotlib")]
+    assert heavy == []
+    assert [m for m in modules if m.startswith("saliency")] == [
+        "saliency",
+        "saliency.cli",
+        "saliency.cli.main",
+    ]
+
+
+def test_methods_imports_no_gallery_demo_training_or_metrics(
+    results: dict[str, subprocess.CompletedProcess[str]],
+) -> None:
+    modules = imported(results["methods imports"])
+    assert "saliency.method_info" in modules and "saliency.methods.registry" in modules
+    unwanted = ("saliency.gallery", "saliency.metrics", "saliency.training", "saliency.demo")
+    inside = tuple(name + "." for name in unwanted)
+    assert [m for m in modules if m in unwanted or m.startswith(inside)] == []
+    assert not any(m.startswith("saliency.cli.") and m != "saliency.cli.main" for m in modules)
+
+
+def test_top_level_help_names_the_registry_without_loading_it() -> None:
+    from saliency.cli.main import ENTRY_POINT_GROUP, registered_names
+    from saliency.methods import registry
+
+    assert ENTRY_POINT_GROUP == registry.ENTRY_POINT_GROUP
+    assert registered_names() == saliency.list_methods()

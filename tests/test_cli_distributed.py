@@ -29,19 +29,22 @@ import torch.distributed as dist
 import torchvision
 from PIL import Image
 
-from saliency.cli import distributed
+from saliency.cli import UsageError, distributed
 from saliency.cli.distributed import Group, Ranks, combine_errors, detect, rank_device, shard
-from saliency.cli.distributed_manifest import (
-    RankResult,
+from saliency.run_folder import (
+    InputRecord,
+    Manifest,
+    MethodRecord,
+    RunInfo,
+    Totals,
     fold,
     merge,
     merged_device,
     rank_manifest_files,
     rank_manifest_name,
     read_earlier,
+    write_manifest,
 )
-from saliency.cli.manifest import InputRecord, Manifest, MethodRecord, write_manifest
-from saliency.cli.settings import UsageError
 
 # Global (discovery) order: folder arguments in order, each sorted; round-robin over 2 ranks.
 ORDER = ("im0.png", "im1.png", "im2.png", "im3.png", "im4.png", "im0.png~2")
@@ -256,15 +259,10 @@ def record(path: str, status: str = "ok", methods: tuple[str, ...] = ("gradient"
     return entry
 
 
-def part(rank: int, records: list[InputRecord], started: str, **totals: float) -> Manifest:
-    run = {"model": "m", "device": f"cuda:{rank}", "started": started, "rank": rank}
-    run |= {"world_size": 2, "totals": {"skipped": 0, "seconds": 1.0, **totals}}
+def part(rank: int, records: list[InputRecord], started: str, **totals: Any) -> Manifest:
+    run = RunInfo(model="m", device=f"cuda:{rank}", started=started, rank=rank, world_size=2)
+    run.totals = Totals(**{"skipped": 0, "seconds": 1.0, **totals})
     return Manifest(run, {entry.path: entry for entry in records})
-
-
-def result(manifest: Manifest, **counts: Any) -> RankResult:
-    fields = {"done": 0, "skipped": 0, "failed": 0, "unfinished": 0, "images": 0}
-    return RankResult(manifest, **{**fields, **counts}, interrupted=False, code=0)
 
 
 def test_merge_sums_the_ranks_and_keeps_earlier_inputs() -> None:
@@ -273,12 +271,13 @@ def test_merge_sums_the_ranks_and_keeps_earlier_inputs() -> None:
         part(0, [record("a.png"), record("c.png", "error")], started, skipped=1, seconds=2.0),
         part(1, [record("b.png")], started, skipped=2, seconds=3.5),
     ]
-    run = {"model": "m", "device": "cuda:0", "started": started}
-    merged = merge(run, {"old.png": record("old.png")}, [result(m) for m in ranks])
+    run = RunInfo(model="m", device="cuda:0", started=started)
+    merged = merge(run, {"old.png": record("old.png")}, ranks)
     assert sorted(merged.inputs) == ["a.png", "b.png", "c.png", "old.png"]
-    assert merged.run["totals"] == {"inputs": 4, "ok": 3, "error": 1, "skipped": 3, "seconds": 3.5}
-    assert merged.run["world_size"] == 2 and merged.run["device"] == "cuda"
-    assert "rank" not in merged.run and merged.run["started"] == started
+    totals = merged.to_json()["run"]["totals"]
+    assert totals == {"inputs": 4, "ok": 3, "error": 1, "skipped": 3, "seconds": 3.5}
+    assert merged.run.world_size == 2 and merged.run.device == "cuda"
+    assert "rank" not in merged.to_json()["run"] and merged.run.started == started
     assert [e["path"] for e in merged.to_json()["inputs"]] == sorted(merged.inputs)
 
 
@@ -290,7 +289,7 @@ def test_merged_device() -> None:
 
 def test_fold_takes_the_rank_records_of_the_same_run_only() -> None:
     now, before = "2026-01-02T00:00:00+00:00", "2026-01-01T00:00:00+00:00"
-    base = Manifest({"model": "m", "started": now}, {"a.png": record("a.png", methods=())})
+    base = Manifest(RunInfo(model="m", started=now), {"a.png": record("a.png", methods=())})
     current = part(0, [record("a.png")], now)
     stale = part(1, [record("z.png")], before)
     folded = fold(base, [current, stale])
@@ -299,13 +298,13 @@ def test_fold_takes_the_rank_records_of_the_same_run_only() -> None:
     assert fold(base, [stale]) is base
     alone = fold(None, [current, stale])  # no manifest.json: the latest rank files
     assert alone is not None and sorted(alone.inputs) == ["a.png"]
-    assert "rank" not in alone.run and "world_size" not in alone.run
+    assert alone.run.rank is None and alone.run.world_size is None
     assert fold(None, []) is None
 
 
 def test_read_earlier_folds_rank_files_and_warns_about_broken_ones(tmp_path: Path) -> None:
     now = "2026-01-02T00:00:00+00:00"
-    write_manifest(tmp_path, Manifest({"started": now}, {}))
+    write_manifest(tmp_path, Manifest(RunInfo(started=now), {}))
     write_manifest(tmp_path, part(0, [record("a.png")], now), rank_manifest_name(0))
     (tmp_path / rank_manifest_name(1)).write_text("{not json")
     (tmp_path / "manifest.rank-x.json").write_text("ignored: not a rank file name")
@@ -313,3 +312,21 @@ def test_read_earlier_folds_rank_files_and_warns_about_broken_ones(tmp_path: Pat
     earlier = read_earlier(tmp_path)
     assert earlier.manifest is not None and sorted(earlier.manifest.inputs) == ["a.png"]
     assert len(earlier.warnings) == 1 and "manifest.rank-1.json" in earlier.warnings[0]
+
+
+def test_a_process_alone_is_a_local_world_of_one() -> None:
+    """Without torchrun the run goes through the same Group, which never calls torch.distributed."""
+    assert not dist.is_initialized()
+    with distributed.join(detect({}), "cpu") as world:
+        assert world.local and not world.shared and world.ranks == distributed.ALONE
+        world.barrier()
+        assert world.all_gather("x") == ["x"] and world.gather({"a": 1}) == [{"a": 1}]
+        assert distributed.agree(world, "no images", "t0") == ("no images", "t0")
+        assert world.share([1, 2, 3]) == [1, 2, 3]
+        assert world.manifest_name == "manifest.json"
+        assert world.label("saliency explain") == "saliency explain"
+    assert not dist.is_initialized()
+    shared = Group(Ranks(1, 2, 1), None)
+    assert shared.shared and shared.manifest_name == rank_manifest_name(1)
+    assert shared.label("saliency explain") == "saliency explain [rank 1]"
+    assert shared.share([1, 2, 3]) == [2]

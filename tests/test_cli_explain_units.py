@@ -11,7 +11,7 @@ import pickle
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 import torch
@@ -19,14 +19,17 @@ from PIL import Image
 from torch import Tensor
 
 import saliency
-from saliency.cli.inputs import FoundInput, InputError, discover, image_extensions
-from saliency.cli.manifest import (
-    InputRecord,
-    Manifest,
-    ManifestError,
-    MethodRecord,
-    read_manifest,
-    write_manifest,
+from saliency.cli import UsageError
+from saliency.cli.explain_options import method_names, prepare_out
+from saliency.cli.inputs import (
+    FoundInput,
+    InputError,
+    RelpathAllocator,
+    assign_relpaths,
+    discover,
+    existing_output,
+    image_extensions,
+    output_folder,
 )
 from saliency.cli.method_options import (
     NumberTuple,
@@ -36,25 +39,27 @@ from saliency.cli.method_options import (
     parse_value,
     registry_options,
 )
-from saliency.cli.model_input import ModelInput
-from saliency.cli.plan import Job, Plan, ResumeConflict, make_plan
+from saliency.cli.model import ModelInput
+from saliency.cli.pipeline import WorkerCrashed, Workers, decode, start_workers
+from saliency.cli.plan import Job, Plan, ResumeConflict, RunRecorder, make_plan
 from saliency.cli.progress import Progress, format_duration
-from saliency.cli.recording import RunRecorder
-from saliency.cli.relpaths import (
-    RelpathAllocator,
-    UnsafePathError,
-    assign_relpaths,
-    existing_output,
-    is_safe_relpath,
-    output_folder,
-    split_relpath,
-)
-from saliency.cli.settings import UsageError, method_names, prepare_out
-from saliency.cli.workers import WorkerCrashed, Workers, decode, start_workers
 from saliency.engine import Engine
 from saliency.errors import ImageLoadError, InvalidOptionError
 from saliency.images import Preprocess
 from saliency.methods.base import Method
+from saliency.run_folder import (
+    ClassScore,
+    InputRecord,
+    Manifest,
+    ManifestError,
+    MethodRecord,
+    RunInfo,
+    UnsafePathError,
+    is_safe_relpath,
+    read_manifest,
+    split_relpath,
+    write_manifest,
+)
 from saliency.targets import Target
 
 METHODS = ("gradient", "gradcam")
@@ -212,13 +217,13 @@ def sample_manifest() -> Manifest:
         source="/photos/cats/tom.jpg",
         width=4,
         height=3,
-        prediction={"index": 1, "label": None, "probability": 0.5},
-        top5=[{"index": 1, "label": None, "probability": 0.5}],
-        target={"index": 1, "label": None},
+        prediction=ClassScore(1, None, 0.5),
+        top5=[ClassScore(1, None, 0.5)],
+        target=ClassScore(1, None),
         methods={"gradient": MethodRecord("cats/tom.jpg/gradient.png", None, 0.01)},
     )
     bad = InputRecord(path="bad.png", source="/photos/bad.png", status="error", error="bad.png: x")
-    return Manifest({"model": "m", "methods": ["gradient"]}, {r.path: r for r in (ok, bad)})
+    return Manifest(RunInfo(model="m", methods=["gradient"]), {r.path: r for r in (ok, bad)})
 
 
 def test_manifest_round_trip_is_atomic_and_sorted(tmp_path: Path) -> None:
@@ -254,8 +259,8 @@ def test_read_manifest_refuses_garbage_and_drops_unsafe_entries(tmp_path: Path) 
 # ---- resume planning ----------------------------------------------------------------------------
 
 
-def current_run(**changes: object) -> dict[str, object]:
-    run: dict[str, object] = {
+def current_run(**changes: Any) -> RunInfo:
+    run: dict[str, Any] = {
         "model": "m",
         "weights": None,
         "target": "predicted",
@@ -264,7 +269,7 @@ def current_run(**changes: object) -> dict[str, object]:
         "method_options": {"gradient": {}, "gradcam": {"layer": None, "relu": True}},
     }
     run.update(changes)
-    return run
+    return RunInfo(**run)
 
 
 def finished_folder(tmp_path: Path, sources: list[Path]) -> Manifest:
@@ -288,7 +293,7 @@ def plan(
     previous: Manifest | None,
     sources: list[Path],
     *,
-    run: dict[str, object] | None = None,
+    run: RunInfo | None = None,
     extension: str = "png",
     save_raw: bool = False,
     overwrite: bool = False,

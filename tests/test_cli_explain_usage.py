@@ -20,8 +20,8 @@ from PIL import Image
 
 import saliency
 from saliency.cli import pipeline
+from saliency.cli.explain_options import byte_size
 from saliency.cli.main import main
-from saliency.cli.settings import byte_size
 
 SMALL = ["--input-size", "32"]
 
@@ -211,6 +211,27 @@ def test_corrupt_manifest_is_replaced_with_a_warning(
     )
     assert code == 0 and "not valid JSON" in err
     assert json.loads((out / "manifest.json").read_text())["inputs"][0]["status"] == "ok"
+
+
+def test_a_single_process_resumes_an_interrupted_torchrun_and_retires_its_rank_files(
+    capsys: pytest.CaptureFixture[str], photo: Path, tmp_path: Path, weights: Path
+) -> None:
+    """Alone, a run is a world of one: it reads the per-rank manifests of the run that
+    ``manifest.json`` names, keeps their records, and removes them as rank 0 does."""
+    out = tmp_path / "out"
+    args = [photo, *model_args(weights), "--out", out, "--method", "gradient", "--quiet"]
+    assert explain(capsys, *args)[0] == 0
+    done = json.loads((out / "manifest.json").read_text())
+    stale_run = {**done["run"], "rank": 1, "world_size": 2}
+    (out / "manifest.rank-1.json").write_text(json.dumps({**done, "run": stale_run}))
+    empty = {**done, "inputs": []}
+    (out / "manifest.json").write_text(json.dumps(empty))  # stopped before rank 0 merged
+    code, stdout, _ = explain(capsys, *args)
+    assert code == 0 and "0 done, 1 skipped" in stdout and "processes" not in stdout
+    assert not (out / "manifest.rank-1.json").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [entry["path"] for entry in manifest["inputs"]] == ["cat.png"]
+    assert "world_size" not in manifest["run"] and "rank" not in manifest["run"]
 
 
 def test_gallery_flag_builds_the_gallery_of_the_run(

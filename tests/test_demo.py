@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from saliency.cli.demo_command import metrics_table
-from saliency.cli.main import main
+from saliency.cli.main import main, metrics_table
 from saliency.demo import DemoSettings, mask_outlines, outlined_pictures, run_demo
 from saliency.demo_models import DEMO_MODELS, installed_demo_models
 from saliency.errors import InvalidOptionError

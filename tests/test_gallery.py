@@ -23,11 +23,11 @@ import saliency
 from saliency.cli.main import main
 from saliency.gallery import GalleryError, build_gallery, build_gallery_from_explanations
 from saliency.gallery.assets import THUMBNAIL_SIZE
-from saliency.gallery.describe import describe_method, split_docstring
+from saliency.gallery.builder import read_run
 from saliency.gallery.imaging import heatmaps
 from saliency.gallery.page import content_security_policy, script_json
-from saliency.gallery.run_folder import read_run
 from saliency.gallery.synthetic import write_synthetic_run
+from saliency.method_info import describe_method, split_docstring
 from saliency.methods import Method, register_method, unregister_method
 from saliency.methods.registry import get_method, list_methods
 

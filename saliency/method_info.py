@@ -1,4 +1,7 @@
-"""Short method descriptions for the gallery, read from the method registry (never hand-kept)."""
+"""What a registered method is, for people: read from its class (never a hand-kept list).
+
+``saliency methods`` prints it and the gallery shows it, both from :func:`describe_method`.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +20,10 @@ _ARXIV = re.compile(r"arXiv:(\d{4}\.\d{4,5})(v\d+)?", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """What the gallery says about one method.
+    """A method's description.
 
     Attributes:
-        name: The registered name (or the name found in the run).
+        name: The registered name (or the name found in a run folder).
         registered: Whether this environment's registry knows the method.
         summary: The first line of the class docstring.
         formula: The LaTeX of the docstring's ``.. math::`` blocks, one per line.
@@ -28,7 +31,8 @@ class MethodInfo:
         paper: The method class's ``paper`` attribute.
         paper_url: An arXiv link when the paper names an arXiv id.
         output: ``"input"`` or ``"layer"`` (the method's output space).
-        defaults: Option names with their default values, as text.
+        defaults: Every option (init field) with its default value as text (``required``
+            when it has none).
     """
 
     name: str
@@ -63,7 +67,7 @@ def describe_method(name: str) -> MethodInfo:
         paper=paper,
         paper_url=f"https://arxiv.org/abs/{found.group(1)}" if found else None,
         output=str(getattr(method, "output", "")),
-        defaults={f.name: _default(f) for f in dataclasses.fields(method) if f.init and f.repr},
+        defaults={f.name: _default(f) for f in dataclasses.fields(method) if f.init},
     )
 
 
