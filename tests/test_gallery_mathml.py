@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ElementTree
 import pytest
 
 import saliency
-from saliency.gallery.describe import describe_method
 from saliency.gallery.mathml import tex_to_mathml
+from saliency.method_info import describe_method
 
 
 @pytest.mark.parametrize("name", saliency.list_methods())
