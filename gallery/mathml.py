@@ -87,8 +87,23 @@ def tex_to_mathml(tex: str) -> Markup | None:
         return None
     if not _allowed(root):
         return None
-    ElementTree.register_namespace("", _NAMESPACE)
-    return Markup(ElementTree.tostring(root, encoding="unicode", short_empty_elements=True))
+    # In HTML the <math> element is MathML by itself: no namespace URL on the page.
+    for element in root.iter():
+        element.tag = element.tag.rpartition("}")[2]
+    return Markup(ElementTree.tostring(root, encoding="unicode"))
+
+
+def formula_to_mathml(formula: str) -> Markup | None:
+    """Each blank-line-separated block of ``formula`` as its own ``<math>`` element, or ``None``
+    when any block cannot be converted safely."""
+    blocks = [block for block in formula.split("\n\n") if block.strip()]
+    converted: list[Markup] = []
+    for block in blocks:
+        markup = tex_to_mathml(block)
+        if markup is None:
+            return None
+        converted.append(markup)
+    return Markup("").join(converted) if converted else None
 
 
 def _allowed(element: ElementTree.Element) -> bool:

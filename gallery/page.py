@@ -20,6 +20,7 @@ from markupsafe import Markup
 
 from saliency.gallery.assets import InputAssets, MethodAssets, Picture, RunInput, Strip
 from saliency.gallery.layers import Layers
+from saliency.gallery.mathml import formula_to_mathml
 from saliency.method_info import MethodInfo
 from saliency.run_folder import ClassScore
 
@@ -73,6 +74,7 @@ def render_page(context: dict[str, Any]) -> str:
         lstrip_blocks=True,
     )
     environment.filters["number"] = format_number
+    environment.filters["mathml"] = formula_to_mathml
     return environment.get_template("index.html.j2").render(**context)
 
 

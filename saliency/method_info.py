@@ -75,11 +75,12 @@ def split_docstring(docstring: str) -> tuple[str, str]:
     """The ``.. math::`` blocks and the prose of a docstring's first section (before ``Options:``).
 
     Returns:
-        ``(formula, details)``: the LaTeX lines joined by newlines, and the prose after the
+        ``(formula, details)``: the LaTeX lines joined by newlines (blocks separated by a blank
+        line), and the prose after the
         summary line, reflowed, without reST roles such as double back-quotes.
     """
     lines = docstring.splitlines()[1:]
-    formula: list[str] = []
+    blocks: list[list[str]] = []
     prose: list[str] = []
     in_math = False
     for line in lines:
@@ -88,16 +89,17 @@ def split_docstring(docstring: str) -> tuple[str, str]:
             break
         if stripped.startswith(".. math::"):
             in_math = True
-            formula.append(stripped.removeprefix(".. math::").strip())
+            blocks.append([stripped.removeprefix(".. math::").strip()])
             continue
         if in_math and line.startswith((" ", "\t")) and stripped:
-            formula.append(stripped)
+            blocks[-1].append(stripped)
             continue
         in_math = False
         prose.append(stripped)
     details = " ".join(" ".join(prose).split())
     details = re.sub(r"(:[a-z]+)*:`([^`]*)`|``([^`]*)``", lambda m: m[2] or m[3] or "", details)
-    return textwrap.dedent("\n".join(f for f in formula if f)), details
+    formula = "\n\n".join("\n".join(line for line in block if line) for block in blocks)
+    return textwrap.dedent(formula), details
 
 
 def _default(option: dataclasses.Field[Any]) -> str:

@@ -195,7 +195,11 @@ def test_a_newly_registered_method_is_described(tmp_path: Path) -> None:
     finally:
         unregister_method("doubled_for_gallery")
     assert "Twice the gradient, for a gallery test." in text
-    assert r"a = 2\,\partial f_t / \partial x" in text
+    # The formula is the docstring's, as MathML: a, =, 2, a thin space, ∂ f_t / ∂ x.
+    assert (
+        '<math display="block"><mrow><mi>a</mi><mo>=</mo><mn>2</mn><mspace width="0.167em" />'
+        "<mo>∂</mo><msub><mi>f</mi><mi>t</mi></msub><mo>/</mo><mo>∂</mo><mi>x</mi></mrow></math>"
+    ) in text
     assert 'href="https://arxiv.org/abs/2101.00001"' in text
 
 

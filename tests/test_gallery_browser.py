@@ -356,6 +356,26 @@ def test_links_to_method_descriptions_and_images(
     watch.assert_clean(run.as_uri() + "/")
 
 
+def test_formulas_render_as_mathml_with_no_raw_tex(
+    browser: Any, gallery: tuple[Path, dict[str, Any]], artifacts: Path
+) -> None:
+    run, manifest = gallery
+    page, watch = open_gallery(browser, (run / "index.html").as_uri() + "#methods")
+    formulas = page.locator("#methods .formula")
+    assert formulas.count() == len(manifest["run"]["methods"])
+    for index in range(formulas.count()):
+        formula = formulas.nth(index)
+        assert formula.locator("code").count() == 0, "formula shown as source, not MathML"
+        assert formula.locator("math").count() >= 1
+        box = formula.locator("math").first.bounding_box()
+        assert box is not None and box["width"] > 40 and box["height"] > 10
+    text = page.inner_text("#methods")
+    for command in ("\\frac", "\\sum", "\\partial", "\\mathrm", "\\int", "\\quad"):
+        assert command not in text, f"raw TeX {command!r} visible"
+    page.locator("#methods").screenshot(path=str(artifacts / "gallery-methods-mathml.png"))
+    watch.assert_clean(run.as_uri() + "/")
+
+
 def test_single_file_gallery(
     browser: Any, gallery: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:

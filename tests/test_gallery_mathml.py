@@ -16,19 +16,20 @@ def test_every_registered_formula_converts(name: str) -> None:
     formula = describe_method(name).formula
     if not formula:
         pytest.skip(f"{name} has no formula in its docstring")
-    markup = tex_to_mathml(formula)
-    assert markup is not None, formula
-    root = ElementTree.fromstring(str(markup))
-    assert root.tag == "{http://www.w3.org/1998/Math/MathML}math"
-    assert root.get("display") == "block"
-    assert "\\" not in "".join(root.itertext())  # no TeX command left as text
+    for block in formula.split("\n\n"):
+        markup = tex_to_mathml(block)
+        assert markup is not None, block
+        root = ElementTree.fromstring(str(markup))
+        assert root.tag == "math"
+        assert root.get("display") == "block"
+        assert "\\" not in "".join(root.itertext())  # no TeX command left as text
 
 
 def test_fraction_and_subscript_structure() -> None:
     markup = tex_to_mathml(r"\alpha_k = \frac{1}{hw}")
     assert markup is not None
     root = ElementTree.fromstring(str(markup))
-    names = {element.tag.rpartition("}")[2] for element in root.iter()}
+    names = {element.tag for element in root.iter()}
     assert {"msub", "mfrac", "mi", "mn"} <= names
 
 
@@ -52,3 +53,12 @@ def test_quotes_in_text_are_escaped_not_attributes() -> None:
     root = ElementTree.fromstring(str(markup))
     assert all(set(element.attrib) <= {"display"} for element in root.iter())
     assert 'a " onload="x' in "".join(root.itertext()).replace("\xa0", " ")
+
+
+def test_each_math_block_becomes_its_own_element() -> None:
+    from saliency.gallery.mathml import formula_to_mathml
+
+    markup = formula_to_mathml("a = 1\n+ b\n\nc = 2")
+    assert markup is not None and str(markup).count("<math ") == 2
+    assert formula_to_mathml("a = 1\n\n\\text{<script>x</script>}") is None
+    assert formula_to_mathml("") is None
