@@ -22,7 +22,7 @@ from torch import Tensor, nn
 import saliency
 from saliency import compiled
 from saliency.compiled import CompileFallbackWarning
-from saliency.engine import Engine
+from saliency.engine import Engine, EngineOptions
 from saliency.errors import InvalidOptionError
 
 REAL_COMPILE = torch.compile
@@ -296,7 +296,7 @@ class _Broken(nn.Module):
 
 def test_model_error_is_raised_without_fallback_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch, "compile", Compiles())
-    engine = Engine(_Broken(), batch_size=2, compile=True)
+    engine = Engine(_Broken(), EngineOptions(batch_size=2, compile=True))
     points = saliency.engine.Points.of(make_inputs(2))
     target = saliency.targets.ClassTarget(torch.tensor([0, 1]))
     with warnings.catch_warnings(record=True) as record, pytest.raises(ValueError, match="own"):
@@ -332,6 +332,6 @@ def test_out_of_memory_in_compiled_call_still_halves(monkeypatch: pytest.MonkeyP
 @pytest.mark.parametrize("value", ["yes", 1, None])
 def test_bad_compile_option(value: Any) -> None:
     with pytest.raises(InvalidOptionError, match="compile"):
-        Engine(tiny_cnn(), compile=value)
+        EngineOptions(compile=value)
     with pytest.raises(InvalidOptionError, match="compile"):
         saliency.explain(tiny_cnn(), make_inputs(2), "gradient", compile=value)
