@@ -11,10 +11,10 @@ from saliency.cli.progress import Progress, format_duration
 from saliency.cli.settings import UsageError, positive_int
 from saliency.demo import DemoSettings, run_demo
 from saliency.demo.models import DEMO_MODELS, installed_demo_models
+from saliency.demo.scenes import TEST_SEED
 from saliency.errors import SaliencyError
 from saliency.methods.registry import list_methods
 from saliency.metrics.report import METRIC_NAMES
-from saliency.demo.scenes import TEST_SEED
 
 
 def add_parser(commands: Any) -> None:

@@ -47,7 +47,7 @@ _EXAMPLE_CMAPS = ("inferno", "viridis", "magma", "gray", "jet", "RdBu_r", "bwr",
 
 
 def _check_number(option: str, value: object, ok: Callable[[float], bool], interval: str) -> float:
-    if not is_real(value) or not ok(float(value)):  # type: ignore[arg-type]
+    if not is_real(value) or not ok(float(value)):
         raise InvalidOptionError(
             f"{option}={value!r} is out of range; accepted: a number in {interval}"
         )

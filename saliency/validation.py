@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import get_args
+from typing import TypeGuard, get_args
 
 from saliency.errors import InvalidOptionError, accepted
 
 
-def is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
     """``value`` is an ``int`` and not a ``bool``."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def is_real(value: object) -> bool:
-    """``value`` is a real number (``int``, ``float``, numpy scalars, ...) and not a ``bool``."""
+def is_real(value: object) -> TypeGuard[float]:
+    """``value`` is a real number (``int``, ``float``, numpy scalars, ...) and not a ``bool``;
+    for the type checker, something ``float`` accepts."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
@@ -44,7 +45,7 @@ def require_int(
     """
     if value is None and none is not None:
         return
-    if not is_int(value) or value < minimum or (maximum is not None and value > maximum):  # type: ignore[operator]
+    if not is_int(value) or value < minimum or (maximum is not None and value > maximum):
         if minimum == 1 and maximum is None:
             kind = "a positive int"
         else:
@@ -64,12 +65,12 @@ def require_float(
 ) -> None:
     """Raise unless ``value`` is a finite real number ≥ ``minimum`` (> with ``exclusive``) and
     ≤ ``maximum``. NaN and ±inf are never accepted."""
-    ok = is_real(value) and math.isfinite(float(value))  # type: ignore[arg-type]
-    if ok:
-        number = float(value)  # type: ignore[arg-type]
-        ok = (number > minimum if exclusive else number >= minimum) and (
-            maximum is None or number <= maximum
-        )
+    ok = (
+        is_real(value)
+        and math.isfinite(float(value))
+        and (float(value) > minimum if exclusive else float(value) >= minimum)
+        and (maximum is None or float(value) <= maximum)
+    )
     if not ok:
         low = f"> {minimum}" if exclusive else f"≥ {minimum}"
         high = "" if maximum is None else f" and ≤ {maximum}"

@@ -23,8 +23,6 @@ from saliency.memory import (
 )
 from saliency.targets import ClassTarget
 
-METHODS = saliency.list_methods()
-
 
 class Recorder(nn.Module):
     """A tiny CNN that records each forward: batch size, grad mode, parameters' requires_grad.
@@ -368,34 +366,30 @@ def test_out_of_memory_at_chunk_size_one_propagates() -> None:
 # --- parameter state during the call ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_parameters_frozen_during_first_order_call(method: str) -> None:
+def test_parameters_frozen_during_first_order_call(
+    method: str, method_options: dict[str, Any]
+) -> None:
     model = Recorder()
     model.conv.bias.requires_grad_(False)
     before = [p.requires_grad for p in model.parameters()]
-    saliency.explain(model, make_inputs(2), method, **_fast(method))
+    saliency.explain(model, make_inputs(2), method, **method_options)
     assert model.requires_grad_seen
     assert all(not any(seen) for seen in model.requires_grad_seen)
     assert [p.requires_grad for p in model.parameters()] == before
     assert all(p.grad is None for p in model.parameters())
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_parameters_keep_requires_grad_with_create_graph(method: str) -> None:
+def test_parameters_keep_requires_grad_with_create_graph(
+    method: str, method_options: dict[str, Any]
+) -> None:
     model = Recorder()
     model.conv.bias.requires_grad_(False)
     before = tuple(p.requires_grad for p in model.parameters())
-    saliency.explain(model, make_inputs(2), method, create_graph=True, **_fast(method))
+    saliency.explain(model, make_inputs(2), method, create_graph=True, **method_options)
     assert model.requires_grad_seen
     assert all(seen == before for seen in model.requires_grad_seen)
     assert tuple(p.requires_grad for p in model.parameters()) == before
     assert all(p.grad is None for p in model.parameters())
-
-
-def _fast(method: str) -> dict[str, Any]:
-    return {"integrated_gradients": {"steps": 3}, "smoothgrad": {"samples": 2, "seed": 0}}.get(
-        method, {}
-    )
 
 
 # --- option checks ------------------------------------------------------------------------------
@@ -445,11 +439,12 @@ class Detaching(Recorder):
         return super().forward(x).detach()
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_detached_output_raises_model_output_error(method: str) -> None:
+def test_detached_output_raises_model_output_error(
+    method: str, method_options: dict[str, Any]
+) -> None:
     model = Detaching()
     with pytest.raises(ModelOutputError) as info:
-        saliency.explain(model, make_inputs(2), method, **_fast(method))
+        saliency.explain(model, make_inputs(2), method, **method_options)
     message = str(info.value)
     assert "differentiable" in message
     assert ".detach()" in message

@@ -22,12 +22,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from saliency.demo.scenes import Scenes
 from saliency.errors import InvalidOptionError
 from saliency.explain import explain
 from saliency.explanation import Explanation
@@ -40,6 +39,9 @@ from saliency.metrics.sanity import parameter_randomisation
 from saliency.metrics.shortcut import marker_object_mass
 from saliency.models import load_model
 from saliency.output_files import write_text_atomic
+
+if TYPE_CHECKING:  # the demo is above the core: only its type is named here
+    from saliency.demo.scenes import Scenes
 
 __all__ = [
     "DEMO_METHOD_OPTIONS",
