@@ -18,7 +18,7 @@ demo model stays light.
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from saliency.demo.runner import DemoResult, DemoSettings, run_demo
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["DemoResult", "DemoSettings", "run_demo"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in __all__:
         return getattr(import_module("saliency.demo.runner"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
