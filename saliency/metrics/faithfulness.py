@@ -33,7 +33,7 @@ from saliency.errors import InvalidOptionError, InvalidTargetError, accepted
 from saliency.metrics.relevance import Reduction, relevance_map
 from saliency.model_state import evaluation_state
 from saliency.targets import ClassTarget, TargetSpec, resolve_target
-from saliency.validation import is_real
+from saliency.validation import is_real, require_float
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack is Python ≥ 3.11
@@ -180,8 +180,7 @@ def perturbation_curve(
     """
     if mode not in _MODES:
         raise InvalidOptionError(f"mode={mode!r}; accepted: {accepted(_MODES)}")
-    if not (isinstance(step, (int, float)) and 0 < step <= 1):
-        raise InvalidOptionError(f"step must be a fraction of the pixels in (0, 1], got {step!r}")
+    require_float("step", step, 0.0, exclusive=True, maximum=1.0)
     if inputs.ndim != 4:
         raise InvalidOptionError(f"inputs must be (N, C, H, W), got {tuple(inputs.shape)}")
     relevance = relevance_map(attributions, reduction)
