@@ -31,6 +31,7 @@ from saliency.demo.scenes import (
     save_scenes,
 )
 from saliency.demo.training import (
+    CrossEntropy,
     TrainConfig,
     accuracy,
     add_noise,
@@ -191,6 +192,24 @@ def test_same_seed_same_first_batch_and_same_weights() -> None:
         assert torch.equal(value, two.model.state_dict()[key]), key
     other = train(TrainConfig("shapes", seed=6, images=64, epochs=1, batch_size=32, eval_images=16))
     assert not torch.equal(other.model.classifier.weight, one.model.classifier.weight)
+
+
+class HalfCrossEntropy(CrossEntropy):
+    """Half the plain loss, with a logged term."""
+
+    def __call__(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, _ = super().__call__(batch)
+        return loss / 2, {"half": float(loss.detach()) / 2}
+
+
+def test_train_minimises_the_loss_it_is_given() -> None:
+    config = TrainConfig("shapes", images=64, epochs=1, batch_size=32, eval_images=8)
+    lines: list[str] = []
+    half = train(config, HalfCrossEntropy, log=lines.append)
+    plain = train(config)
+    assert half.losses[0] == pytest.approx(plain.losses[0] / 2, rel=0.2)
+    (epoch,) = [line for line in lines if "epoch" in line]
+    assert f"loss {half.losses[0]:.4f}, half {half.losses[0]:.3g}" in epoch
 
 
 def test_smoke_training_command_writes_loadable_weights(tmp_path: Path) -> None:
