@@ -148,9 +148,9 @@ def _run_gallery(arguments: argparse.Namespace) -> int:
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> Run:
     from saliency.cli.explain_options import positive_int
-    from saliency.demo_models import DEMO_MODELS
+    from saliency.demo.models import DEMO_MODELS
+    from saliency.demo.scenes import TEST_SEED
     from saliency.methods.registry import list_methods
-    from saliency.shapes import TEST_SEED
 
     parser.description = (
         "The project's main job, offline: draws test scenes with exact object (and marker) "
@@ -195,7 +195,7 @@ def _run_demo(arguments: argparse.Namespace) -> int:
     from saliency.cli.model import resolve_device
     from saliency.cli.progress import Progress, format_duration
     from saliency.demo import DemoSettings, run_demo
-    from saliency.demo_models import installed_demo_models
+    from saliency.demo.models import installed_demo_models
     from saliency.errors import SaliencyError
     from saliency.methods.registry import list_methods
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,7 +17,7 @@ from saliency.hvp import hessian_vector_product
 from saliency.methods.base import Method
 from saliency.methods.integrated_gradients import IntegratedGradients, gauss_legendre
 from saliency.targets import Target
-from saliency.validation import require_bool, require_int
+from saliency.validation import is_int, require_bool, require_int
 
 Box = tuple[int, int, int, int]
 QuerySpec = Box | Tensor | None
@@ -125,7 +125,7 @@ class IntegratedHessians(Method):
             return value
 
         # The first backward keeps its graph for the second one, whatever the caller asked.
-        inner = replace(engine, create_graph=True)
+        inner = engine.with_options(create_graph=True)
         points = Points(len(inputs), repeats, inputs.shape[1:], inputs.device, make)
         total = inner.accumulate(points, target, integrand)
         return (delta * total).to(inputs.dtype)
@@ -136,7 +136,7 @@ class IntegratedHessians(Method):
         if not self.return_error:
             return {}
         ig = IntegratedGradients(steps=self.inner_steps, baseline=self.baseline, seed=self.seed)
-        plain = replace(engine, create_graph=False)
+        plain = engine.with_options(create_graph=False)
         gradients = ig.attribute(plain, inputs.detach(), target).detach()
         mask = self.query_mask(inputs)
         expected = torch.where(mask, gradients, torch.zeros_like(gradients)).flatten(1).sum(1)
@@ -163,7 +163,7 @@ def _normalise_query(query: object) -> QuerySpec:
         isinstance(query, Sequence)
         and not isinstance(query, str)
         and len(query) == 4
-        and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in query)
+        and all(is_int(v) or isinstance(v, np.integer) for v in query)
     ):
         y0, x0, y1, x1 = (int(v) for v in query)
         if 0 <= y0 < y1 and 0 <= x0 < x1:

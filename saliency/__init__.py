@@ -3,13 +3,16 @@
 >>> import saliency
 >>> ex = saliency.explain(model, inputs, method="integrated_gradients", steps=32)
 >>> ex.attributions.shape, ex.targets
+
+Importing the package loads the engine, the registry and the loaders only: the demo
+(:mod:`saliency.demo`), the metrics, training losses, the CLI, the gallery, torchvision and
+matplotlib load when they are used.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-# demo_models registers the "demo:" model source (load_model("demo:shapes"))
-from saliency import demo_models, errors, installation
-from saliency.engine import Engine, Precision
+from saliency import errors, installation
+from saliency.engine import Engine, EngineOptions, Precision
 from saliency.explain import explain
 from saliency.explanation import Explanation
 from saliency.hvp import hvp
@@ -29,6 +32,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "Engine",
+    "EngineOptions",
     "Explanation",
     "ImageBatch",
     "LoadedModel",
@@ -36,7 +40,6 @@ __all__ = [
     "Precision",
     "Preprocess",
     "__version__",
-    "demo_models",
     "errors",
     "explain",
     "get_method",

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saliency.errors import InvalidOptionError, accepted
+from saliency.validation import is_real
 
 BaselineName = Literal["blur", "uniform noise"]
 BASELINE_NAMES: tuple[str, ...] = get_args(BaselineName)
@@ -32,9 +33,7 @@ def make_baseline(spec: BaselineSpec, inputs: Tensor, seed: int = 0) -> Tensor:
         inputs: ``(N, C, H, W)``.
         seed: the seed of the noise baseline.
     """
-    if isinstance(spec, bool):
-        raise _invalid(spec)
-    if isinstance(spec, int | float):
+    if is_real(spec):
         return torch.full_like(inputs, float(spec))
     if isinstance(spec, Tensor):
         return _broadcast(spec, inputs)

@@ -10,8 +10,8 @@ compiled code per code object, so models do not share one recompilation budget, 
 compiled code goes away with the model.
 
 A compilation that fails — when ``torch.compile`` is called, or at the first forward + backward —
-is recorded for that key; the engine then runs eagerly and :func:`report_failure` warns once per
-model. The compiler backend defaults to inductor; the environment variables
+is recorded for that key; the engine then runs eagerly and :meth:`ModelCache.fail` warns once
+per model. The compiler backend defaults to inductor; the environment variables
 ``SALIENCY_COMPILE_BACKEND`` (e.g. ``"aot_eager"``, for fast tests) and ``SALIENCY_COMPILE_MODE``
 (e.g. ``"max-autotune"``) override it.
 """
@@ -53,19 +53,45 @@ class CompiledForward:
 
 @dataclass
 class ModelCache:
-    """The compiled forwards of one model, by key."""
+    """The compiled forwards of one model, by :func:`cache_key`."""
 
     forwards: dict[Key, CompiledForward] = field(default_factory=dict)
     warned: bool = False
 
+    def forward(self, model: object, points: Tensor) -> CompiledForward:
+        """The compiled forward of ``model`` for ``points``, made on first use.
+
+        ``torch.compile`` itself is lazy (the work happens at the first call); an exception it
+        raises here is reported (see :meth:`fail`) and gives ``call=None``.
+        """
+        key = cache_key(points)
+        forward = self.forwards.get(key)
+        if forward is None:
+            backend, mode = key[-2:]
+            forward = self.forwards[key] = CompiledForward(None)
+            try:
+                forward.call = torch.compile(_fresh_caller(), backend=backend, mode=mode)
+            except Exception as error:
+                self.fail(forward, model, describe(error))
+        return forward
+
+    def fail(self, forward: CompiledForward, model: object, error: str) -> None:
+        """Record that ``forward`` failed (``error`` from :func:`describe`); warn once per
+        model."""
+        forward.call = None
+        if self.warned:
+            return
+        self.warned = True
+        warnings.warn(
+            f"torch.compile failed for model {type(model).__name__} ({error}); running it "
+            "eagerly instead (same results, without the compiled speed-up)",
+            CompileFallbackWarning,
+            stacklevel=3,
+        )
+
 
 _models: weakref.WeakKeyDictionary[Any, ModelCache] = weakref.WeakKeyDictionary()
 _counter = itertools.count()
-
-
-def settings() -> tuple[str, str | None]:
-    """The compiler backend and mode (environment overrides, else inductor's default mode)."""
-    return os.environ.get(BACKEND_ENV) or DEFAULT_BACKEND, os.environ.get(MODE_ENV) or None
 
 
 def model_cache(model: object) -> ModelCache:
@@ -80,46 +106,17 @@ def model_cache(model: object) -> ModelCache:
 
 
 def cache_key(points: Tensor) -> Key:
-    """Per point shape (not the batch size), dtype, device and compiler settings."""
-    return (tuple(points.shape[1:]), points.dtype, points.device, *settings())
-
-
-def compiled_forward(cache: ModelCache, model: object, points: Tensor) -> CompiledForward:
-    """The cached compiled forward of ``model`` for ``points``, made on first use.
-
-    ``torch.compile`` itself is lazy (the work happens at the first call); an exception it
-    raises here is reported (see :func:`report_failure`) and gives ``call=None``.
-    """
-    key = cache_key(points)
-    forward = cache.forwards.get(key)
-    if forward is None:
-        backend, mode = key[-2:]
-        forward = cache.forwards[key] = CompiledForward(None)
-        try:
-            forward.call = torch.compile(_fresh_caller(), backend=backend, mode=mode)
-        except Exception as error:
-            report_failure(cache, forward, model, describe(error))
-    return forward
+    """Per point shape (not the batch size), dtype, device and compiler settings (backend and
+    mode: the environment's, else inductor's default mode)."""
+    backend = os.environ.get(BACKEND_ENV) or DEFAULT_BACKEND
+    mode = os.environ.get(MODE_ENV) or None
+    return (tuple(points.shape[1:]), points.dtype, points.device, backend, mode)
 
 
 def describe(error: BaseException) -> str:
     """``"Type: first line of the message"``."""
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-
-
-def report_failure(cache: ModelCache, forward: CompiledForward, model: object, error: str) -> None:
-    """Record that ``forward`` failed (``error`` from :func:`describe`); warn once per model."""
-    forward.call = None
-    if cache.warned:
-        return
-    cache.warned = True
-    warnings.warn(
-        f"torch.compile failed for model {type(model).__name__} ({error}); running it eagerly "
-        "instead (same results, without the compiled speed-up)",
-        CompileFallbackWarning,
-        stacklevel=2,
-    )
 
 
 def _call(model: Callable[[Tensor], Any], points: Tensor) -> Any:

@@ -24,8 +24,8 @@ indices are made on the device.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Literal, TypeVar, get_args
 
@@ -33,10 +33,11 @@ import torch
 from torch import Tensor, nn
 
 from saliency import compiled as compiled_forwards
-from saliency.errors import InvalidOptionError, ModelOutputError, accepted
+from saliency.errors import InvalidOptionError, ModelOutputError
 from saliency.layers import capture_output
 from saliency.memory import CostMeter, default_memory_budget
 from saliency.targets import PendingTarget, Target, pending_base
+from saliency.validation import check_choice, require_bool, require_int
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -122,12 +123,15 @@ class _Sizing:
     """The cap left by an out-of-memory error."""
 
 
-@dataclass
-class Engine:
-    """Evaluates target scores and their gradients in memory-bounded chunks.
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine evaluates gradients: the common options of every method, checked here once.
+
+    :func:`saliency.explain`, :func:`saliency.hvp`, the metrics and the command line build one
+    from their keyword arguments (``EngineOptions(batch_size=8, precision="bf16")``); an
+    invalid value raises :class:`~saliency.errors.InvalidOptionError` before any work.
 
     Attributes:
-        model: maps an ``(m, C, H, W)`` tensor to outputs (``(m, K)`` scores for class targets).
         batch_size: maximum points per forward/backward chunk; ``None`` sizes chunks from
             ``memory_budget`` and the measured memory cost of a point (capped near the best
             throughput on CPU), and halves them on CUDA out-of-memory.
@@ -142,35 +146,71 @@ class Engine:
             the free CUDA memory, or on CPU 25% of the available RAM, at most 8 GiB.
     """
 
-    model: Callable[[Tensor], Any]
     batch_size: int | None = None
     create_graph: bool = False
     precision: Precision = "fp32"
     compile: bool = False
     memory_budget: int | None = None
+
+    def __post_init__(self) -> None:
+        require_int("batch_size", self.batch_size, 1, none="automatic")
+        require_bool("create_graph", self.create_graph)
+        check_choice("precision", self.precision, Precision)
+        require_bool("compile", self.compile)
+        require_int("memory_budget", self.memory_budget, 1, none="automatic", unit="bytes")
+
+
+@dataclass
+class Engine:
+    """Evaluates target scores and their gradients in memory-bounded chunks.
+
+    ``Engine(model, EngineOptions(batch_size=8))``; the options are also readable on the engine
+    (``engine.create_graph``), and :meth:`with_options` gives an engine for the same model with
+    some of them changed.
+
+    Attributes:
+        model: maps an ``(m, C, H, W)`` tensor to outputs (``(m, K)`` scores for class targets).
+        options: how gradients are evaluated (:class:`EngineOptions`).
+    """
+
+    model: Callable[[Tensor], Any]
+    options: EngineOptions = EngineOptions()
     _sizes: dict[torch.Size, _Sizing] = field(default_factory=dict, init=False, repr=False)
     _budgets: dict[torch.device, int] = field(default_factory=dict, init=False, repr=False)
     _meter: CostMeter | None = field(default=None, init=False, repr=False)
     _compiled: compiled_forwards.ModelCache | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.batch_size is not None and not _is_positive_int(self.batch_size):
+        if not isinstance(self.options, EngineOptions):
             raise InvalidOptionError(
-                f"batch_size={self.batch_size!r}; accepted: a positive int, or None for automatic"
+                f"options={self.options!r}; accepted: an EngineOptions, e.g. "
+                "EngineOptions(batch_size=8)"
             )
-        if self.precision not in PRECISIONS:
-            raise InvalidOptionError(
-                f"precision={self.precision!r}; accepted: {accepted(PRECISIONS)}"
-            )
-        if not isinstance(self.create_graph, bool):
-            raise InvalidOptionError(f"create_graph={self.create_graph!r}; accepted: True, False")
-        if not isinstance(self.compile, bool):
-            raise InvalidOptionError(f"compile={self.compile!r}; accepted: True, False")
-        if self.memory_budget is not None and not _is_positive_int(self.memory_budget):
-            raise InvalidOptionError(
-                f"memory_budget={self.memory_budget!r}; accepted: a positive int (bytes), or "
-                "None for automatic"
-            )
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.options.batch_size
+
+    @property
+    def create_graph(self) -> bool:
+        return self.options.create_graph
+
+    @property
+    def precision(self) -> Precision:
+        return self.options.precision
+
+    @property
+    def compile(self) -> bool:
+        return self.options.compile
+
+    @property
+    def memory_budget(self) -> int | None:
+        return self.options.memory_budget
+
+    def with_options(self, **changes: Any) -> Engine:
+        """An engine for the same model with the given options changed (checked again), e.g.
+        ``engine.with_options(create_graph=True)`` for a pass that needs a second backward."""
+        return Engine(self.model, replace(self.options, **changes))
 
     def forward(self, points: Tensor) -> Any:
         """The model's output at ``points``, under the engine's autocast precision (eager)."""
@@ -191,16 +231,39 @@ class Engine:
 
     def target_scores(self, inputs: Tensor, target: Target) -> Tensor:
         """Float32 target scores ``(N,)`` at ``inputs``, without gradients."""
-        pending = pending_base(target)
-        if pending is not None:
-            pending.require(self.predict)
         points = Points.of(inputs)
 
         def step(index: Tensor) -> Tensor:
             return target.scores(self.forward(points.make(index)), index).float()
 
-        with torch.no_grad():
+        with self._completing(target), torch.no_grad():
             return torch.cat(list(self._map_chunks(points, step)))
+
+    def complete(self, target: Target) -> None:
+        """Make the classes of a pending target known (see :meth:`_completing`)."""
+        with self._completing(target):
+            pass
+
+    @contextmanager
+    def _completing(
+        self, target: Target, points: Points | None = None
+    ) -> Iterator[PendingTarget | None]:
+        """Where a pending target (classes from the model outputs at the inputs) is completed.
+
+        When the pass inside evaluates exactly the target's inputs (``points``), it yields the
+        target for the pass to observe, and marks it complete after the pass: the pass is also
+        the prediction. Otherwise the target is completed first, by one no-grad forward of the
+        inputs, and it yields None. Any other target passes through (None).
+        """
+        pending = pending_base(target)
+        if pending is None or pending.complete:
+            yield None
+        elif points is not None and pending.observes(points.source):
+            yield pending
+            pending.finish()
+        else:
+            pending.require(self.predict)
+            yield None
 
     def accumulate(
         self,
@@ -225,15 +288,14 @@ class Engine:
         A pending target (classes from the model outputs at the inputs) is completed by this
         pass when the points are those inputs, else by a no-grad forward first.
         """
-        pending = pending_base(target)
-        observer = pending if pending is not None and pending.observes(points.source) else None
-        if pending is not None and observer is None:
-            pending.require(self.predict)
         capture = (
             capture_output(layer, as_leaf=not self.create_graph) if layer is not None else None
         )
         total: Tensor | None = None
-        with capture if capture is not None else nullcontext(None) as captured:
+        with (
+            self._completing(target, points) as observer,
+            capture if capture is not None else nullcontext(None) as captured,
+        ):
 
             def step(index: Tensor) -> tuple[Tensor, Tensor]:
                 chunk = self._evaluate(points, index, target, captured, observer)
@@ -245,9 +307,7 @@ class Engine:
                     dtype = torch.promote_types(part.dtype, torch.float32)
                     total = part.new_zeros((points.samples, *part.shape[1:]), dtype=dtype)
                 total = total.index_add(0, samples, part.to(total.dtype))
-        assert total is not None, "Points with zero samples"
-        if observer is not None:
-            observer.finish()
+            assert total is not None, "Points with zero samples"
         return total
 
     def _evaluate(
@@ -270,20 +330,24 @@ class Engine:
         compiled = self._compiled_forward(points, values, captured)
         if compiled is None:
             return differentiate(self.forward)
+        run = partial(self._run_compiled, compiled)
         if compiled.verified:
-            return differentiate(compiled.run)
+            return differentiate(run)
         # The first forward + backward compiles (the backward lazily): a failure here falls
         # back to eager. An error of the model itself is raised again by the eager run.
         try:
-            return compiled.verify(differentiate(compiled.run))
+            chunk = differentiate(run)
         except Exception as error:
             out_of_memory = _out_of_memory(error)
             if out_of_memory is not None:
                 raise out_of_memory from None
             message = compiled_forwards.describe(error)
+        else:
+            compiled.verified = True
+            return chunk
         chunk = differentiate(self.forward)
         assert self._compiled is not None
-        compiled_forwards.report_failure(self._compiled, compiled.forward, self.model, message)
+        self._compiled.fail(compiled, self.model, message)
         return chunk
 
     def _differentiate(
@@ -316,7 +380,9 @@ class Engine:
             activations = None if activations is None else activations.detach()
         return Chunk(index, samples, values, scores, grads, activations)
 
-    def _compiled_forward(self, points: Points, values: Tensor, captured: Any) -> _Compiled | None:
+    def _compiled_forward(
+        self, points: Points, values: Tensor, captured: Any
+    ) -> compiled_forwards.CompiledForward | None:
         """The compiled forward for a first-order, input-space chunk, if ``compile`` is on.
 
         ``create_graph`` runs eagerly: compiled (AOTAutograd) graphs do not support double
@@ -332,8 +398,16 @@ class Engine:
             return None
         if self._compiled is None:
             self._compiled = compiled_forwards.model_cache(self.model)
-        forward = compiled_forwards.compiled_forward(self._compiled, self.model, values)
-        return None if forward.call is None else _Compiled(self, forward)
+        forward = self._compiled.forward(self.model, values)
+        return None if forward.call is None else forward
+
+    def _run_compiled(self, forward: compiled_forwards.CompiledForward, points: Tensor) -> Any:
+        """The model's output at ``points`` through a compiled forward, under autocast."""
+        assert forward.call is not None
+        # One graph for every chunk size (the last chunk is usually smaller), not one each.
+        torch._dynamo.maybe_mark_dynamic(points, 0)
+        with self._autocast(points.device):
+            return forward.call(self.model, points)
 
     def _map_chunks(
         self, points: Points, step: Callable[[Tensor], _T], gradients: bool = False
@@ -424,31 +498,6 @@ class Engine:
         return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[self.precision])
 
 
-@dataclass(frozen=True)
-class _Compiled:
-    """A cached compiled forward bound to an engine (its model and autocast precision)."""
-
-    engine: Engine
-    forward: compiled_forwards.CompiledForward
-
-    @property
-    def verified(self) -> bool:
-        return self.forward.verified
-
-    def verify(self, chunk: Chunk) -> Chunk:
-        """Mark the compiled forward as working (a forward + backward succeeded)."""
-        self.forward.verified = True
-        return chunk
-
-    def run(self, points: Tensor) -> Any:
-        call = self.forward.call
-        assert call is not None
-        # One graph for every chunk size (the last chunk is usually smaller), not one each.
-        torch._dynamo.maybe_mark_dynamic(points, 0)
-        with self.engine._autocast(points.device):
-            return call(self.engine.model, points)
-
-
 def automatic_chunk_size(
     point_shape: torch.Size,
     device: torch.device,
@@ -479,18 +528,6 @@ def automatic_chunk_size(
     else:
         cap = max(1, min(_CPU_MAX_CHUNK, _CPU_ELEMENTS_PER_CHUNK // numel))
     return int(max(1, min(cap, by_memory)))
-
-
-def host_to_device(tensor: Tensor, device: torch.device) -> Tensor:
-    """``tensor.to(device)``; a CPU tensor bound for CUDA is copied through pinned memory,
-    asynchronously (``non_blocking``: no host synchronisation)."""
-    if device.type == "cuda" and tensor.device.type == "cpu" and torch.cuda.is_available():
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _out_of_memory(error: BaseException) -> torch.OutOfMemoryError | None:

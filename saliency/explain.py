@@ -8,7 +8,7 @@ from typing import Any
 import PIL.Image
 from torch import Tensor
 
-from saliency.engine import Engine, Precision
+from saliency.engine import Engine, EngineOptions, Precision
 from saliency.errors import InvalidOptionError
 from saliency.explanation import Explanation
 from saliency.methods.base import Method
@@ -61,22 +61,23 @@ def explain(
         device: ``(N, C, H, W)`` for input-space methods, ``(N, 1, H, W)`` for layer methods.
     """
     name, instance = _method(method, options)
-    _check_inputs(inputs)
+    check_inputs(inputs)
     engine = Engine(
         model,
-        batch_size=batch_size,
-        create_graph=create_graph,
-        precision=precision,
-        compile=compile,
-        memory_budget=memory_budget,
+        EngineOptions(
+            batch_size=batch_size,
+            create_graph=create_graph,
+            precision=precision,
+            compile=compile,
+            memory_budget=memory_budget,
+        ),
     )
     resolved = pending_target(target, inputs)
     with evaluation_state(model, keep_parameter_grads=create_graph):
         attributions = instance.attribute(engine, inputs, resolved)
         extras = instance.extras(engine, inputs, resolved, attributions)
-        if isinstance(resolved, PendingTarget):
-            # Methods that evaluate the inputs themselves observed the outputs on the way.
-            resolved.require(engine.predict)
+        # Methods that evaluate the inputs themselves observed the outputs on the way.
+        engine.complete(resolved)
     outputs = resolved.outputs if isinstance(resolved, PendingTarget) else None
     if not create_graph:
         attributions = attributions.detach()
@@ -104,7 +105,8 @@ def _method(method: str | Method, options: dict[str, Any]) -> tuple[str, Method]
     return method, get_method(method).create(**options)
 
 
-def _check_inputs(inputs: object) -> None:
+def check_inputs(inputs: object) -> None:
+    """Raise unless ``inputs`` is a floating-point ``(N, C, H, W)`` tensor with N ≥ 1."""
     if not isinstance(inputs, Tensor) or inputs.ndim != 4 or not inputs.is_floating_point():
         given = (
             f"a {inputs.dtype} tensor of shape {tuple(inputs.shape)}"

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saliency.engine import Chunk, Engine, Points, Precision
+from saliency.engine import Chunk, Engine, EngineOptions, Points, Precision
 from saliency.errors import InvalidOptionError
-from saliency.explain import _check_inputs
+from saliency.explain import check_inputs
 from saliency.model_state import evaluation_state
 from saliency.targets import TargetSpec, pending_target
 
@@ -62,12 +62,11 @@ def hvp(
     Raises:
         InvalidOptionError: bad inputs, vectors or options.
     """
-    _check_inputs(inputs)
+    check_inputs(inputs)
     vectors = _check_vectors(vectors, inputs)
+    options = EngineOptions(batch_size=batch_size, create_graph=create_graph, precision=precision)
     # The first backward always keeps its graph: the second one differentiates it.
-    engine = Engine(model, batch_size=batch_size, create_graph=True, precision=precision)
-    if not isinstance(create_graph, bool):
-        raise InvalidOptionError(f"create_graph={create_graph!r}; accepted: True, False")
+    engine = Engine(model, options).with_options(create_graph=True)
     with evaluation_state(model, keep_parameter_grads=create_graph):
         points = inputs if create_graph else inputs.detach()
         resolved = pending_target(target, points)

@@ -4,6 +4,9 @@ Images are decoded with Pillow (EXIF orientation applied, every mode converted t
 composited over white). :class:`Preprocess` splits a model's input pipeline into *geometry*
 (resize + centre crop, giving the uint8 pixels the model sees) and *normalize*, so that overlays
 can be drawn on exactly what the model saw.
+
+torchvision (its resize, centre crop and interpolation modes) is imported when a
+:class:`Preprocess` is made, not with this module: importing it takes seconds.
 """
 
 from __future__ import annotations
@@ -15,18 +18,19 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import PIL.Image
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2 as _v2
-from torchvision.transforms._presets import ImageClassification
 
 from saliency.errors import ImageLoadError, InvalidOptionError, ModelLoadError, accepted
+from saliency.validation import is_int, require_int
+
+if TYPE_CHECKING:
+    from torchvision.transforms import InterpolationMode
 
 __all__ = ["ImageBatch", "ImageTransform", "PathArg", "Preprocess", "load_images", "open_image"]
 
@@ -159,7 +163,7 @@ def _wide_to_rgb(values: np.ndarray, image: PIL.Image.Image) -> PIL.Image.Image:
     """8-bit RGB from one-channel values already scaled to 0..255 (clipped, rounded)."""
     grey = Image.fromarray(np.rint(np.clip(values, 0.0, 255.0)).astype(np.uint8), mode="L")
     key = image.info.get("transparency")
-    if isinstance(key, int) and not isinstance(key, bool):  # single transparent grey value
+    if is_int(key):  # single transparent grey value
         alpha = np.where(np.asarray(image) == key, 0, 255).astype(np.uint8)
         grey_alpha = Image.merge("LA", (grey, Image.fromarray(alpha, mode="L")))
         return _to_rgb(grey_alpha)
@@ -185,22 +189,23 @@ class Preprocess:
         crop_size: Square centre crop of this size (None: no crop).
         mean: Per-channel mean of the [0, 1] values.
         std: Per-channel standard deviation.
-        interpolation: Resize interpolation (antialiasing is always on).
+        interpolation: Resize interpolation (antialiasing is always on): a torchvision
+            ``InterpolationMode`` or its value (``"bilinear"``); stored as the mode.
     """
 
     resize_size: int | None = 256
     crop_size: int | None = 224
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    interpolation: InterpolationMode = InterpolationMode.BILINEAR
+    interpolation: InterpolationMode | str = "bilinear"
 
     def __post_init__(self) -> None:
+        from torchvision.transforms import InterpolationMode
+
         for name in ("resize_size", "crop_size"):
             size = getattr(self, name)
-            if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
-                raise InvalidOptionError(f"{name} must be a positive int or None, got {size!r}")
-            if size is not None and size <= 0:
-                raise InvalidOptionError(f"{name} must be a positive int or None, got {size!r}")
+            if size is not None:
+                require_int(name, size, 1)
         for name in ("mean", "std"):
             values = tuple(float(v) for v in getattr(self, name))
             if len(values) != 3:
@@ -228,13 +233,15 @@ class Preprocess:
         """
         if image.mode != "RGB":
             image = _to_rgb(image)
+        from torchvision.transforms import v2
+
         if self.resize_size is not None:
-            image = _v2.functional.resize(
+            image = v2.functional.resize(
                 image, [self.resize_size], interpolation=self.interpolation, antialias=True
             )
         if self.crop_size is not None:
-            image = _v2.functional.center_crop(image, [self.crop_size])
-        return _v2.functional.pil_to_tensor(image)
+            image = v2.functional.center_crop(image, [self.crop_size])
+        return v2.functional.pil_to_tensor(image)
 
     def normalize(self, images: Tensor) -> Tensor:
         """Scale to [0, 1] (uint8 input) and normalise with ``mean`` and ``std``.
@@ -270,6 +277,8 @@ class Preprocess:
         Raises:
             ModelLoadError: ``transform`` is not a torchvision image-classification preset.
         """
+        from torchvision.transforms._presets import ImageClassification
+
         if not isinstance(transform, ImageClassification):
             raise ModelLoadError(
                 "Preprocess.from_torchvision expects the transforms() of torchvision "
@@ -349,7 +358,7 @@ def _pixels(path: Path, transform: Preprocess | None) -> Tensor:
     """uint8 (3, H, W) pixels of one file, through the geometry when given."""
     image = open_image(path)
     if transform is None:
-        return _v2.functional.pil_to_tensor(image)
+        return _pil_to_tensor(image)
     return transform.geometry(image)
 
 
@@ -377,3 +386,9 @@ def _check_same_size(files: tuple[Path, ...], tensors: list[Tensor]) -> None:
 def _hw(shape: torch.Size) -> str:
     """``W×H (C channels)`` for an error message."""
     return f"{shape[-1]}x{shape[-2]} ({shape[-3]} channels)"
+
+
+def _pil_to_tensor(image: PIL.Image.Image) -> Tensor:
+    """``(3, H, W)`` uint8 pixels of an RGB image (what torchvision's ``pil_to_tensor`` gives)."""
+    pixels = np.array(image, dtype=np.uint8, copy=True)
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()

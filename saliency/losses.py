@@ -86,8 +86,8 @@ def input_gradient_penalty(
 
     Batch norm: in train mode the input gradient also flows through the batch mean and variance,
     and a network can learn to make it small *there* while staying sensitive with its running
-    statistics (in :mod:`saliency.rrr` the marker penalty of such a model was 20× larger in eval
-    mode, and it still followed the marker). For models with batch norm, compute the penalty in
+    statistics (in :mod:`saliency.demo.rrr` the marker penalty of such a model was 20× larger in
+    eval mode, and it still followed the marker). For models with batch norm, compute the penalty in
     a separate forward pass in eval mode, e.g. inside
     ``saliency.model_state.evaluation_state(model, keep_parameter_grads=True)``.
 

@@ -1,6 +1,12 @@
 """Models by name or file: torchvision classifiers (weights through torchvision's own cache),
 local state-dict files (``torch.load(weights_only=True)``), TorchScript files, and models from a
 registered ``"prefix:name"`` source.
+
+Model sources are found like method plugins, through the entry-point group
+``saliency.model_sources`` (name = prefix, value = ``module:loader``; the ``demo:`` source of the
+shipped demo models is declared there too), or added at run time by
+:func:`register_model_source`. A source's module is imported when a model of it is loaded, and
+torchvision when a torchvision model is (it takes seconds to import).
 """
 
 from __future__ import annotations
@@ -8,19 +14,22 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from saliency.errors import ModelLoadError, accepted
 from saliency.images import ImageTransform, PathArg, Preprocess
 
 __all__ = [
+    "MODEL_SOURCE_GROUP",
     "LoadedModel",
     "ModelSourceLoader",
     "WeightsArg",
@@ -54,7 +63,11 @@ ModelSourceLoader = Callable[[str, WeightsArg], LoadedModel]
 mode; the loader raises :class:`~saliency.errors.ModelLoadError` for names it does not know.
 """
 
-_SOURCES: dict[str, ModelSourceLoader] = {}
+MODEL_SOURCE_GROUP = "saliency.model_sources"
+"""The entry-point group of model sources: ``prefix = "package.module:loader"``."""
+
+_SOURCES: dict[str, ModelSourceLoader | EntryPoint] = {}
+_discovered = False
 _PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_-]+")
 _SOURCE_NAME = re.compile(r"([A-Za-z][A-Za-z0-9_-]+):(.*)", re.DOTALL)
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
@@ -76,6 +89,7 @@ def register_model_source(prefix: str, loader: ModelSourceLoader) -> None:
             f"model source prefix {prefix!r} must be a letter followed by at least one letter, "
             "digit, '_' or '-'"
         )
+    _discover_sources()
     if prefix in _SOURCES:
         raise ModelLoadError(f"model source prefix {prefix!r} is already registered")
     _SOURCES[prefix] = loader
@@ -83,12 +97,32 @@ def register_model_source(prefix: str, loader: ModelSourceLoader) -> None:
 
 def unregister_model_source(prefix: str) -> None:
     """Remove a registered model source (no error if it is absent)."""
+    _discover_sources()
     _SOURCES.pop(prefix, None)
 
 
 def list_model_sources() -> tuple[str, ...]:
     """The registered ``"prefix:"`` model sources, sorted."""
+    _discover_sources()
     return tuple(sorted(_SOURCES))
+
+
+def _discover_sources() -> None:
+    """Record the entry points of :data:`MODEL_SOURCE_GROUP` once (loaded when first used)."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for entry_point in entry_points(group=MODEL_SOURCE_GROUP):
+        if not _PREFIX.fullmatch(entry_point.name) or entry_point.name in _SOURCES:
+            warnings.warn(
+                f"saliency model source {entry_point.name!r} ({entry_point.value}) was skipped: "
+                "its prefix is malformed or already registered",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            continue
+        _SOURCES[entry_point.name] = entry_point
 
 
 def load_model(
@@ -137,22 +171,32 @@ def _dispatch(name_or_path: PathArg, weights: WeightsArg, trust_pickle: bool) ->
         raise ModelLoadError(
             f"name_or_path must be a str or a path, got {type(name_or_path).__name__}"
         )
+    path = Path(name_or_path)
+    source = _SOURCE_NAME.fullmatch(name_or_path)
+    # "prefix:name" is never a torchvision name: sources are dispatched without importing it
+    if source is not None and not path.exists():
+        return _load_from_source(source.group(1), source.group(2), weights)
     if name_or_path in _torchvision_names():
         return _load_torchvision(name_or_path, weights, trust_pickle)
-    path = Path(name_or_path)
     if path.exists():
         return _load_model_file(path, trust_pickle)
-    source = _SOURCE_NAME.fullmatch(name_or_path)
-    if source is not None:
-        return _load_from_source(source.group(1), source.group(2), weights)
     if _looks_like_path(name_or_path):
         raise ModelLoadError(f"model file not found: {name_or_path}")
     raise ModelLoadError(_unknown_name_message(name_or_path))
 
 
 def _load_from_source(prefix: str, rest: str, weights: WeightsArg) -> LoadedModel:
-    """Call the loader registered for ``prefix``."""
+    """Call the loader registered for ``prefix`` (loading its entry point on first use)."""
+    _discover_sources()
     loader = _SOURCES.get(prefix)
+    if isinstance(loader, EntryPoint):
+        try:
+            loader = _SOURCES[prefix] = loader.load()
+        except Exception as exc:  # a broken plugin must not look like an unknown name
+            raise ModelLoadError(
+                f"model source {prefix!r} ({loader.value}) failed to load: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
     if loader is None:
         registered = accepted(f"{p}:" for p in list_model_sources()) or "none"
         raise ModelLoadError(
@@ -167,9 +211,17 @@ def _load_from_source(prefix: str, rest: str, weights: WeightsArg) -> LoadedMode
     return loaded
 
 
+def _torchvision() -> ModuleType:
+    """``torchvision.models``, imported on first use."""
+    import torchvision.models
+
+    return torchvision.models
+
+
 def _torchvision_names() -> list[str]:
     """torchvision's classification model names."""
-    return list(torchvision.models.list_models(module=torchvision.models))
+    models = _torchvision()
+    return list(models.list_models(module=models))
 
 
 def _looks_like_path(text: str) -> bool:
@@ -193,7 +245,7 @@ def _unknown_name_message(name: str) -> str:
 
 def _weights_enum(name: str) -> Any:
     """The torchvision weights enum class of a model."""
-    return torchvision.models.get_model_weights(name)
+    return _torchvision().get_model_weights(name)
 
 
 def _default_transform(name: str) -> Preprocess | None:
@@ -216,7 +268,7 @@ def _default_categories(name: str) -> tuple[str, ...] | None:
 def _load_torchvision(name: str, weights: WeightsArg, trust_pickle: bool) -> LoadedModel:
     """Load a torchvision classifier with enum weights, a state-dict file or random weights."""
     if weights is None:
-        model = torchvision.models.get_model(name, weights=None)
+        model = _torchvision().get_model(name, weights=None)
         return LoadedModel(model, _default_transform(name), None)
     if isinstance(weights, str):
         member = _weights_member(name, weights)
@@ -258,7 +310,7 @@ def _unknown_weights_message(name: str, weights: str) -> str:
 def _load_enum_weights(name: str, member: Any) -> LoadedModel:
     """torchvision model with enum weights, through torchvision's download cache."""
     try:
-        model = torchvision.models.get_model(name, weights=member)
+        model = _torchvision().get_model(name, weights=member)
     except (OSError, RuntimeError, EOFError, ValueError) as exc:
         raise ModelLoadError(_download_failed_message(name, member, exc)) from exc
     transform = Preprocess.from_torchvision(member.transforms())
@@ -291,10 +343,10 @@ def _download_failed_message(name: str, member: Any, exc: BaseException) -> str:
 def _load_state_dict_weights(name: str, path: Path, trust_pickle: bool) -> LoadedModel:
     """torchvision architecture + a local state-dict file."""
     state = _read_state_dict(path, trust_pickle)
-    model = torchvision.models.get_model(name, weights=None)
+    model = _torchvision().get_model(name, weights=None)
     num_classes = _infer_num_classes(model.state_dict(), state)
     if num_classes is not None:
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        model = _torchvision().get_model(name, weights=None, num_classes=num_classes)
     _load_strict(model, state, path)
     categories = _default_categories(name)
     outputs = num_classes if num_classes is not None else len(categories or ())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Literal, overload
 
@@ -21,7 +20,7 @@ from PIL import Image
 from torch import Tensor
 
 from saliency.errors import InvalidOptionError, accepted
-from saliency.validation import check_choice
+from saliency.validation import check_choice, is_real
 
 __all__ = [
     "ChannelReduction",
@@ -48,7 +47,7 @@ _EXAMPLE_CMAPS = ("inferno", "viridis", "magma", "gray", "jet", "RdBu_r", "bwr",
 
 
 def _check_number(option: str, value: object, ok: Callable[[float], bool], interval: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(float(value)):
+    if not is_real(value) or not ok(float(value)):
         raise InvalidOptionError(
             f"{option}={value!r} is out of range; accepted: a number in {interval}"
         )

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from saliency.errors import InvalidOptionError
+from saliency.validation import require_float
 
 _RELU_FUNCTIONS: frozenset[Callable[..., Any]] = frozenset(
     {F.relu, torch.relu, Tensor.relu, torch.relu_, F.relu_, Tensor.relu_}
@@ -216,6 +217,5 @@ def smooth_relu(model: nn.Module, beta: float = 10.0) -> SmoothReLU:
         raise InvalidOptionError(
             f"smooth_relu needs an nn.Module to transform, got {type(model).__name__}"
         )
-    if isinstance(beta, bool) or not isinstance(beta, int | float) or not beta > 0:
-        raise InvalidOptionError(f"beta={beta!r}; accepted: a positive number")
+    require_float("beta", beta, 0.0, exclusive=True)
     return SmoothReLU(model, beta)

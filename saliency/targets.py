@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from saliency.errors import InvalidTargetError, ModelOutputError
+from saliency.validation import is_int
 
 ScoreFunction: TypeAlias = Callable[[Any], Tensor]
 TargetSpec: TypeAlias = int | Sequence[int] | Tensor | ScoreFunction | None
@@ -240,7 +241,7 @@ def _as_indices(spec: object, count: int, device: torch.device) -> Tensor:
         if spec.ndim == 0:
             return values.expand(count).clone()
     elif isinstance(spec, Sequence) and not isinstance(spec, str):
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in spec):
+        if not all(is_int(v) for v in spec):
             raise InvalidTargetError(
                 f"target {spec!r} holds non-integers; accepted: {ACCEPTED_TARGETS}"
             )

@@ -1,11 +1,47 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures shared by several test modules.
+
+``method`` runs a test once per registered method (``saliency.list_methods()``); a test that
+takes ``method_options`` gets that method's fast options from :data:`FAST_OPTIONS`. A test
+parametrised over its own ``method`` values (``@pytest.mark.parametrize("method", [...])``) gets
+the options of those. A method added to the registry is tested by every such test with its
+defaults until it has a row here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
+
+import saliency
+
+FAST_OPTIONS: dict[str, dict[str, Any]] = {
+    "integrated_gradients": {"steps": 3},
+    # a fixed seed: the same noise in every call (finite differences, compiled vs eager)
+    "smoothgrad": {"samples": 2, "seed": 0},
+    "integrated_hessians": {"inner_steps": 2, "outer_steps": 2},
+}
+"""Small option values that keep a call fast, per method (others run with their defaults)."""
+
+
+def fast_options(name: str) -> dict[str, Any]:
+    """A copy of the fast options of the method ``name``."""
+    return dict(FAST_OPTIONS.get(name, {}))
+
+
+@pytest.fixture(params=saliency.list_methods())
+def method(request: pytest.FixtureRequest) -> str:
+    """Each registered method name in turn."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def method_options(method: str) -> dict[str, Any]:
+    """The fast options of ``method``."""
+    return fast_options(method)
 
 
 @pytest.fixture(scope="module")

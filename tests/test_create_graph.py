@@ -18,22 +18,9 @@ from torch import Tensor, nn
 
 import saliency
 
-METHODS = saliency.list_methods()
 TARGET = [0, 2]
 EPS = 1e-5
 RTOL = 1e-4
-# Small option values that keep every call fast (and a fixed seed: SmoothGrad's noise must be
-# the same in every finite-difference evaluation); other methods use their defaults.
-FAST_OPTIONS: dict[str, dict[str, Any]] = {
-    "integrated_gradients": {"steps": 4},
-    "smoothgrad": {"samples": 3, "seed": 0},
-}
-
-
-def options_for(name: str) -> dict[str, Any]:
-    return dict(FAST_OPTIONS.get(name, {}))
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -41,12 +28,15 @@ def make_inputs() -> Tensor:
     return torch.randn(2, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
 
-def functional(model: nn.Module, method: str, weights: Tensor) -> Callable[[Tensor, bool], Tensor]:
-    """Φ(x) = Σ attributions(x) · R, for a fixed random R."""
+def functional(
+    model: nn.Module, method: str, options: dict[str, Any], weights: Tensor
+) -> Callable[[Tensor, bool], Tensor]:
+    """Φ(x) = Σ attributions(x) · R, for a fixed random R (``options`` with a fixed seed: the same
+    SmoothGrad noise in every finite-difference evaluation)."""
 
     def phi(inputs: Tensor, create_graph: bool) -> Tensor:
         ex = saliency.explain(
-            model, inputs, method, target=TARGET, create_graph=create_graph, **options_for(method)
+            model, inputs, method, target=TARGET, create_graph=create_graph, **options
         )
         attributions = ex.attributions
         assert attributions.dtype == torch.float64
@@ -76,15 +66,16 @@ def assert_close_derivative(autograd: float, finite: float) -> None:
 
 
 @pytest.mark.parametrize("kind", ["random", "range_preserving"])
-@pytest.mark.parametrize("method", METHODS)
-def test_derivative_with_respect_to_inputs(method: str, kind: str) -> None:
+def test_derivative_with_respect_to_inputs(
+    method: str, method_options: dict[str, Any], kind: str
+) -> None:
     model = smooth_cnn()
     inputs = make_inputs()
     weights = torch.randn(
         inputs.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
     )
     v = direction(inputs, kind)
-    phi = functional(model, method, weights)
+    phi = functional(model, method, method_options, weights)
 
     leaf = inputs.clone().requires_grad_(True)
     value = phi(leaf, True)
@@ -97,8 +88,9 @@ def test_derivative_with_respect_to_inputs(method: str, kind: str) -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_derivative_with_respect_to_a_parameter(method: str) -> None:
+def test_derivative_with_respect_to_a_parameter(
+    method: str, method_options: dict[str, Any]
+) -> None:
     model = smooth_cnn()
     inputs = make_inputs()
     weights = torch.randn(
@@ -108,7 +100,7 @@ def test_derivative_with_respect_to_a_parameter(method: str) -> None:
     v = torch.randn(
         parameter.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4)
     )
-    phi = functional(model, method, weights)
+    phi = functional(model, method, method_options, weights)
 
     value = phi(inputs, True)
     assert value.requires_grad
@@ -130,14 +122,13 @@ def test_derivative_with_respect_to_a_parameter(method: str) -> None:
     assert all(p.requires_grad for p in model.parameters())
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_create_graph_true_attributions_require_grad(method: str) -> None:
+def test_create_graph_true_attributions_require_grad(
+    method: str, method_options: dict[str, Any]
+) -> None:
     model = smooth_cnn()
     inputs = make_inputs()
     # Even with inputs that do not require grad, the graph reaches the parameters.
-    ex = saliency.explain(
-        model, inputs, method, target=TARGET, create_graph=True, **options_for(method)
-    )
+    ex = saliency.explain(model, inputs, method, target=TARGET, create_graph=True, **method_options)
     assert ex.attributions.requires_grad
     assert ex.attributions.grad_fn is not None
     assert all(p.grad is None for p in model.parameters())
@@ -145,11 +136,12 @@ def test_create_graph_true_attributions_require_grad(method: str) -> None:
 
 
 @pytest.mark.parametrize("inputs_require_grad", [False, True])
-@pytest.mark.parametrize("method", METHODS)
-def test_create_graph_false_gives_plain_tensors(method: str, inputs_require_grad: bool) -> None:
+def test_create_graph_false_gives_plain_tensors(
+    method: str, method_options: dict[str, Any], inputs_require_grad: bool
+) -> None:
     model = smooth_cnn()
     inputs = make_inputs().requires_grad_(inputs_require_grad)
-    ex = saliency.explain(model, inputs, method, target=TARGET, **options_for(method))
+    ex = saliency.explain(model, inputs, method, target=TARGET, **method_options)
     assert not ex.attributions.requires_grad
     assert ex.attributions.grad_fn is None
     assert all(p.grad is None for p in model.parameters())
@@ -157,13 +149,12 @@ def test_create_graph_false_gives_plain_tensors(method: str, inputs_require_grad
     assert inputs.grad is None
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_create_graph_does_not_change_values(method: str) -> None:
+def test_create_graph_does_not_change_values(method: str, method_options: dict[str, Any]) -> None:
     model = smooth_cnn()
     inputs = make_inputs()
-    first = saliency.explain(model, inputs, method, target=TARGET, **options_for(method))
+    first = saliency.explain(model, inputs, method, target=TARGET, **method_options)
     second = saliency.explain(
-        model, inputs, method, target=TARGET, create_graph=True, **options_for(method)
+        model, inputs, method, target=TARGET, create_graph=True, **method_options
     )
     torch.testing.assert_close(
         second.attributions.detach(), first.attributions, rtol=1e-12, atol=1e-14

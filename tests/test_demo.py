@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from saliency.cli.main import main, metrics_table
-from saliency.demo import DemoSettings, mask_outlines, outlined_pictures, run_demo
-from saliency.demo_models import DEMO_MODELS, installed_demo_models
+from saliency.demo import DemoSettings, run_demo
+from saliency.demo.models import DEMO_MODELS, installed_demo_models
+from saliency.demo.report import mask_outlines, outlined_pictures
+from saliency.demo.scenes import SHORTCUT, generate_scenes
 from saliency.errors import InvalidOptionError
 from saliency.methods.registry import list_methods
 from saliency.metrics.report import METRIC_NAMES
-from saliency.shapes import SHORTCUT, generate_scenes
 
 
 def test_mask_outlines_are_the_inner_boundary() -> None:

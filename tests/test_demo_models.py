@@ -1,4 +1,4 @@
-"""Tests for the demo models (saliency.demo_models) and their training (saliency.training)."""
+"""Tests for the demo models (saliency.demo.models) and their training (saliency.demo.training)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import saliency
-from saliency import demo_models
-from saliency.demo_models import (
+from saliency.demo import models as demo_models
+from saliency.demo.models import (
     DEMO_MODELS,
     WEIGHTS_DIR,
     ShapesNet,
@@ -21,10 +21,8 @@ from saliency.demo_models import (
     read_manifest,
     sha256_file,
 )
-from saliency.errors import InvalidOptionError, ModelLoadError
-from saliency.layers import find_layer
-from saliency.rrr import train_rrr
-from saliency.shapes import (
+from saliency.demo.rrr import train_rrr
+from saliency.demo.scenes import (
     CLASS_NAMES,
     COUNTERFACTUAL,
     GENERATOR_VERSION,
@@ -32,12 +30,12 @@ from saliency.shapes import (
     generate_scenes,
     save_scenes,
 )
-from saliency.training import (
+from saliency.demo.training import (
+    CrossEntropy,
     TrainConfig,
     accuracy,
     add_noise,
     augment,
-    main,
     noise_level,
     one_cycle,
     save_weights,
@@ -45,6 +43,9 @@ from saliency.training import (
     train,
     training_batches,
 )
+from saliency.demo.training.__main__ import main
+from saliency.errors import InvalidOptionError, ModelLoadError
+from saliency.layers import find_layer
 
 # Accuracy on a fresh 200-scene split may differ from the manifest's 2000-scene value by
 # sampling noise (σ ≈ 1.2 points at 97%, ≈ 2.4 points at 12%).
@@ -138,7 +139,7 @@ def test_load_errors_and_weight_choices(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(ModelLoadError, match="SHA-256"):
         saliency.load_model("demo:shapes")
     (fake / "shapes.pt").unlink()
-    with pytest.raises(ModelLoadError, match=r"python -m saliency\.training"):
+    with pytest.raises(ModelLoadError, match=r"python -m saliency\.demo\.training"):
         saliency.load_model("demo:shapes")
 
 
@@ -191,6 +192,24 @@ def test_same_seed_same_first_batch_and_same_weights() -> None:
         assert torch.equal(value, two.model.state_dict()[key]), key
     other = train(TrainConfig("shapes", seed=6, images=64, epochs=1, batch_size=32, eval_images=16))
     assert not torch.equal(other.model.classifier.weight, one.model.classifier.weight)
+
+
+class HalfCrossEntropy(CrossEntropy):
+    """Half the plain loss, with a logged term."""
+
+    def __call__(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, _ = super().__call__(batch)
+        return loss / 2, {"half": float(loss.detach()) / 2}
+
+
+def test_train_minimises_the_loss_it_is_given() -> None:
+    config = TrainConfig("shapes", images=64, epochs=1, batch_size=32, eval_images=8)
+    lines: list[str] = []
+    half = train(config, HalfCrossEntropy, log=lines.append)
+    plain = train(config)
+    assert half.losses[0] == pytest.approx(plain.losses[0] / 2, rel=0.2)
+    (epoch,) = [line for line in lines if "epoch" in line]
+    assert f"loss {half.losses[0]:.4f}, half {half.losses[0]:.3g}" in epoch
 
 
 def test_smoke_training_command_writes_loadable_weights(tmp_path: Path) -> None:
@@ -250,7 +269,8 @@ def test_a_demo_model_without_shipped_weights_says_how_to_train_it(
 ) -> None:
     missing = [name for name in DEMO_MODELS if name not in read_manifest()["models"]]
     for name in missing:
-        with pytest.raises(ModelLoadError, match=f"python -m saliency.training --model {name}"):
+        command = f"python -m saliency.demo.training --model {name}"
+        with pytest.raises(ModelLoadError, match=command):
             saliency.load_model(f"demo:{name}")
         assert name not in demo_models.installed_demo_models()
     monkeypatch.setattr(demo_models, "WEIGHTS_DIR", Path("/nonexistent"))

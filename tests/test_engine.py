@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 import saliency
 from saliency import engine as engine_module
-from saliency.engine import Engine, Points, automatic_chunk_size, host_to_device
+from saliency.engine import Engine, EngineOptions, Points, automatic_chunk_size
 from saliency.errors import InvalidOptionError, ModelOutputError
 from saliency.memory import (
     LARGEST_OUTPUT_COPIES,
@@ -22,8 +22,6 @@ from saliency.memory import (
     default_memory_budget,
 )
 from saliency.targets import ClassTarget
-
-METHODS = saliency.list_methods()
 
 
 class Recorder(nn.Module):
@@ -90,7 +88,7 @@ def test_engine_covers_every_point_exactly_once() -> None:
         return inputs[index // 7]
 
     points = Points(3, 7, inputs.shape[1:], inputs.device, make)
-    engine = Engine(model, batch_size=4)
+    engine = Engine(model, EngineOptions(batch_size=4))
     total = engine.accumulate(
         points, ClassTarget(torch.tensor([0, 1, 2])), lambda chunk: torch.ones(len(chunk.index), 1)
     )
@@ -190,7 +188,7 @@ def test_measured_cost_per_point_grows_with_the_activations() -> None:
         model = nn.Sequential(
             nn.Conv2d(3, width, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
         )
-        engine = Engine(model, memory_budget=1 << 40)
+        engine = Engine(model, EngineOptions(memory_budget=1 << 40))
         inputs = make_inputs(100)  # more than one guessed chunk: the first chunk is a probe
         engine.accumulate(Points.of(inputs), ClassTarget(torch.zeros(100, dtype=torch.long)))
         sizing = engine._sizes[inputs.shape[1:]]
@@ -244,7 +242,7 @@ def test_default_memory_budget_on_cpu() -> None:
 @pytest.mark.parametrize("budget", [0, -5, 1.5, True, "1GB"])
 def test_bad_memory_budget(budget: Any) -> None:
     with pytest.raises(InvalidOptionError, match="memory_budget") as info:
-        Engine(Recorder(), memory_budget=budget)
+        EngineOptions(memory_budget=budget)
     assert "positive int" in str(info.value)
     model = Recorder()
     with pytest.raises(InvalidOptionError, match="memory_budget"):
@@ -292,7 +290,7 @@ def test_chunk_loop_does_not_synchronise(
 
     for name in _SYNCING:
         monkeypatch.setattr(Tensor, name, forbidden(name))
-    result = instance.attribute(Engine(model, memory_budget=1 << 30), inputs, target)
+    result = instance.attribute(Engine(model, EngineOptions(memory_budget=1 << 30)), inputs, target)
     monkeypatch.undo()
     torch.testing.assert_close(result, reference)
 
@@ -303,26 +301,13 @@ def test_chunk_loop_does_not_synchronise_on_cuda() -> None:
     inputs = make_inputs(3).cuda()
     target = ClassTarget(torch.tensor([0, 1, 2], device="cuda"))
     instance = saliency.get_method("integrated_gradients").create(steps=5)
-    engine = Engine(model, batch_size=4)
+    engine = Engine(model, EngineOptions(batch_size=4))
     instance.attribute(engine, inputs, target)  # warm-up
     torch.cuda.set_sync_debug_mode("error")
     try:
         instance.attribute(engine, inputs, target)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_host_to_device_is_pinned_and_asynchronous() -> None:
-    host = torch.arange(6.0)
-    moved = host_to_device(host, torch.device("cuda"))
-    assert moved.is_cuda
-    torch.testing.assert_close(moved.cpu(), host)
-
-
-def test_host_to_device_on_cpu_is_a_plain_move() -> None:
-    host = torch.arange(6.0)
-    assert host_to_device(host, torch.device("cpu")) is host
 
 
 # --- out of memory ------------------------------------------------------------------------------
@@ -381,34 +366,30 @@ def test_out_of_memory_at_chunk_size_one_propagates() -> None:
 # --- parameter state during the call ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_parameters_frozen_during_first_order_call(method: str) -> None:
+def test_parameters_frozen_during_first_order_call(
+    method: str, method_options: dict[str, Any]
+) -> None:
     model = Recorder()
     model.conv.bias.requires_grad_(False)
     before = [p.requires_grad for p in model.parameters()]
-    saliency.explain(model, make_inputs(2), method, **_fast(method))
+    saliency.explain(model, make_inputs(2), method, **method_options)
     assert model.requires_grad_seen
     assert all(not any(seen) for seen in model.requires_grad_seen)
     assert [p.requires_grad for p in model.parameters()] == before
     assert all(p.grad is None for p in model.parameters())
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_parameters_keep_requires_grad_with_create_graph(method: str) -> None:
+def test_parameters_keep_requires_grad_with_create_graph(
+    method: str, method_options: dict[str, Any]
+) -> None:
     model = Recorder()
     model.conv.bias.requires_grad_(False)
     before = tuple(p.requires_grad for p in model.parameters())
-    saliency.explain(model, make_inputs(2), method, create_graph=True, **_fast(method))
+    saliency.explain(model, make_inputs(2), method, create_graph=True, **method_options)
     assert model.requires_grad_seen
     assert all(seen == before for seen in model.requires_grad_seen)
     assert tuple(p.requires_grad for p in model.parameters()) == before
     assert all(p.grad is None for p in model.parameters())
-
-
-def _fast(method: str) -> dict[str, Any]:
-    return {"integrated_gradients": {"steps": 3}, "smoothgrad": {"samples": 2, "seed": 0}}.get(
-        method, {}
-    )
 
 
 # --- option checks ------------------------------------------------------------------------------
@@ -417,7 +398,7 @@ def _fast(method: str) -> dict[str, Any]:
 @pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, False, "4"])
 def test_bad_batch_size(batch_size: Any) -> None:
     with pytest.raises(InvalidOptionError, match="batch_size") as info:
-        Engine(Recorder(), batch_size=batch_size)
+        EngineOptions(batch_size=batch_size)
     assert "positive int" in str(info.value)
     model = Recorder()
     with pytest.raises(InvalidOptionError, match="batch_size"):
@@ -428,7 +409,7 @@ def test_bad_batch_size(batch_size: Any) -> None:
 @pytest.mark.parametrize("precision", ["fp64", "float32", "FP32", None, 16])
 def test_bad_precision(precision: Any) -> None:
     with pytest.raises(InvalidOptionError, match="precision") as info:
-        Engine(Recorder(), precision=precision)
+        EngineOptions(precision=precision)
     assert "'fp32'" in str(info.value) and "'bf16'" in str(info.value)
     model = Recorder()
     with pytest.raises(InvalidOptionError, match="precision"):
@@ -458,11 +439,12 @@ class Detaching(Recorder):
         return super().forward(x).detach()
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_detached_output_raises_model_output_error(method: str) -> None:
+def test_detached_output_raises_model_output_error(
+    method: str, method_options: dict[str, Any]
+) -> None:
     model = Detaching()
     with pytest.raises(ModelOutputError) as info:
-        saliency.explain(model, make_inputs(2), method, **_fast(method))
+        saliency.explain(model, make_inputs(2), method, **method_options)
     message = str(info.value)
     assert "differentiable" in message
     assert ".detach()" in message

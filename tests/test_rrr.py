@@ -7,9 +7,8 @@ from typing import Any
 import pytest
 import torch
 
-from saliency.demo_models import ShapesNet, demo_preprocess
-from saliency.errors import InvalidOptionError
-from saliency.rrr import (
+from saliency.demo.models import ShapesNet, demo_preprocess
+from saliency.demo.rrr import (
     SharedStatistics,
     path_points,
     penalty_statistics,
@@ -17,8 +16,9 @@ from saliency.rrr import (
     train_rrr,
     unmarked_scenes,
 )
-from saliency.shapes import MARKER_COLOURS, SHORTCUT, generate_scenes
-from saliency.training import TrainConfig, smoke_config, training_batches
+from saliency.demo.scenes import MARKER_COLOURS, SHORTCUT, generate_scenes
+from saliency.demo.training import TrainConfig, smoke_config, training_batches
+from saliency.errors import InvalidOptionError
 
 
 def test_batches_match_plain_training_and_masks_follow_the_augmentation() -> None:

@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saliency.engine import Engine, automatic_chunk_size
+from saliency.engine import Engine, EngineOptions, automatic_chunk_size
 from saliency.errors import InvalidOptionError, InvalidTargetError, accepted
 from saliency.metrics.relevance import Reduction, relevance_map
 from saliency.model_state import evaluation_state
 from saliency.targets import ClassTarget, TargetSpec, resolve_target
+from saliency.validation import is_real, require_float
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack is Python ≥ 3.11
@@ -105,7 +106,7 @@ def make_substrate(inputs: Tensor, substrate: SubstrateSpec, blur_sigma: float =
         raise InvalidOptionError(
             f"substrate={substrate!r}; accepted: 'zeros', 'blur', a number or a tensor"
         )
-    if isinstance(substrate, (int, float)) and not isinstance(substrate, bool):
+    if is_real(substrate):
         return torch.full_like(inputs, float(substrate))
     if isinstance(substrate, Tensor):
         try:
@@ -179,8 +180,7 @@ def perturbation_curve(
     """
     if mode not in _MODES:
         raise InvalidOptionError(f"mode={mode!r}; accepted: {accepted(_MODES)}")
-    if not (isinstance(step, (int, float)) and 0 < step <= 1):
-        raise InvalidOptionError(f"step must be a fraction of the pixels in (0, 1], got {step!r}")
+    require_float("step", step, 0.0, exclusive=True, maximum=1.0)
     if inputs.ndim != 4:
         raise InvalidOptionError(f"inputs must be (N, C, H, W), got {tuple(inputs.shape)}")
     relevance = relevance_map(attributions, reduction)
@@ -197,7 +197,7 @@ def perturbation_curve(
     chosen: SubstrateSpec = "zeros" if mode == "deletion" else "blur"
     background = make_substrate(inputs, chosen if substrate is None else substrate, blur_sigma)
     first, second = (background, inputs) if mode == "deletion" else (inputs, background)
-    engine = Engine(model, batch_size=batch_size)
+    engine = Engine(model, EngineOptions(batch_size=batch_size))
     chunk = batch_size or automatic_chunk_size(inputs.shape[1:], inputs.device)
     total = count * (steps + 1)
     scores = torch.empty(total, dtype=torch.float32, device=inputs.device)

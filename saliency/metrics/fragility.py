@@ -32,15 +32,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saliency.engine import Engine, Precision
+from saliency.engine import Engine, EngineOptions, Precision
 from saliency.errors import InvalidOptionError
-from saliency.explain import _check_inputs, explain
+from saliency.explain import check_inputs, explain
 from saliency.methods.base import Method
 from saliency.methods.registry import get_method
 from saliency.metrics.sanity import spearman_correlation as spearman
 from saliency.model_state import evaluation_state
 from saliency.smooth_relu import smooth_relu
 from saliency.targets import TargetSpec, check_outputs
+from saliency.validation import is_real, require_float, require_int
 
 
 @dataclass(frozen=True)
@@ -127,21 +128,20 @@ def fragility(
     Returns:
         A :class:`FragilityResult`.
     """
-    _check_inputs(inputs)
-    _check_positive("epsilon", epsilon)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InvalidOptionError(f"steps={steps!r}; accepted: an int ≥ 1")
+    check_inputs(inputs)
+    require_float("epsilon", epsilon, 0.0, exclusive=True)
+    require_int("steps", steps, 1)
     step = 2.5 * epsilon / steps if step_size is None else step_size
-    _check_positive("step_size", step)
+    require_float("step_size", step, 0.0, exclusive=True)
     if beta is not None:
-        _check_positive("beta", beta)
+        require_float("beta", beta, 0.0, exclusive=True)
     if clamp is not None and not (len(clamp) == 2 and clamp[0] < clamp[1]):
         raise InvalidOptionError(f"clamp={clamp!r}; accepted: None or (low, high), low < high")
     options = _with_seed(method, dict(method_options or {}), seed)
     x0 = inputs.detach()
     pixels = x0.shape[-2] * x0.shape[-1]
     k = _top_k(top_k, pixels)
-    engine = Engine(model, batch_size=batch_size, precision=precision)
+    engine = Engine(model, EngineOptions(batch_size=batch_size, precision=precision))
 
     def maps(x: Tensor, create_graph: bool = False) -> Tensor:
         return explain(
@@ -263,7 +263,7 @@ def _with_seed(method: str | Method, options: dict[str, Any], seed: int) -> dict
 
 
 def _top_k(top_k: int | float, pixels: int) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, int | float):
+    if not is_real(top_k):
         raise InvalidOptionError(f"top_k={top_k!r}; accepted: an int ≥ 1 or a fraction in (0, 1]")
     if isinstance(top_k, int):
         if not 1 <= top_k <= pixels:
@@ -272,8 +272,3 @@ def _top_k(top_k: int | float, pixels: int) -> int:
     if not 0 < top_k <= 1:
         raise InvalidOptionError(f"top_k={top_k!r}; accepted: an int ≥ 1 or a fraction in (0, 1]")
     return max(1, round(top_k * pixels))
-
-
-def _check_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise InvalidOptionError(f"{name}={value!r}; accepted: a positive number")

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saliency.errors import InvalidOptionError
 from saliency.metrics.relevance import Reduction, as_masks, relevance_map
+from saliency.validation import require_float
 
 __all__ = ["dilate", "pointing_game", "relevance_mass", "relevance_rank"]
 
@@ -53,8 +53,7 @@ def pointing_game(
     Returns:
         ``(N,)`` hits, 0.0 or 1.0.
     """
-    if tolerance < 0:
-        raise InvalidOptionError(f"tolerance must be >= 0 pixels, got {tolerance!r}")
+    require_float("tolerance", tolerance, 0.0)
     relevance = relevance_map(attributions, reduction)
     inside = dilate(as_masks(masks, relevance), tolerance).flatten(1)
     flat = relevance.flatten(1)

@@ -3,7 +3,7 @@
 :func:`evaluate_method` explains the inputs with :func:`saliency.explain`, computes each metric
 per sample, and returns the explanation, the per-sample values and a row of means named like the
 ``metrics.json`` / ``metrics.csv`` columns (``docs/manifest.md``). :func:`evaluate_scenes` does
-the same for :mod:`saliency.shapes` scenes and a model loaded by name (e.g. ``"demo:shapes"``),
+the same for :mod:`saliency.demo.scenes` scenes and a model loaded by name (e.g. ``"demo:shapes"``),
 and :func:`write_metrics` writes the rows.
 
 >>> scenes = generate_scenes(24, seed=TEST_SEED)
@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +39,9 @@ from saliency.metrics.sanity import parameter_randomisation
 from saliency.metrics.shortcut import marker_object_mass
 from saliency.models import load_model
 from saliency.output_files import write_text_atomic
-from saliency.shapes import Scenes
+
+if TYPE_CHECKING:  # the demo is above the core: only its type is named here
+    from saliency.demo.scenes import Scenes
 
 __all__ = [
     "DEMO_METHOD_OPTIONS",
@@ -237,7 +239,7 @@ def evaluate_scenes(
     settings: MetricSettings = MetricSettings(),
     batch_size: int | None = None,
 ) -> list[MethodEvaluation]:
-    """Every method × metric for a model loaded by name on :mod:`saliency.shapes` scenes.
+    """Every method × metric for a model loaded by name on :mod:`saliency.demo.scenes` scenes.
 
     Args:
         model_name: Anything :func:`saliency.load_model` accepts, e.g. ``"demo:shapes"``.

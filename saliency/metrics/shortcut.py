@@ -1,8 +1,8 @@
 """Shortcut detection: how much relevance sits on a spurious marker versus on the object.
 
-On :mod:`saliency.shapes` scenes with class-coded markers, a model that learned the shortcut puts
-its evidence on the marker: its maps have a high marker mass and a low object mass, while a
-model that learned the shape does the opposite.
+On :mod:`saliency.demo.scenes` scenes with class-coded markers, a model that learned the
+shortcut puts its evidence on the marker: its maps have a high marker mass and a low object mass,
+while a model that learned the shape does the opposite.
 """
 
 from __future__ import annotations

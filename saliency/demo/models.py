@@ -1,12 +1,15 @@
-"""The demo models: a compact CNN trained on :mod:`saliency.shapes` scenes, shipped in the package.
+"""The demo models: a compact CNN trained on :mod:`saliency.demo.scenes` scenes, shipped in the
+package.
 
 ``saliency.load_model("demo:shapes")`` gives the clean model, ``"demo:shapes-shortcut"`` the
 model trained with class-coded markers (it learns the marker, not the shape) and
 ``"demo:shapes-rrr"`` the same architecture trained on the same marker scenes with the
-Right-for-the-Right-Reasons penalty on the marker (:mod:`saliency.rrr`). All load offline
-from ``saliency/weights/``: the file's SHA-256 is checked against ``manifest.json`` and the state
-dict is read with ``torch.load(weights_only=True)``. ``weights=None`` gives the untrained
-architecture and ``weights=PATH`` a state dict of your own (e.g. from :mod:`saliency.training`).
+Right-for-the-Right-Reasons penalty on the marker (:mod:`saliency.demo.rrr`). All load offline
+from ``saliency/demo/weights/``: the file's SHA-256 is checked against ``manifest.json`` and the
+state dict is read with ``torch.load(weights_only=True)``. ``weights=None`` gives the untrained
+architecture and ``weights=PATH`` a state dict of your own (e.g. from
+:mod:`saliency.demo.training`). :func:`load_demo` is the ``demo:`` model source, declared in the
+``saliency.model_sources`` entry-point group.
 """
 
 from __future__ import annotations
@@ -21,10 +24,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
-from saliency.errors import InvalidOptionError, ModelLoadError, accepted
-from saliency.images import Preprocess
-from saliency.models import LoadedModel, WeightsArg, list_model_sources, register_model_source
-from saliency.shapes import (
+from saliency.demo.scenes import (
     CLASS_NAMES,
     CLEAN,
     COUNTERFACTUAL,
@@ -34,6 +34,9 @@ from saliency.shapes import (
     Scenes,
     generate_scenes,
 )
+from saliency.errors import InvalidOptionError, ModelLoadError, accepted
+from saliency.images import Preprocess
+from saliency.models import LoadedModel, WeightsArg
 
 __all__ = [
     "DEMO_MODELS",
@@ -115,7 +118,7 @@ class DemoModel:
         train_images: Distinct training scenes of the reference training run.
         epochs: Passes over them.
         penalty: λ of the Right-for-the-Right-Reasons input-gradient penalty on the marker
-            patches during training (0: plain training; see :mod:`saliency.rrr`).
+            patches during training (0: plain training; see :mod:`saliency.demo.rrr`).
         penalty_samples: Scenes of each batch the penalty is taken on (None: all).
         penalty_form: ``"features"`` (squared gradient per input feature, Ross et al.) or
             ``"direction"`` (squared derivative along the marker's change).
@@ -183,7 +186,8 @@ def demo_scenes(
         count: How many scenes.
         split: ``"test"`` (the model's own distribution) or ``"counterfactual"`` (markers of
             random classes; only models that have one).
-        seed: The split's seed (default :data:`~saliency.shapes.TEST_SEED`, as in the manifest).
+        seed: The split's seed (default :data:`~saliency.demo.scenes.TEST_SEED`, as in the
+            manifest).
         device: Where to render them.
     """
     spec = DEMO_MODELS.get(name)
@@ -221,14 +225,14 @@ def _shipped_weights(spec: DemoModel) -> Path:
     if entry is None or not path.is_file():
         raise ModelLoadError(
             f"the weights of demo:{spec.name} are not installed ({path}); train them with "
-            f"`python -m saliency.training --model {spec.name} --out {WEIGHTS_DIR}`"
+            f"`python -m saliency.demo.training --model {spec.name} --out {WEIGHTS_DIR}`"
         )
     actual = sha256_file(path)
     if actual != entry["sha256"]:
         raise ModelLoadError(
             f"{path} is corrupt or was replaced: its SHA-256 is {actual}, the manifest says "
             f"{entry['sha256']}; reinstall saliency-kit or retrain with "
-            f"`python -m saliency.training --model {spec.name} --out {WEIGHTS_DIR}`"
+            f"`python -m saliency.demo.training --model {spec.name} --out {WEIGHTS_DIR}`"
         )
     return path
 
@@ -255,7 +259,7 @@ def load_demo(name: str, weights: WeightsArg = "DEFAULT") -> LoadedModel:
             untrained model.
 
     Returns:
-        The model, :func:`demo_preprocess` and :data:`~saliency.shapes.CLASS_NAMES`.
+        The model, :func:`demo_preprocess` and :data:`~saliency.demo.scenes.CLASS_NAMES`.
     """
     spec = DEMO_MODELS.get(name)
     if spec is None:
@@ -281,6 +285,3 @@ def load_demo(name: str, weights: WeightsArg = "DEFAULT") -> LoadedModel:
             ) from exc
     return LoadedModel(model.eval(), demo_preprocess(spec.config.size), CLASS_NAMES)
 
-
-if "demo" not in list_model_sources():  # idempotent under importlib.reload
-    register_model_source("demo", load_demo)

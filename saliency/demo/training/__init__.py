@@ -1,52 +1,59 @@
-"""Reproducible training of the demo models on :mod:`saliency.shapes` scenes.
+"""Reproducible training of the demo models on :mod:`saliency.demo.scenes` scenes.
 
 The shipped weights come from exactly this command (one per model, each from its seed in a
 few minutes on a 2-core CPU; the RRR model, whose steps take a double backward, in about half an
-hour)::
+hour; see :mod:`saliency.demo.training.__main__`)::
 
-    python -m saliency.training --model shapes --out saliency/weights/
-    python -m saliency.training --model shapes-shortcut --out saliency/weights/
-    python -m saliency.training --model shapes-rrr --out saliency/weights/
+    python -m saliency.demo.training --model shapes --out saliency/demo/weights/
+    python -m saliency.demo.training --model shapes-shortcut --out saliency/demo/weights/
+    python -m saliency.demo.training --model shapes-rrr --out saliency/demo/weights/
 
-It draws ``--images`` training scenes of the model's seed, trains :class:`ShapesNet` for
-``--epochs`` passes with random dihedral augmentation (flips and 90° rotations; every class is
-invariant to them, and the marker stays in a corner) and Gaussian pixel noise (so that the
-model stays stable under SmoothGrad's noise), AdamW and a one-cycle learning rate,
-measures the accuracy on the test split (seed :data:`~saliency.shapes.TEST_SEED`) and, for the
-shortcut model, on the counterfactual split, and writes ``<out>/<model>.pt`` and its entry of
-``<out>/manifest.json`` (accuracies, seed, generator version, SHA-256, training time). ``--smoke``
-runs a few-second version of the same pipeline (used by the tests).
+:func:`train` draws ``config.images`` training scenes of the model's seed and trains
+:class:`ShapesNet` for ``config.epochs`` passes with random dihedral augmentation (flips and 90°
+rotations; every class is invariant to them, and the marker stays in a corner) and Gaussian pixel
+noise (so that the model stays stable under SmoothGrad's noise), AdamW and a one-cycle learning
+rate, then measures the accuracy on the test split (seed
+:data:`~saliency.demo.scenes.TEST_SEED`) and, for the shortcut models, on the counterfactual
+split; :func:`save_weights` writes ``<out>/<model>.pt`` and its entry of ``<out>/manifest.json``
+(accuracies, seed, generator version, SHA-256, training time).
+
+What is minimised is a :data:`Loss`: :class:`CrossEntropy` by default; the Right-for-the-Right-
+Reasons model (:mod:`saliency.demo.rrr`) passes the cross-entropy plus its marker penalty.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saliency.demo_models import DEMO_MODELS, ShapesNet, demo_preprocess, sha256_file
+from saliency.demo.models import DEMO_MODELS, ShapesNet, demo_preprocess, sha256_file
+from saliency.demo.scenes import CLASS_NAMES, GENERATOR_VERSION, TEST_SEED, Scenes, generate_scenes
 from saliency.errors import InvalidOptionError, accepted
 from saliency.output_files import write_atomic, write_text_atomic
-from saliency.shapes import CLASS_NAMES, GENERATOR_VERSION, TEST_SEED, Scenes, generate_scenes
+from saliency.validation import require_int
 
 __all__ = [
+    "CrossEntropy",
+    "Loss",
+    "RunLoss",
     "TrainConfig",
     "TrainResult",
+    "TrainingStart",
     "accuracy",
     "add_noise",
     "augment",
     "evaluation_splits",
-    "main",
+    "finish_training",
     "noise_level",
     "one_cycle",
     "save_weights",
@@ -62,7 +69,7 @@ class TrainConfig:
     """One training run.
 
     Attributes:
-        model: A name in :data:`~saliency.demo_models.DEMO_MODELS`.
+        model: A name in :data:`~saliency.demo.models.DEMO_MODELS`.
         seed: Seeds the training scenes, the initial weights and the batch order.
         images: Distinct training scenes.
         epochs: Passes over them.
@@ -92,10 +99,8 @@ class TrainConfig:
                 f"unknown demo model {self.model!r}; accepted: {accepted(DEMO_MODELS)}"
             )
         for name in ("images", "epochs", "batch_size", "eval_images"):
-            if getattr(self, name) < 1:
-                raise InvalidOptionError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.seed < TEST_SEED:
-            raise InvalidOptionError(f"seed must be in [0, {TEST_SEED}), got {self.seed}")
+            require_int(name, getattr(self, name), 1)
+        require_int("seed", self.seed, 0, TEST_SEED - 1)
 
 
 def smoke_config(model: str, seed: int = 0) -> TrainConfig:
@@ -260,27 +265,71 @@ def start_training(config: TrainConfig) -> TrainingStart:
     return TrainingStart(scenes, model, optimiser, schedule, normalize, steps)
 
 
-def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train a demo model from its seed and measure its accuracy on the evaluation splits."""
+class RunLoss(Protocol):
+    """The loss of one training run: its batches, and what each batch contributes."""
+
+    def batches(self, epoch: int) -> Iterable[tuple[Tensor, ...]]:
+        """The batches of one epoch (the model is in train mode)."""
+        ...
+
+    def __call__(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Mapping[str, float]]:
+        """The batch's loss to minimise, and terms to log (as means over the epoch)."""
+        ...
+
+
+Loss = Callable[[TrainingStart, TrainConfig], RunLoss]
+"""Makes the loss of a run from its start (scenes, model, optimiser, schedule) and config."""
+
+
+class CrossEntropy:
+    """The plain loss: cross-entropy on :func:`training_batches`."""
+
+    def __init__(self, start: TrainingStart, config: TrainConfig) -> None:
+        self.start, self.config = start, config
+
+    def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        return training_batches(self.start.scenes, self.config, epoch, self.start.normalize)
+
+    def __call__(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Mapping[str, float]]:
+        inputs, labels = batch
+        return F.cross_entropy(self.start.model(inputs), labels), {}
+
+
+def train(
+    config: TrainConfig, loss: Loss = CrossEntropy, log: Callable[[str], None] | None = None
+) -> TrainResult:
+    """Train a demo model from its seed and measure its accuracy on the evaluation splits.
+
+    Args:
+        config: The run; its model names the scenes, the architecture and the evaluation splits.
+        loss: What is minimised (default :class:`CrossEntropy`); made once the run has started.
+        log: Receives one line per epoch (mean loss and the loss's logged terms) and a summary.
+    """
     started, cpu_started = time.perf_counter(), time.process_time()
-    scenes, model, optimiser, schedule, normalize, _ = start_training(config)
+    start = start_training(config)
+    run = loss(start, config)
+    model, optimiser, schedule = start.model, start.optimiser, start.schedule
     losses = []
     for epoch in range(config.epochs):
         model.train()
         total, batches = 0.0, 0
-        for inputs, labels in training_batches(scenes, config, epoch, normalize):
-            loss = F.cross_entropy(model(inputs), labels)
+        terms: dict[str, float] = {}
+        for batch in run.batches(epoch):
+            value, logged = run(batch)
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             optimiser.step()
             schedule.step()
-            total, batches = total + float(loss.detach()), batches + 1
+            total, batches = total + float(value.detach()), batches + 1
+            for name, term in logged.items():
+                terms[name] = terms.get(name, 0.0) + term
         losses.append(total / batches)
         if log is not None:
             elapsed = time.perf_counter() - started
+            shown = "".join(f", {name} {term / batches:.3g}" for name, term in terms.items())
             log(
-                f"{config.model} epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.4f} "
-                f"({elapsed:.0f} s)"
+                f"{config.model} epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.4f}"
+                f"{shown} ({elapsed:.0f} s)"
             )
     return finish_training(model, config, (started, cpu_started), losses, log)
 
@@ -352,62 +401,9 @@ def save_weights(result: TrainResult, out: str | Path) -> Path:
             if spec.penalty
             else {}
         ),
-        "command": f"python -m saliency.training --model {spec.name} --seed {result.config.seed}",
+        "command": f"python -m saliency.demo.training --model {spec.name} "
+        f"--seed {result.config.seed}",
     }
     manifest["models"] = dict(sorted(manifest["models"].items()))
     write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m saliency.training --model NAME [--out DIR] [options]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m saliency.training", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--model", required=True, choices=sorted(DEMO_MODELS))
-    parser.add_argument("--out", type=Path, default=None, help="write weights + manifest here")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--images", type=int, default=None, help="distinct training scenes")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--learning-rate", type=float, default=None)
-    parser.add_argument("--eval-images", type=int, default=None)
-    parser.add_argument("--noise", type=float, default=None, help="max σ of training noise")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--smoke", action="store_true", help="a few-second run of the pipeline")
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    spec = DEMO_MODELS[args.model]
-    config = (
-        smoke_config(args.model, args.seed)
-        if args.smoke
-        else TrainConfig(args.model, args.seed, spec.train_images, spec.epochs)
-    )
-    overrides = {
-        name: getattr(args, name)
-        for name in ("images", "epochs", "batch_size", "learning_rate", "eval_images", "noise")
-        if getattr(args, name) is not None
-    }
-    config = replace(config, **overrides)
-    if spec.penalty > 0:
-        # saliency.rrr builds on this module, so it is imported only when it is needed
-        from saliency.rrr import train_rrr
-
-        result = train_rrr(
-            config,
-            spec.penalty,
-            penalty_samples=spec.penalty_samples,
-            form=spec.penalty_form,
-            score=spec.penalty_score,
-            log=lambda line: print(line, flush=True),
-        )
-    else:
-        result = train(config, log=lambda line: print(line, flush=True))
-    if args.out is not None:
-        print(f"wrote {save_weights(result, args.out)}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Tests for saliency.shapes: determinism, ground truth, markers, contrast and PNG round trips."""
+"""Tests for saliency.demo.scenes: determinism, ground truth, markers, contrast, PNG round trips."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from saliency.errors import InvalidOptionError
-from saliency.shapes import (
+from saliency.demo.scenes import (
     BLOCK,
     CLASS_NAMES,
     CLEAN,
@@ -26,7 +25,8 @@ from saliency.shapes import (
     save_scenes,
     shape_masks,
 )
-from saliency.shapes import _contrasting_colours as contrasting_colours
+from saliency.demo.scenes import _contrasting_colours as contrasting_colours
+from saliency.errors import InvalidOptionError
 
 
 @pytest.fixture(scope="module")

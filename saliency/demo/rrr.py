@@ -17,9 +17,9 @@ marker). Batch norm in the penalty's pass uses the cross-entropy batch's statist
 (:class:`SharedStatistics`). The module compares the counterfactual accuracy with the plain
 shortcut model's::
 
-    python -m saliency.rrr                    # both models, full size (CPU: tens of minutes)
-    python -m saliency.rrr --smoke            # a few-second run of the same pipeline
-    python -m saliency.rrr --out DIR          # also write DIR/shapes-rrr.pt
+    python -m saliency.demo.rrr                    # both models, full size (CPU: tens of minutes)
+    python -m saliency.demo.rrr --smoke            # a few-second run of the same pipeline
+    python -m saliency.demo.rrr --out DIR          # also write DIR/shapes-rrr.pt
 
 Ross, Hughes & Doshi-Velez (2017), "Right for the Right Reasons: Training Differentiable Models
 by Constraining their Explanations", IJCAI, arXiv:1703.03717.
@@ -28,8 +28,7 @@ by Constraining their Explanations", IJCAI, arXiv:1703.03717.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
@@ -40,33 +39,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saliency.demo_models import (
+from saliency.demo.models import (
     DEMO_MODELS,
     PENALTY_FORMS,
     PENALTY_SCORES,
     PenaltyForm,
     PenaltyScore,
 )
-from saliency.errors import InvalidOptionError
-from saliency.losses import input_gradient_penalty
-from saliency.model_state import evaluation_state
-from saliency.shapes import Scenes, generate_scenes
-from saliency.training import (
+from saliency.demo.scenes import Scenes, generate_scenes
+from saliency.demo.training import (
     TrainConfig,
+    TrainingStart,
     TrainResult,
     add_noise,
     augment,
-    finish_training,
     noise_level,
     save_weights,
     smoke_config,
-    start_training,
     train,
 )
-from saliency.validation import check_choice
+from saliency.errors import InvalidOptionError
+from saliency.losses import input_gradient_penalty
+from saliency.model_state import evaluation_state
+from saliency.validation import check_choice, require_float, require_int
 
 __all__ = [
     "DEFAULT_PENALTY",
+    "RightReasons",
+    "RightReasonsRun",
     "SharedStatistics",
     "compare",
     "main",
@@ -135,7 +135,7 @@ def rrr_batches(
     """``(inputs, labels, marker masks (B, 1, H, W), unmarked inputs)`` batches of one epoch.
 
     The same order, dihedral augmentation and pixel noise as
-    :func:`saliency.training.training_batches` (same generator draws), the augmentation applied
+    :func:`saliency.demo.training.training_batches` (same generator draws), the augmentation applied
     to the images, their marker masks and the same scenes without markers (``unmarked``)
     together; the unmarked images get the same noise, so they differ only inside the mask.
     """
@@ -256,28 +256,14 @@ def penalty_statistics(
         yield
 
 
-def train_rrr(
-    config: TrainConfig,
-    penalty: float = DEFAULT_PENALTY,
-    *,
-    at: PenaltyPoint = "path",
-    form: PenaltyForm = _SPEC.penalty_form,
-    score: PenaltyScore = _SPEC.penalty_score,
-    statistics: Statistics = "shared",
-    penalty_samples: int | None = _SPEC.penalty_samples,
-    penalty_ramp: float = 0.0,
-    log: Callable[[str], None] | None = None,
-) -> TrainResult:
-    """Train ShapesNet on ``config``'s scenes with the RRR penalty on the marker patches.
+@dataclass(frozen=True)
+class RightReasons:
+    r"""The RRR loss, a :data:`~saliency.demo.training.Loss`: cross-entropy plus λ times the
+    input-gradient penalty on each scene's marker patch (see the module docstring).
 
     The defaults are the recipe of the shipped ``demo:shapes-rrr`` (``DEMO_MODELS["shapes-rrr"]``).
 
-    Mirrors :func:`saliency.training.train` (same scenes, initial weights, batch order,
-    augmentation, optimiser and schedule); only the loss gains ``penalty ×`` the input-gradient
-    penalty on the marker masks.
-
-    Args:
-        config: the shortcut model's training configuration.
+    Attributes:
         penalty: λ.
         at: where the input gradient is taken. ``"input"``: at the training image itself (Ross
             et al.). ``"path"``: at a random point x̃ + α(x − x̃), α ~ U(0, 1), of the straight
@@ -299,60 +285,104 @@ def train_rrr(
             all). Its double backward dominates the cost of a step; the penalty is a mean over
             scenes, so a subset estimates it without bias at a fraction of the cost.
         penalty_ramp: share of training over which λ ramps up linearly from 0 (0: constant).
-        log: receives progress lines.
     """
-    _check_options(penalty, at, form, score, statistics)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    scenes, model, optimiser, schedule, normalize, steps = start_training(config)
-    unmarked = unmarked_scenes(config)
-    generator = torch.Generator().manual_seed(config.seed + 7_919)
-    shared = SharedStatistics(model)
-    chosen = slice(0, penalty_samples)
-    losses = []
-    for epoch in range(config.epochs):
-        model.train()
-        total, reasons, batches = 0.0, 0.0, 0
-        for inputs, labels, masks, clean in rrr_batches(scenes, unmarked, config, epoch, normalize):
-            with shared.record() if statistics == "shared" else nullcontext():
-                right_answers = F.cross_entropy(model(inputs), labels)
-            subset, subset_clean = inputs[chosen], clean[chosen]
-            points = subset if at == "input" else path_points(subset, subset_clean, generator)
-            with penalty_statistics(model, statistics, shared):
-                wrong_reasons = input_gradient_penalty(
-                    model,
-                    points,
-                    labels[chosen] if score == "label" else None,
-                    masks[chosen],
-                    direction=subset - subset_clean if form == "direction" else None,
-                )
-            weight = penalty * _ramp(schedule.last_epoch, steps, penalty_ramp)
-            loss = right_answers + weight * wrong_reasons
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += float(loss.detach())
-            reasons += float(wrong_reasons.detach())
-            batches += 1
-        losses.append(total / batches)
-        if log is not None:
-            log(
-                f"shapes-rrr epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.4f}, "
-                f"penalty {reasons / batches:.3g} ({time.perf_counter() - started:.0f} s)"
+
+    penalty: float = DEFAULT_PENALTY
+    at: PenaltyPoint = "path"
+    form: PenaltyForm = _SPEC.penalty_form
+    score: PenaltyScore = _SPEC.penalty_score
+    statistics: Statistics = "shared"
+    penalty_samples: int | None = _SPEC.penalty_samples
+    penalty_ramp: float = 0.0
+
+    def __post_init__(self) -> None:
+        require_float("penalty", self.penalty, 0.0)
+        check_choice("at", self.at, PenaltyPoint)
+        check_choice("form", self.form, PenaltyForm)
+        check_choice("score", self.score, PenaltyScore)
+        check_choice("statistics", self.statistics, Statistics)
+        require_int("penalty_samples", self.penalty_samples, 1, none="every scene of the batch")
+        require_float("penalty_ramp", self.penalty_ramp, 0.0, maximum=1.0)
+
+    def __call__(self, start: TrainingStart, config: TrainConfig) -> RightReasonsRun:
+        return RightReasonsRun(self, start, config)
+
+
+class RightReasonsRun:
+    """The RRR loss of one run: the marker-free twins of its scenes, the random stream of the
+    path points and the batch-norm statistics shared by the two passes of a step."""
+
+    def __init__(self, loss: RightReasons, start: TrainingStart, config: TrainConfig) -> None:
+        self.loss, self.start, self.config = loss, start, config
+        self.unmarked = unmarked_scenes(config)
+        self.generator = torch.Generator().manual_seed(config.seed + 7_919)
+        self.shared = SharedStatistics(start.model)
+        self.chosen = slice(0, loss.penalty_samples)
+
+    def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        return rrr_batches(
+            self.start.scenes, self.unmarked, self.config, epoch, self.start.normalize
+        )
+
+    def __call__(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Mapping[str, float]]:
+        inputs, labels, masks, clean = batch
+        model, loss, chosen = self.start.model, self.loss, self.chosen
+        with self.shared.record() if loss.statistics == "shared" else nullcontext():
+            right_answers = F.cross_entropy(model(inputs), labels)
+        subset, subset_clean = inputs[chosen], clean[chosen]
+        points = subset if loss.at == "input" else path_points(subset, subset_clean, self.generator)
+        with penalty_statistics(model, loss.statistics, self.shared):
+            wrong_reasons = input_gradient_penalty(
+                model,
+                points,
+                labels[chosen] if loss.score == "label" else None,
+                masks[chosen],
+                direction=subset - subset_clean if loss.form == "direction" else None,
             )
-    # shapes-rrr has the shortcut model's evaluation splits
-    return finish_training(
-        model, replace(config, model=RRR_MODEL), (started, cpu_started), losses, log
-    )
+        ramp = _ramp(self.start.schedule.last_epoch, self.start.steps, loss.penalty_ramp)
+        total = right_answers + loss.penalty * ramp * wrong_reasons
+        return total, {"penalty": float(wrong_reasons.detach())}
 
 
-def _check_options(penalty: float, at: str, form: str, score: str, statistics: str) -> None:
-    if isinstance(penalty, bool) or not isinstance(penalty, int | float) or penalty < 0:
-        raise InvalidOptionError(f"penalty={penalty!r}; accepted: a number ≥ 0")
-    check_choice("at", at, PenaltyPoint)
-    check_choice("form", form, PenaltyForm)
-    check_choice("score", score, PenaltyScore)
-    check_choice("statistics", statistics, Statistics)
+def train_rrr(
+    config: TrainConfig,
+    penalty: float = DEFAULT_PENALTY,
+    *,
+    at: PenaltyPoint = "path",
+    form: PenaltyForm = _SPEC.penalty_form,
+    score: PenaltyScore = _SPEC.penalty_score,
+    statistics: Statistics = "shared",
+    penalty_samples: int | None = _SPEC.penalty_samples,
+    penalty_ramp: float = 0.0,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train ShapesNet on ``config``'s marker scenes with the RRR penalty on the marker patches:
+    :func:`saliency.demo.training.train` with the :class:`RightReasons` loss.
+
+    The defaults are the recipe of the shipped ``demo:shapes-rrr`` (``DEMO_MODELS["shapes-rrr"]``).
+    Same scenes, initial weights, batch order, augmentation, optimiser and schedule as the plain
+    training of ``config``; only the loss gains ``penalty ×`` the input-gradient penalty. The
+    result is the ``shapes-rrr`` model (its config names it).
+
+    Args:
+        config: the shortcut model's training configuration (``shapes-shortcut`` or
+            ``shapes-rrr``: the same marker scenes).
+        penalty: λ; this and the other options are those of :class:`RightReasons`.
+        at: where the input gradient is taken.
+        form: the penalty's form.
+        score: the differentiated score.
+        statistics: batch norm in the penalty's pass.
+        penalty_samples: scenes of each batch the penalty is taken on (None: all).
+        penalty_ramp: share of training over which λ ramps up from 0.
+        log: receives progress lines (with the mean penalty of each epoch).
+    """
+    loss = RightReasons(penalty, at, form, score, statistics, penalty_samples, penalty_ramp)
+    if DEMO_MODELS[config.model].config != _SPEC.config:
+        raise InvalidOptionError(
+            f"RRR trains on the marker scenes of {SHORTCUT_MODEL!r} and {RRR_MODEL!r}, not "
+            f"those of {config.model!r}"
+        )
+    return train(replace(config, model=RRR_MODEL), loss, log)
 
 
 def _ramp(step: int, total: int, share: float) -> float:
@@ -378,9 +408,9 @@ def compare(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m saliency.rrr [--penalty λ] [--smoke] [--out DIR]``."""
+    """Command line: ``python -m saliency.demo.rrr [--penalty λ] [--smoke] [--out DIR]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m saliency.rrr", description=(__doc__ or "").split("\n\n")[0]
+        prog="python -m saliency.demo.rrr", description=(__doc__ or "").split("\n\n")[0]
     )
     parser.add_argument("--penalty", type=float, default=DEFAULT_PENALTY, help="λ")
     parser.add_argument("--at", choices=PENALTY_POINTS, default="path")

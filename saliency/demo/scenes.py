@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saliency.errors import InvalidOptionError, accepted
+from saliency.validation import require_int
 
 __all__ = [
     "BLOCK",
@@ -128,8 +129,7 @@ class SceneConfig:
     marker_size: float = 0.13
 
     def __post_init__(self) -> None:
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 32:
-            raise InvalidOptionError(f"size must be an int >= 32, got {self.size!r}")
+        require_int("size", self.size, 32)
         for name in ("object_scale", "distractor_scale"):
             low, high = getattr(self, name)
             if not 0.0 < low <= high < 0.5:
@@ -514,12 +514,9 @@ def generate_scenes(
     Returns:
         The scenes with their labels and masks, on ``device``.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise InvalidOptionError(f"count must be a positive int, got {count!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InvalidOptionError(f"seed must be a non-negative int, got {seed!r}")
-    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-        raise InvalidOptionError(f"start must be a non-negative int, got {start!r}")
+    require_int("count", count, 1)
+    require_int("seed", seed, 0)
+    require_int("start", start, 0)
     target = torch.device(device) if device is not None else torch.device("cpu")
     first, last = start // BLOCK, (start + count - 1) // BLOCK
     blocks = [_block(seed, b, config, target) for b in range(first, last + 1)]

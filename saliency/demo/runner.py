@@ -25,16 +25,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import PIL.Image
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saliency.demo_models import DEMO_MODELS, demo_scenes, installed_demo_models
+from saliency.demo.models import DEMO_MODELS, demo_scenes, installed_demo_models
+from saliency.demo.report import write_model, write_run
+from saliency.demo.scenes import TEST_SEED, Scenes
+from saliency.demo.training import accuracy
 from saliency.errors import InvalidOptionError, accepted
 from saliency.explanation import Explanation
-from saliency.gallery.builder import build_gallery
-from saliency.gallery.from_explanations import run_section, write_inputs
 from saliency.images import Preprocess
 from saliency.methods.registry import get_method, list_methods
 from saliency.metrics.fragility import fragility
@@ -43,23 +42,13 @@ from saliency.metrics.report import (
     MethodEvaluation,
     MetricSettings,
     evaluate_method,
-    write_metrics,
 )
 from saliency.models import load_model
-from saliency.run_folder import Manifest, write_manifest
-from saliency.shapes import CLASS_NAMES, TEST_SEED, Scenes, save_scenes
-from saliency.training import accuracy
+from saliency.run_folder import InputRecord
+from saliency.validation import require_int
 
-__all__ = [
-    "DemoResult",
-    "DemoSettings",
-    "mask_outlines",
-    "outlined_pictures",
-    "run_demo",
-]
+__all__ = ["DemoResult", "DemoSettings", "run_demo"]
 
-OBJECT_OUTLINE = (0, 255, 0)
-MARKER_OUTLINE = (255, 0, 255)
 ROBUSTNESS_EPSILON = 8 / 255
 """L∞ radius of the robustness attack, in pixel units ([0, 1] images)."""
 
@@ -94,10 +83,8 @@ class DemoSettings:
 
     def __post_init__(self) -> None:
         for name in ("images", "sanity_samples", "robustness_samples", "robustness_steps"):
-            value = getattr(self, name)
             least = 1 if name in ("images", "robustness_steps") else 0
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise InvalidOptionError(f"{name}={value!r}; accepted: an int >= {least}")
+            require_int(name, getattr(self, name), least)
         if self.models is not None:
             unknown = [m for m in self.models if m not in DEMO_MODELS]
             if unknown:
@@ -131,25 +118,6 @@ class DemoResult:
     accuracy: dict[str, float] = field(default_factory=dict)
 
 
-def mask_outlines(masks: Tensor) -> Tensor:
-    """Boundary pixels of ``(N, H, W)`` boolean masks: inside, with an outside pixel (or the
-    image border) among their 8 neighbours."""
-    solid = masks[:, None].float()
-    eroded = -F.max_pool2d(-F.pad(solid, (1, 1, 1, 1), value=0.0), 3, stride=1, padding=0)
-    return (solid.bool() & ~eroded.bool())[:, 0]
-
-
-def outlined_pictures(scenes: Scenes) -> list[PIL.Image.Image]:
-    """The scenes as PIL images with the object mask outlined in green, the marker in magenta."""
-    pixels = scenes.images.clone()
-    for masks, colour in ((scenes.masks, OBJECT_OUTLINE), (scenes.marker_masks, MARKER_OUTLINE)):
-        edge = mask_outlines(masks)[:, None].expand_as(pixels)
-        paint = torch.tensor(colour, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
-        pixels = torch.where(edge, paint.expand_as(pixels), pixels)
-    array = pixels.permute(0, 2, 3, 1).cpu().numpy()
-    return [PIL.Image.fromarray(image, mode="RGB") for image in array]
-
-
 def run_demo(
     out: str | Path,
     settings: DemoSettings = DemoSettings(),
@@ -173,36 +141,27 @@ def run_demo(
     if not models:
         raise InvalidOptionError("no demo model weights are installed; reinstall saliency-kit")
     methods = settings.methods if settings.methods is not None else tuple(list_methods())
-    rows, entries, accuracy = [], [], {}
+    rows: list[dict[str, Any]] = []
+    entries: list[InputRecord] = []
+    accuracy: dict[str, float] = {}
     results: list[Explanation] = []
     for name in models:
         evaluations, scenes, hits = _evaluate_model(name, methods, settings, on_step)
         accuracy[f"demo:{name}"] = hits
         rows += [evaluation.row for evaluation in evaluations]
-        save_scenes(scenes, folder / "scenes" / name)
-        relpaths = [f"{name}/scene_{scenes.start + i:04d}.png" for i in range(len(scenes))]
+        entries += write_model(folder, name, scenes, evaluations)
         results = [evaluation.explanation for evaluation in evaluations]
-        per_input = [evaluation.seconds / len(scenes) for evaluation in evaluations]
-        entries += write_inputs(
-            results,
-            folder,
-            relpaths,
-            outlined_pictures(scenes),
-            labels=CLASS_NAMES,
-            seconds=per_input,
-        )
-    seconds = time.perf_counter() - started
-    run = run_section(
-        results,
-        ", ".join(f"demo:{name}" for name in models),
-        CLASS_NAMES,
-        stamp,
-        inputs=len(entries),
-        seconds=round(seconds, 2),
+    page = write_run(
+        folder,
+        models=models,
+        entries=entries,
+        results=results,
+        rows=rows,
+        notes=_notes(settings, accuracy),
+        started=stamp,
+        seconds=time.perf_counter() - started,
+        gallery=settings.gallery,
     )
-    write_manifest(folder, Manifest(run, {entry.path: entry for entry in entries}), sort=False)
-    write_metrics(rows, folder, notes=_notes(settings, accuracy))
-    page = build_gallery(folder, title="saliency demo") if settings.gallery else None
     return DemoResult(folder, rows, page, time.perf_counter() - started, accuracy)
 
 
