@@ -341,7 +341,8 @@ def test_links_to_method_descriptions_and_images(
     run, manifest = gallery
     failed = next(i for i, item in enumerate(manifest["inputs"]) if item["status"] == "error")
     page, watch = open_gallery(browser, (run / "index.html").as_uri() + f"#image-{failed}")
-    assert page.locator("#detail").is_visible()
+    # The hash opens the detail view once the page has laid out (slower on a loaded machine).
+    page.locator("#detail").wait_for(state="visible", timeout=15_000)
     assert page.inner_text("#detail-title") == manifest["inputs"][failed]["path"]
     assert "failed" in page.inner_text("#detail-body")
     page.keyboard.press("Escape")
