@@ -10,13 +10,17 @@ arbitrarily, saliency in raster order: the maps here are continuous noise, witho
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import quantus  # the test extra: a missing oracle fails, it does not skip
 import torch
 from torch import Tensor, nn
 
@@ -38,8 +42,6 @@ from saliency.metrics import (
     sparseness,
 )
 from saliency.targets import Target
-
-quantus = pytest.importorskip("quantus", reason="quantus is in the test extra")
 
 SIZE, COUNT = 16, 6
 
@@ -378,3 +380,24 @@ def test_input_invariance_agrees_with_quantus() -> None:
     with shift_compensation(model, inputs, -1.0):
         ours_grad = torch.autograd.grad(model(moved)[:, 0].sum(), moved)[0]
     assert torch.allclose(ours_grad, theirs_grad, atol=1e-6)
+
+
+def test_benchmark_script_runs_every_case_at_smoke_size() -> None:
+    """benchmarks/metrics_quantus.py as users run it: every row timed, results that agree."""
+    root = Path(__file__).resolve().parents[1]
+    script = root / "benchmarks" / "metrics_quantus.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "×" in line]
+    names = [row.split(" | ")[0].lstrip("| ") for row in rows]
+    assert len(rows) == 12 and "ROAD MoRF (50 levels)" in names
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert float(cells[1]) > 0 and float(cells[2]) > 0
+        assert cells[4] == "—" or float(cells[4]) < 1e-4  # the implementations agree
