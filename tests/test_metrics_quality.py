@@ -367,6 +367,8 @@ def test_compensation_through_an_affine_path_and_its_limits() -> None:
         input_invariance(late, torch.rand(1, 1, 6, 6), layer="nope")
     with pytest.raises(InvalidOptionError, match="broadcast"):
         input_invariance(model, inputs, shift=torch.ones(2, 1, 1))
+    with pytest.raises(InvalidOptionError, match="shift=nan"):
+        input_invariance(model, inputs, shift=float("nan"))
 
 
 def test_input_invariance_leaves_the_model_as_it_was() -> None:

@@ -22,6 +22,7 @@ outputs are checked against the original ones before any map is computed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -35,7 +36,7 @@ from saliency.explain import _check_inputs, explain
 from saliency.methods.base import Method
 from saliency.model_state import evaluation_state, model_lock
 from saliency.targets import TargetSpec
-from saliency.validation import require_float
+from saliency.validation import is_real
 
 __all__ = ["first_linear_layer", "input_invariance", "shift_compensation"]
 
@@ -183,8 +184,10 @@ def input_invariance(
                 f"{tuple(inputs.shape[1:])}"
             ) from exc
         shift = shift.to(inputs)
-    else:
-        require_float("shift", shift, -float("inf"))
+    elif not is_real(shift) or not math.isfinite(shift):
+        raise InvalidOptionError(
+            f"shift={shift!r}; accepted: a finite number, or a tensor broadcastable to one input"
+        )
     original = explain(model, inputs, method, target, batch_size=batch_size, **options)
     targets = original.targets if original.targets is not None else target
     moved_options = {**options, **(shifted_options or {})}

@@ -114,6 +114,7 @@ def road_curve(
     check_choice("score", score, RoadScore)
     require_float("noise", noise, 0.0)
     require_int("seed", seed, 0)
+    require_float("tolerance", tolerance, 0.0, exclusive=True)
     if batch_size is not None:
         require_int("batch_size", batch_size, 1)
     _check_inputs(inputs)
