@@ -10,14 +10,20 @@ channel, the sparse linear system
           \\quad (i \\in U),\\qquad D_i = \\sum_{j \\in \\mathcal N(i)} w_{ij},
 
 a Laplace equation with the kept pixels as boundary values. Its matrix is symmetric positive
-definite whenever a pixel is kept, so it is solved by Jacobi-preconditioned conjugate gradients,
-every system of the batch and every channel at once, with the stencil as a 3×3 convolution, on
-the inputs' device, in float64 (float32 on MPS). *Noisy* imputation then adds
+definite whenever a pixel is kept, so it is solved by conjugate gradients, every system of the
+batch and every channel at once, on the inputs' device, in float64 (float32 on MPS). Plain
+conjugate gradients need iterations in proportion to the width of the removed regions (hundreds
+at 96²); a multigrid V-cycle as preconditioner (ℓ1-Jacobi smoothing, Galerkin coarse grids
+assembled from the 3×3 stencil, a dense solve on the coarsest grid) brings that to tens,
+whatever the image size. *Noisy* imputation then adds
 :math:`\\mathcal N(0, \\sigma^2)` noise to the imputed pixels, which hides the mask that a purely
 linear fill would leak to the model.
 """
 
 from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,16 +37,164 @@ from saliency.validation import require_float, require_int
 __all__ = ["linear_imputation", "noisy_linear_imputation"]
 
 _DIRECT, _DIAGONAL = 1 / 6, 1 / 12
-# Convergence is checked (a host synchronisation) once per this many iterations.
-_CHECK_EVERY = 8
+# The 3×3 neighbourhood in raster order; index 4 is the pixel itself.
+_OFFSETS = tuple((row, col) for row in (-1, 0, 1) for col in (-1, 0, 1))
+_WEIGHTS = tuple(0.0 if o == (0, 0) else _DIRECT if 0 in o else _DIAGONAL for o in _OFFSETS)
+_CENTRE = 4
+# Multigrid: coarsen while a level has more nodes than this, then solve it densely.
+_COARSEST = 64
+_SMOOTHING_STEPS = 1
 
 
-def _stencil(dtype: torch.dtype, device: torch.device) -> Tensor:
-    return torch.tensor(
-        [[_DIAGONAL, _DIRECT, _DIAGONAL], [_DIRECT, 0.0, _DIRECT], [_DIAGONAL, _DIRECT, _DIAGONAL]],
-        dtype=dtype,
-        device=device,
-    ).view(1, 1, 3, 3)
+def _shift(field: Tensor, row: int, col: int) -> Tensor:
+    """``out[p] = field[p + (row, col)]``, zero outside the grid."""
+    height, width = field.shape[-2:]
+    padded = F.pad(field, (1, 1, 1, 1))
+    return padded[..., 1 + row : 1 + row + height, 1 + col : 1 + col + width]
+
+
+def _apply(stencil: Tensor, field: Tensor) -> Tensor:
+    """A 9-point operator given per node, ``(m, 9, h, w)``, on ``(m, C, h, w)`` fields."""
+    height, width = field.shape[-2:]
+    padded = F.pad(field, (1, 1, 1, 1))
+    result = stencil[:, _CENTRE : _CENTRE + 1] * field
+    for index, (row, col) in enumerate(_OFFSETS):
+        if index != _CENTRE:
+            neighbour = padded[..., 1 + row : 1 + row + height, 1 + col : 1 + col + width]
+            result.addcmul_(stencil[:, index : index + 1], neighbour)
+    return result
+
+
+@dataclass(frozen=True)
+class _Level:
+    """One grid of the multigrid hierarchy: its operator and the nodes it acts on."""
+
+    stencil: Tensor  # (m, 9, h, w); rows of inactive nodes are the identity
+    active: Tensor  # (m, 1, h, w) 0/1
+
+
+def _bilinear(dtype: torch.dtype, device: torch.device) -> Tensor:
+    line = torch.tensor([0.5, 1.0, 0.5], dtype=dtype, device=device)
+    return (line[:, None] * line[None, :]).view(1, 1, 3, 3)
+
+
+def _restrict(level: _Level, field: Tensor, kernel: Tensor) -> Tensor:
+    """Full-weighting restriction of the active part: the adjoint of :func:`_prolong`."""
+    masked = (field * level.active).reshape(-1, 1, *field.shape[-2:])
+    coarse = F.conv2d(masked, kernel, stride=2, padding=1)
+    return coarse.view(*field.shape[:2], *coarse.shape[-2:])
+
+
+def _prolong(level: _Level, coarse: Tensor, kernel: Tensor) -> Tensor:
+    """Bilinear interpolation to ``level``'s grid, kept to its active nodes."""
+    height, width = level.active.shape[-2:]
+    extra = (height - 2 * coarse.shape[-2] + 1, width - 2 * coarse.shape[-1] + 1)
+    flat = coarse.reshape(-1, 1, *coarse.shape[-2:])
+    fine = F.conv_transpose2d(flat, kernel, stride=2, padding=1, output_padding=extra)
+    return fine.view(*coarse.shape[:2], height, width) * level.active
+
+
+def _coarsen(level: _Level, kernel: Tensor) -> _Level:
+    """The Galerkin operator R A P of the next grid, assembled by probing.
+
+    Its stencil reaches one node, so the 9 probes that mark every third node in each direction
+    separate all its coefficients.
+    """
+    count, _, height, width = level.active.shape
+    coarse_shape = ((height + 1) // 2, (width + 1) // 2)
+    rows = torch.arange(coarse_shape[0], device=kernel.device)[:, None]
+    cols = torch.arange(coarse_shape[1], device=kernel.device)[None, :]
+    stencil = kernel.new_zeros(count, 9, *coarse_shape)
+    support = _restrict(level, torch.ones_like(level.active), kernel)
+    coarse = _Level(stencil, (support > 0).to(kernel.dtype))
+    for phase_row in range(3):
+        for phase_col in range(3):
+            probe = ((rows % 3 == phase_row) & (cols % 3 == phase_col)).to(kernel.dtype)
+            probe = probe.expand(count, 1, *coarse_shape)
+            response = _restrict(
+                level, _apply(level.stencil, _prolong(level, probe, kernel)), kernel
+            )
+            # node q sees the probe at q + o with o ≡ phase − q (mod 3), o in {-1, 0, 1}²
+            offset_row = (phase_row - rows + 1) % 3
+            offset_col = (phase_col - cols + 1) % 3
+            index = (offset_row * 3 + offset_col).expand(count, 1, *coarse_shape)
+            stencil.scatter_add_(1, index, response)
+    identity = torch.zeros_like(stencil)
+    identity[:, _CENTRE] = 1.0
+    stencil.copy_(torch.where(coarse.active.bool(), stencil, identity))
+    return coarse
+
+
+def _dense(level: _Level) -> Tensor:
+    """The coarsest operator as ``(m, n, n)`` matrices."""
+    count, _, height, width = level.stencil.shape
+    nodes = torch.arange(height * width, device=level.stencil.device)
+    node_rows, node_cols = nodes // width, nodes % width
+    matrix = level.stencil.new_zeros(count, height * width, height * width)
+    flat = level.stencil.flatten(2)
+    for index, (row, col) in enumerate(_OFFSETS):
+        valid = (
+            (node_rows + row >= 0)
+            & (node_rows + row < height)
+            & (node_cols + col >= 0)
+            & (node_cols + col < width)
+        )
+        source = nodes[valid]
+        matrix[:, source, source + row * width + col] = flat[:, index, source]
+    return matrix
+
+
+class _Multigrid:
+    """A symmetric V-cycle (ℓ1-Jacobi smoothing, Galerkin coarse grids, dense coarsest solve):
+    a fixed SPD preconditioner, so conjugate gradients keep their guarantees."""
+
+    def __init__(self, fine: _Level) -> None:
+        self.kernel = _bilinear(fine.stencil.dtype, fine.stencil.device)
+        self.levels = [fine]
+        while self.levels[-1].active.shape[-2:].numel() > _COARSEST:
+            self.levels.append(_coarsen(self.levels[-1], self.kernel))
+        # Masked prolongation can make coarse columns dependent (one removed pixel seen by four
+        # coarse nodes): the coarse operators are only semi-definite, so pseudo-inverse.
+        self.coarsest = torch.linalg.pinv(_dense(self.levels[-1]), hermitian=True)
+        # ℓ1-Jacobi smoothing, 1 / Σ_j |a_ij|: convergent on every level, which keeps the
+        # V-cycle positive definite (Galerkin levels reach λ_max(D⁻¹A) ≈ 4, where plain damped
+        # Jacobi would amplify).
+        self.relax = [1 / level.stencil.abs().sum(dim=1, keepdim=True) for level in self.levels]
+
+    def __call__(self, residual: Tensor, depth: int = 0) -> Tensor:
+        level = self.levels[depth]
+        if depth == len(self.levels) - 1:
+            flat = residual.flatten(2).transpose(1, 2)  # (m, n, C)
+            return (self.coarsest @ flat).transpose(1, 2).reshape(residual.shape)
+        relax = self.relax[depth]
+        solution = residual * relax
+        for _ in range(_SMOOTHING_STEPS - 1):
+            solution.addcmul_(residual - _apply(level.stencil, solution), relax)
+        defect = residual - _apply(level.stencil, solution)
+        solution += _prolong(
+            level, self(_restrict(level, defect, self.kernel), depth + 1), self.kernel
+        )
+        for _ in range(_SMOOTHING_STEPS):
+            solution.addcmul_(residual - _apply(level.stencil, solution), relax)
+        return solution * level.active
+
+
+def _fine_level(unknown: Tensor) -> _Level:
+    """The imputation operator on the full grid: the system's rows for removed pixels, the
+    identity for kept ones (whose values are not unknowns)."""
+    inside = unknown
+    ones = torch.ones_like(inside)
+    columns = []
+    degree = torch.zeros_like(inside)
+    for (row, col), weight in zip(_OFFSETS, _WEIGHTS, strict=True):
+        if weight:
+            degree = degree + weight * _shift(ones, row, col)
+            columns.append(-weight * inside * _shift(inside, row, col))
+        else:
+            columns.append(inside)  # replaced below by the degree
+    stencil = torch.cat(columns, dim=1)
+    stencil[:, _CENTRE : _CENTRE + 1] = inside * degree + (1 - inside)
+    return _Level(stencil, inside)
 
 
 def linear_imputation(
@@ -48,7 +202,7 @@ def linear_imputation(
     removed: Tensor,
     *,
     tolerance: float = 1e-8,
-    max_iterations: int | None = None,
+    max_iterations: int = 200,
 ) -> Tensor:
     """The inputs with every removed pixel replaced by its linear imputation (no noise).
 
@@ -58,8 +212,8 @@ def linear_imputation(
             channels) is removed.
         tolerance: Stop when every system's residual is at most ``tolerance`` × its right-hand
             side (Euclidean norms).
-        max_iterations: Conjugate-gradient iterations at most (None: H·W, where exact
-            arithmetic would have converged).
+        max_iterations: Preconditioned conjugate-gradient iterations at most (10–40 reach 1e-8,
+            whatever the image size); a warning says when they did not suffice.
 
     Returns:
         ``(N, C, H, W)`` in the inputs' dtype; kept pixels are the inputs' own values. A sample
@@ -70,52 +224,59 @@ def linear_imputation(
     if height * width < 2:
         raise InvalidOptionError(f"imputation needs at least 2 pixels, got {height}×{width}")
     require_float("tolerance", tolerance, 0.0, exclusive=True)
-    if max_iterations is not None:
-        require_int("max_iterations", max_iterations, 1)
+    require_int("max_iterations", max_iterations, 1)
     unknown = as_masks(removed, inputs[:, 0], name="removed").unsqueeze(1)
+    # Nothing to anchor a sample whose every pixel is removed: solve it as if none were.
+    empty = unknown.flatten(1).all(dim=1).view(-1, 1, 1, 1)
+    unknown_solved = unknown & ~empty
     precise = torch.float32 if inputs.device.type == "mps" else torch.float64
-    stencil = _stencil(precise, inputs.device)
     count, channels = inputs.shape[:2]
-    inside = unknown.to(precise)  # (N, 1, H, W)
+    inside = unknown_solved.to(precise)
     values = inputs.detach().to(precise)
-
-    def neighbours(field: Tensor) -> Tensor:
-        """Σ_j w_ij field_j for every pixel, channel by channel (zero outside the image)."""
-        flat = field.reshape(-1, 1, height, width)
-        return F.conv2d(flat, stencil, padding=1).view(field.shape)
-
-    degree = neighbours(torch.ones(1, 1, height, width, dtype=precise, device=inputs.device))
-
-    def operator(field: Tensor) -> Tensor:
-        return inside * (degree * field - neighbours(field * inside))
+    fine = _fine_level(inside)
+    precondition = _Multigrid(fine)
 
     def dot(first: Tensor, second: Tensor) -> Tensor:
         return (first * second).sum(dim=(2, 3), keepdim=True)  # (N, C, 1, 1): one per system
 
-    rhs = inside * neighbours(values * (1 - inside))
-    solution = torch.zeros_like(rhs)
+    known = values * (1 - inside)
+    rhs = inside * sum(
+        weight * _shift(known, row, col)
+        for (row, col), weight in zip(_OFFSETS, _WEIGHTS, strict=True)
+        if weight
+    )
+    solution = torch.zeros_like(values)
     residual = rhs.clone()
-    preconditioned = residual / degree
+    preconditioned = precondition(residual)
     direction = preconditioned.clone()
     rz = dot(residual, preconditioned)
     limit = (tolerance * rhs.flatten(2).norm(dim=2)).view(count, channels, 1, 1)
     tiny = torch.finfo(precise).tiny
-    for iteration in range(max_iterations or height * width):
-        if iteration % _CHECK_EVERY == 0:
-            norms = residual.flatten(2).norm(dim=2).view_as(limit)
-            if bool((norms <= limit).all()):
-                break
-        product = operator(direction)
+    for iteration in range(max_iterations + 1):
+        norms = residual.flatten(2).norm(dim=2).view_as(limit)
+        if bool((norms <= limit).all()):
+            break
+        if iteration == max_iterations:
+            worst = float((norms / rhs.flatten(2).norm(dim=2).view_as(limit)).max())
+            warnings.warn(
+                f"linear imputation stopped after {max_iterations} iterations at a relative "
+                f"residual of {worst:.2g} (tolerance {tolerance:g})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            break
+        product = _apply(fine.stencil, direction)
         curvature = dot(direction, product)
         step = torch.where(curvature > 0, rz / curvature.clamp_min(tiny), 0.0)
         solution = solution + step * direction
         residual = residual - step * product
-        preconditioned = residual / degree
+        preconditioned = precondition(residual)
         rz_next = dot(residual, preconditioned)
         momentum = torch.where(rz > 0, rz_next / rz.clamp_min(tiny), 0.0)
         direction = preconditioned + momentum * direction
         rz = rz_next
-    filled = torch.where(unknown, solution, values)
+    filled = torch.where(unknown_solved, solution, values)
+    filled = torch.where(empty, 0.0, filled)
     return filled.to(inputs.dtype)
 
 
@@ -126,7 +287,7 @@ def noisy_linear_imputation(
     noise: float = 0.01,
     seed: int = 0,
     tolerance: float = 1e-8,
-    max_iterations: int | None = None,
+    max_iterations: int = 200,
 ) -> Tensor:
     """:func:`linear_imputation` plus :math:`\\mathcal N(0, \\text{noise}^2)` on removed pixels.
 
