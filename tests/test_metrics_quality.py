@@ -138,6 +138,8 @@ def test_noisy_imputation_adds_seeded_noise_on_removed_pixels_only() -> None:
     assert float(difference[removed].std()) == pytest.approx(0.05, rel=0.1)
     with pytest.raises(InvalidOptionError, match="noise"):
         noisy_linear_imputation(image, removed, noise=-0.1)
+    quick = linear_imputation(image, removed, tolerance=1e-5)  # solved in float32
+    assert float((quick - clean).abs().max()) < 1e-3
     with pytest.warns(RuntimeWarning, match="stopped after 1 iterations"):
         linear_imputation(image, removed, max_iterations=1)
     with pytest.raises(InvalidOptionError, match="max_iterations"):
