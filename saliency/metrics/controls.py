@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saliency.explain import _check_inputs
+from saliency.explain import check_inputs
 from saliency.validation import check_choice, require_float, require_int
 
 __all__ = ["CONTROLS", "Control", "centre_gaussian", "control_map", "random_noise", "sobel_edges"]
@@ -49,7 +49,7 @@ def _map_dtype(inputs: Tensor) -> torch.dtype:
 
 def centre_gaussian(inputs: Tensor, *, sigma: float = 0.25) -> Tensor:
     """``(N, 1, H, W)`` centred Gaussian, σ = ``sigma`` × min(H, W) pixels, 1 at the centre."""
-    _check_inputs(inputs)
+    check_inputs(inputs)
     require_float("sigma", sigma, 0.0, exclusive=True)
     height, width = inputs.shape[-2:]
     dtype = _map_dtype(inputs)
@@ -67,7 +67,7 @@ def random_noise(inputs: Tensor, *, seed: int = 0) -> Tensor:
     The generator lives on the inputs' device: the same seed gives the same maps on the same
     kind of device (CPU and CUDA generators differ).
     """
-    _check_inputs(inputs)
+    check_inputs(inputs)
     require_int("seed", seed, 0)
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
     shape = (len(inputs), 1, *inputs.shape[-2:])
@@ -77,7 +77,7 @@ def random_noise(inputs: Tensor, *, seed: int = 0) -> Tensor:
 
 def sobel_edges(inputs: Tensor) -> Tensor:
     """``(N, 1, H, W)`` Sobel gradient magnitude over all channels (see the module docstring)."""
-    _check_inputs(inputs)
+    check_inputs(inputs)
     dtype = _map_dtype(inputs)
     smooth = torch.tensor([1.0, 2.0, 1.0], device=inputs.device, dtype=dtype)
     derive = torch.tensor([-1.0, 0.0, 1.0], device=inputs.device, dtype=dtype)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from saliency.errors import InvalidOptionError
-from saliency.explain import _check_inputs
+from saliency.explain import check_inputs
 from saliency.metrics.relevance import as_masks
 from saliency.validation import require_float, require_int
 
@@ -241,7 +241,7 @@ def linear_imputation(
         ``(N, C, H, W)`` in the inputs' dtype; kept pixels are the inputs' own values. A sample
         with every pixel removed has no boundary values and is filled with zeros.
     """
-    _check_inputs(inputs)
+    check_inputs(inputs)
     height, width = inputs.shape[-2:]
     if height * width < 2:
         raise InvalidOptionError(f"imputation needs at least 2 pixels, got {height}×{width}")

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from saliency.engine import Engine
 from saliency.errors import InvalidOptionError, LayerNotFoundError, accepted
-from saliency.explain import _check_inputs, explain
+from saliency.explain import check_inputs, explain
 from saliency.methods.base import Method
 from saliency.model_state import evaluation_state, model_lock
 from saliency.targets import TargetSpec
@@ -174,7 +174,7 @@ def input_invariance(
             f"input invariance needs an nn.Module (its first layer is compensated), got "
             f"{type(model).__name__}"
         )
-    _check_inputs(inputs)
+    check_inputs(inputs)
     if isinstance(shift, Tensor):
         try:
             torch.broadcast_shapes(shift.shape, inputs.shape[1:])

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saliency.engine import Engine
+from saliency.engine import Engine, EngineOptions
 from saliency.errors import InvalidOptionError, InvalidTargetError
-from saliency.explain import _check_inputs, explain
+from saliency.explain import check_inputs, explain
 from saliency.methods.base import Method
 from saliency.metrics.relevance import Reduction, relevance_map
 from saliency.metrics.similarity import Similarity, map_similarity
@@ -75,9 +75,9 @@ def random_logit(
     """
     check_choice("similarity", similarity, Similarity)
     require_int("seed", seed, 0)
-    _check_inputs(inputs)
+    check_inputs(inputs)
     with evaluation_state(model, keep_parameter_grads=True), torch.no_grad():
-        outputs = Engine(model, batch_size=batch_size).predict(inputs)
+        outputs = Engine(model, EngineOptions(batch_size=batch_size)).predict(inputs)
     resolved = resolve_target(target, outputs, len(inputs))
     if not isinstance(resolved, ClassTarget):
         raise InvalidTargetError("the random-logit test needs class targets, not a function")

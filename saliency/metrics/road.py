@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Literal, TypedDict
 import torch
 from torch import Tensor
 
-from saliency.engine import Engine, automatic_chunk_size
+from saliency.engine import Engine, EngineOptions, automatic_chunk_size
 from saliency.errors import InvalidOptionError, InvalidTargetError
-from saliency.explain import _check_inputs
+from saliency.explain import check_inputs
 from saliency.metrics.faithfulness import Curve, _pixel_ranks
 from saliency.metrics.imputation import linear_imputation
 from saliency.metrics.relevance import Reduction, relevance_map
@@ -118,7 +118,7 @@ def road_curve(
     require_float("tolerance", tolerance, 0.0, exclusive=True)
     if batch_size is not None:
         require_int("batch_size", batch_size, 1)
-    _check_inputs(inputs)
+    check_inputs(inputs)
     relevance = relevance_map(attributions, reduction)
     if relevance.shape != (inputs.shape[0], *inputs.shape[2:]):
         raise InvalidOptionError(
@@ -135,7 +135,7 @@ def road_curve(
     field = noise * torch.randn(
         inputs.shape, generator=generator, device=inputs.device, dtype=inputs.dtype
     )
-    engine = Engine(model, batch_size=batch_size)
+    engine = Engine(model, EngineOptions(batch_size=batch_size))
     chunk = batch_size or automatic_chunk_size(inputs.shape[1:], inputs.device)
     total = count * levels
     scores = torch.empty(total, dtype=torch.float32, device=inputs.device)
