@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any, get_args
 
-from saliency.cli import method_options
+from saliency.cli import method_options, option_values
 from saliency.cli.method_options import MethodOption
 from saliency.cli.model_input import DEFAULT_SIZE
 from saliency.cli.outputs import FORMATS
@@ -195,14 +195,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> list[MethodOption]:
         for text in action.option_strings
     } | {"batch_size", "create_graph", "precision", "target", "images", "compile", "memory_budget"}
     generated = method_options.registry_options(reserved)
-    method_options.add_arguments(
-        parser.add_argument_group(
-            "method options",
-            "From the registered methods' options. Each goes only to the methods that have it\n"
-            "(and to a wrapper such as smoothgrad when its --base method has it); unset, each\n"
-            "method uses its own default. 'none' sets an optional value to None.",
-        ),
-        generated,
+    group = parser.add_argument_group(
+        "method options",
+        "From the registered methods' options. Each goes only to the methods that have it\n"
+        "(and to a wrapper such as smoothgrad when its --base method has it); unset, each\n"
+        "method uses its own default. 'none' sets an optional value to None.",
+    )
+    method_options.add_arguments(group, generated)
+    group.add_argument(
+        "--option",
+        dest="method_option_values",
+        action=option_values.OptionAction,
+        accepted=method_options.all_option_names,
+        type=option_values.parse_option,
+        metavar="KEY=VALUE",
+        help="any method option, also those without a flag above (repeatable); VALUE is a "
+        "literal: 3, 0.5, true, null, [3, 8, 8] or a string, e.g. --option n_steps=16",
     )
     return generated
 

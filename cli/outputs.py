@@ -20,7 +20,7 @@ from torch import Tensor
 
 from saliency.cli.plan import output_name
 from saliency.cli.relpaths import output_folder
-from saliency.output_files import write_atomic, write_bytes_atomic
+from saliency.output_files import file_stem, write_atomic, write_bytes_atomic
 from saliency.rendering import render
 
 FORMATS = ("png", "jpg", "webp")
@@ -93,9 +93,10 @@ def write_method_outputs(
         The manifest paths of the overlay and of the raw array (None when not asked for).
     """
     folder = output_folder(spec.out, relpath, create=True)
-    write_bytes_atomic(folder / f"{method}.{spec.extension}", encode(picture, spec.extension))
+    stem = file_stem(method)
+    write_bytes_atomic(folder / f"{stem}.{spec.extension}", encode(picture, spec.extension))
     raw_path = None
     if raw is not None:
-        write_atomic(folder / f"{method}.npy", lambda handle: np.save(handle, raw))
+        write_atomic(folder / f"{stem}.npy", lambda handle: np.save(handle, raw))
         raw_path = output_name(relpath, method, "npy")
     return output_name(relpath, method, spec.extension), raw_path

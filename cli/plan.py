@@ -23,6 +23,7 @@ from typing import Any
 from saliency.cli.inputs import FoundInput
 from saliency.cli.manifest import InputRecord, Manifest, MethodRecord
 from saliency.cli.relpaths import assign_relpaths, existing_output
+from saliency.output_files import file_stem
 
 # Settings of the run section that change the results (device, batch size, format do not).
 RESULT_SETTINGS = ("model", "weights", "target", "precision")
@@ -64,8 +65,9 @@ class Plan:
 
 
 def output_name(relpath: str, method: str, extension: str) -> str:
-    """The manifest path of an output file: ``<relpath>/<method>.<extension>``."""
-    return f"{relpath}/{method}.{extension}"
+    """The manifest path of an output file: ``<relpath>/<method>.<extension>`` (the method's
+    :func:`~saliency.output_files.file_stem`)."""
+    return f"{relpath}/{file_stem(method)}.{extension}"
 
 
 def conflicts(previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

@@ -25,6 +25,7 @@ from saliency.errors import SaliencyError
 from saliency.explanation import json_safe
 from saliency.methods.base import Method
 from saliency.methods.registry import get_method, list_methods
+from saliency.output_files import file_stem
 from saliency.rendering import colormap_lut
 
 DEFAULT_METHODS = ("gradient", "integrated_gradients", "smoothgrad", "gradcam")
@@ -64,7 +65,9 @@ def method_names(values: Sequence[str] | None) -> list[str]:
     names: list[str] = []
     for value in values:
         for name in (part.strip() for part in value.split(",")):
-            chosen = registered if name == "all" else [name] if name else []
+            # all: every method but the members of method families (captum:NAME...), many of
+            # which need options (Occlusion's window) or are exponential (ShapleyValues).
+            chosen = list_methods(families=False) if name == "all" else [name] if name else []
             for item in chosen:
                 if item not in registered:
                     raise UsageError(
@@ -75,7 +78,7 @@ def method_names(values: Sequence[str] | None) -> list[str]:
     if not names:
         raise UsageError(f"--method is empty; accepted: {', '.join(registered)}, or all")
     for name in names:
-        if not _SAFE_NAME.fullmatch(name):
+        if not _SAFE_NAME.fullmatch(file_stem(name)):
             raise UsageError(f"method {name!r} cannot be used: its name is not a safe file name")
     return names
 

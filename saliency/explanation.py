@@ -16,7 +16,7 @@ import PIL.Image
 import torch
 from torch import Tensor, nn
 
-from saliency.output_files import write_atomic, write_text_atomic
+from saliency.output_files import file_stem, write_atomic, write_text_atomic
 from saliency.rendering import render
 
 _NOTEBOOK_MAX_IMAGES = 8
@@ -96,14 +96,15 @@ class Explanation:
         """
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
+        stem = file_stem(self.method)
         paths = [
-            _save_png(picture, folder / f"{i:04d}_{self.method}.png")
+            _save_png(picture, folder / f"{i:04d}_{stem}.png")
             for i, picture in enumerate(self.pictures(**render_options))
         ]
         raw = self.attributions.detach().float().cpu().numpy()
-        paths.append(write_atomic(folder / f"{self.method}.npy", lambda f: np.save(f, raw)))
+        paths.append(write_atomic(folder / f"{stem}.npy", lambda f: np.save(f, raw)))
         paths.append(
-            write_text_atomic(folder / f"{self.method}.json", json.dumps(self.metadata(), indent=2))
+            write_text_atomic(folder / f"{stem}.json", json.dumps(self.metadata(), indent=2))
         )
         return paths
 
