@@ -31,13 +31,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import random
 import types
 import typing
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -121,7 +123,9 @@ class CaptumMethod(Method):
         size = len(inputs) if batching else per_pass
         parts = []
         seed = getattr(self, "seed", None)
-        with modules_preserved(engine.model), _seeded(seed, inputs.device):
+        # Perturbation methods need no gradients: no graph is built, whatever captum does.
+        grad_mode = nullcontext() if gradients else torch.no_grad()
+        with modules_preserved(engine.model), _seeded(seed, inputs.device), grad_mode:
             attribution = self.captum_class(forward, **constructor)
             # LRP puts the weights back with load_state_dict, an in-place copy that bumps every
             # parameter's version; modules_preserved swaps swapped data back instead.
@@ -190,15 +194,23 @@ class _Scores(nn.Module):
 
 @contextmanager
 def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """torch's generators seeded with ``seed`` in the block and restored after (``None``: the
-    global generators, as captum uses them)."""
+    """The global generators captum draws from — torch's, numpy's (GradientShap, baseline
+    sampling) and Python's — seeded with ``seed`` in the block and restored after (``None``:
+    left alone, as captum uses them)."""
     if seed is None:
         yield
         return
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            random.seed(seed)
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
 
 
 # ------------------------------------------------------------------------------ the family

@@ -14,11 +14,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from smooth_models import smooth_cnn
+from test_lifecycle import FAST_OPTIONS as LIFECYCLE_OPTIONS
 from torch import Tensor, nn
 
 import saliency
+from saliency.errors import InvalidOptionError
 
-METHODS = saliency.list_methods()
+ALL_METHODS = saliency.list_methods()
+# Methods that cannot differentiate their attributions (captum's) refuse create_graph=True.
+METHODS = [m for m in ALL_METHODS if saliency.get_method(m).supports_create_graph]
+REFUSING = [m for m in ALL_METHODS if m not in METHODS]
 TARGET = [0, 2]
 EPS = 1e-5
 RTOL = 1e-4
@@ -27,6 +32,7 @@ RTOL = 1e-4
 FAST_OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"steps": 4},
     "smoothgrad": {"samples": 3, "seed": 0},
+    "vargrad": {"samples": 3, "seed": 0},
 }
 
 
@@ -142,6 +148,19 @@ def test_create_graph_true_attributions_require_grad(method: str) -> None:
     assert ex.attributions.grad_fn is not None
     assert all(p.grad is None for p in model.parameters())
     assert not inputs.requires_grad
+
+
+@pytest.mark.parametrize("method", REFUSING)
+def test_methods_that_cannot_differentiate_refuse_create_graph(method: str) -> None:
+    model = smooth_cnn()
+    calls: list[int] = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    # The options of the lifecycle tests (for 8×8 inputs): refused before they are used.
+    options = LIFECYCLE_OPTIONS.get(method, {})
+    with pytest.raises(InvalidOptionError, match="create_graph=True is not supported") as info:
+        saliency.explain(model, make_inputs(), method, target=TARGET, create_graph=True, **options)
+    assert repr(method) in str(info.value)
+    assert not calls, "refused before any work"
 
 
 @pytest.mark.parametrize("inputs_require_grad", [False, True])

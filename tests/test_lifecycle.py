@@ -15,18 +15,42 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from captum.attr._utils.lrp_rules import EpsilonRule
 from torch import Tensor, nn
 from torch.nn.modules import module as module_globals
 
 import saliency
-from saliency.errors import InvalidTargetError, LayerNotFoundError
+from saliency.errors import InvalidOptionError, InvalidTargetError, LayerNotFoundError
 
 METHODS = saliency.list_methods()
 NUM_CLASSES = 5
+# Feature groups for captum's perturbation methods on the 8×8 inputs: the four 4×4 quadrants.
+QUADRANTS = ((torch.arange(8) // 4)[:, None] * 2 + (torch.arange(8) // 4)[None, :]).view(1, 1, 8, 8)
 # Small option values that keep every call fast; methods not named here use their defaults.
+# Every captum method also gets seed=0: the same call twice must give the same result.
+CAPTUM_FAST_OPTIONS: dict[str, dict[str, Any]] = {
+    "captum:DeepLiftShap": {
+        "baselines": torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(7))
+    },
+    "captum:FeatureAblation": {"feature_mask": QUADRANTS},
+    "captum:FeaturePermutation": {"feature_mask": QUADRANTS},
+    "captum:GradientShap": {"baselines": 0.0, "n_samples": 2},
+    "captum:IntegratedGradients": {"n_steps": 3},
+    "captum:KernelShap": {"feature_mask": QUADRANTS, "n_samples": 8},
+    "captum:Lime": {"feature_mask": QUADRANTS, "n_samples": 8},
+    "captum:Occlusion": {"sliding_window_shapes": (3, 4, 4), "strides": (3, 4, 4)},
+    "captum:ShapleyValueSampling": {"feature_mask": QUADRANTS, "n_samples": 2},
+    "captum:ShapleyValues": {"feature_mask": QUADRANTS},
+}
 FAST_OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"steps": 3},
     "smoothgrad": {"samples": 2, "seed": 0},
+    "vargrad": {"samples": 2, "seed": 0},
+    **{
+        name: {**CAPTUM_FAST_OPTIONS.get(name, {}), "seed": 0}
+        for name in METHODS
+        if name.startswith("captum:")
+    },
 }
 MODULE_HOOK_DICTS = (
     "_forward_hooks",
@@ -50,6 +74,18 @@ FAILURES = ("first", "later", "grad", "backward")
 
 def options_for(name: str) -> dict[str, Any]:
     return dict(FAST_OPTIONS.get(name, {}))
+
+
+def refuses_create_graph(method: str) -> bool:
+    return not saliency.get_method(method).supports_create_graph
+
+
+def trips_on(method: str, failure: str) -> bool:
+    """Whether the model's failure mode fires during the method: perturbation methods
+    (derivative order 0) run no pass with gradients and no backward pass."""
+    return not (
+        failure in ("grad", "backward") and saliency.get_method(method).derivative_order == 0
+    )
 
 
 class _RaiseInBackward(torch.autograd.Function):
@@ -118,10 +154,17 @@ def _noop_hook(*args: Any, **kwargs: Any) -> None:
     return None
 
 
-def prepared_model() -> Net:
-    """A model in a deliberately unusual state that explain must leave alone."""
+def prepared_model(method: str | None = None) -> Net:
+    """A model in a deliberately unusual state that explain must leave alone.
+
+    For ``captum:LRP`` the custom ``Trip`` layer gets captum's ε rule (LRP refuses layers without
+    a rule; its identity rule fails on a layer that returns its input object); captum deletes
+    the rules it finds, so this one must survive the call.
+    """
     torch.manual_seed(0)
     model = Net()
+    if method == "captum:LRP":
+        model.trip.rule = EpsilonRule()
     for bn in (model.features[1], model.features[5]):
         assert isinstance(bn, nn.BatchNorm2d)
         bn.running_mean.normal_()
@@ -230,9 +273,17 @@ def _seeded() -> Iterator[None]:
 def test_normal_call_leaves_model_and_inputs_as_before(
     method: str, create_graph: bool, inputs_require_grad: bool
 ) -> None:
-    model = prepared_model()
+    model = prepared_model(method)
     inputs = make_inputs(inputs_require_grad)
     before = snapshot(model, inputs)
+    if create_graph and refuses_create_graph(method):
+        with pytest.raises(InvalidOptionError, match="create_graph"):
+            saliency.explain(
+                model, inputs, method, target=[1, 3], create_graph=True, **options_for(method)
+            )
+        assert_same_state(before, snapshot(model, inputs))
+        assert not model.modes, "create_graph must be refused before any work"
+        return
 
     ex = saliency.explain(
         model, inputs, method, target=[1, 3], create_graph=create_graph, **options_for(method)
@@ -253,7 +304,7 @@ def test_normal_call_leaves_model_and_inputs_as_before(
 @pytest.mark.parametrize("target", [NUM_CLASSES, -1, [0, NUM_CLASSES + 3]])
 @pytest.mark.parametrize("method", METHODS)
 def test_bad_target_leaves_model_as_before(method: str, target: Any) -> None:
-    model = prepared_model()
+    model = prepared_model(method)
     inputs = make_inputs(False)
     before = snapshot(model, inputs)
 
@@ -270,15 +321,12 @@ def test_bad_target_leaves_model_as_before(method: str, target: Any) -> None:
 def test_model_failure_leaves_model_as_before(
     method: str, failure: str, create_graph: bool
 ) -> None:
-    model = prepared_model()
+    model = prepared_model(method)
     inputs = make_inputs(create_graph)
     before = snapshot(model, inputs)
     model.trip.mode = failure
 
-    # One point per chunk: a method that needs a single forward still fails in a later one.
-    with pytest.raises(
-        RuntimeError, match=f"tripped in {'backward' if failure == 'backward' else 'forward'}"
-    ):
+    def call() -> None:
         saliency.explain(
             model,
             inputs,
@@ -289,7 +337,19 @@ def test_model_failure_leaves_model_as_before(
             **options_for(method),
         )
 
-    if failure == "later":
+    # One point per chunk: a method that needs a single forward still fails in a later one.
+    if create_graph and refuses_create_graph(method):
+        with pytest.raises(InvalidOptionError, match="create_graph"):
+            call()
+    elif trips_on(method, failure):
+        with pytest.raises(
+            RuntimeError, match=f"tripped in {'backward' if failure == 'backward' else 'forward'}"
+        ):
+            call()
+    else:
+        call()
+
+    if failure == "later" and not (create_graph and refuses_create_graph(method)):
         assert model.trip.calls >= 2, "the failure should happen after a successful forward"
     model.trip.mode = None
     assert_same_state(before, snapshot(model, inputs))
@@ -314,7 +374,8 @@ def _functional_model() -> Any:
 def test_callable_model(method: str) -> None:
     model = _functional_model()
     inputs = make_inputs(False)
-    if saliency.get_method(method).output != "input":
+    cls = saliency.get_method(method)
+    if cls.output != "input" or cls.needs_module:
         with pytest.raises(LayerNotFoundError, match=r"nn\.Module"):
             saliency.explain(model, inputs, method, **options_for(method))
         return
