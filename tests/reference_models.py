@@ -12,7 +12,7 @@ from torch import Tensor, nn
 NAMES = ("resnet18", "vgg11", "mobilenet_v2")
 NUM_CLASSES = 10
 GRADCAM_LAYERS = {"resnet18": "layer4", "vgg11": "features.18", "mobilenet_v2": "features.18"}
-"""The last spatial map of each model (what Grad-CAM's automatic choice finds)."""
+"""The last convolutional block of each model, for Grad-CAM."""
 
 
 @functools.cache
