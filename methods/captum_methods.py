@@ -34,7 +34,7 @@ import inspect
 import random
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar
@@ -70,6 +70,8 @@ class CaptumMethod(Method):
             leaves the argument out, so captum uses its default.
         number_as_tensor: ``baselines`` fields that captum takes only as tensors: a number
             becomes a constant ``(1, C, H, W)`` tensor.
+        renamed: captum's argument name of each field renamed ``captum_<name>`` because
+            :func:`saliency.explain` has a parameter of that name.
     """
 
     captum_class: ClassVar[type[Any]]
@@ -77,6 +79,7 @@ class CaptumMethod(Method):
     attribute_options: ClassVar[tuple[str, ...]] = ()
     captum_defaulted: ClassVar[frozenset[str]] = frozenset()
     number_as_tensor: ClassVar[frozenset[str]] = frozenset()
+    renamed: ClassVar[Mapping[str, str]] = {}
     supports_create_graph = False
 
     @classmethod
@@ -152,7 +155,7 @@ class CaptumMethod(Method):
                 )
             elif value is None and name in self.captum_defaulted:
                 continue
-            arguments[name] = value
+            arguments[self.renamed.get(name, name)] = value
         return arguments
 
     def _attribute_arguments(self, chunk: Tensor, per_pass: int) -> dict[str, Any]:
@@ -167,7 +170,7 @@ class CaptumMethod(Method):
                 value = max(1, per_pass // len(chunk))
             elif name in self.number_as_tensor and is_real(value):
                 value = torch.full_like(chunk[:1], float(value)).detach()
-            arguments[name] = value
+            arguments[self.renamed.get(name, name)] = value
         return arguments
 
 
@@ -280,14 +283,14 @@ def _make_method(captum_class: type[Any]) -> type[CaptumMethod]:
     constructor = _options(captum_class.__init__, 2)  # self, the model
     attribute = _options(captum_class.attribute, 2)  # self, inputs
     own = [*constructor, *attribute]
-    names = [p.name for p in own]
+    names = [_field_name(p.name) for p in own]
     if len(set(names)) != len(names) or "seed" in names:
         raise TypeError(f"captum.attr.{captum_class.__name__}: option names clash: {names}")
     hints = _signature_hints(captum_class)
     specs: list[tuple[str, Any, Any]] = []
     defaulted: set[str] = set()
     number_as_tensor: set[str] = set()
-    for parameter in own:
+    for parameter, field_name in zip(own, names, strict=True):
         annotation = hints.get(parameter.name, Any)
         default = parameter.default
         if parameter.name == "layer":
@@ -296,12 +299,12 @@ def _make_method(captum_class: type[Any]) -> type[CaptumMethod]:
             annotation, default = int | None, None
         elif default is not parameter.empty and not _is_plain(default):
             annotation, default = annotation | None, None
-            defaulted.add(parameter.name)
+            defaulted.add(field_name)
         if parameter.name == "baselines" and not _accepts_numbers(annotation):
             annotation = float | annotation
-            number_as_tensor.add(parameter.name)
+            number_as_tensor.add(field_name)
         field: Any = dataclasses.field() if default is parameter.empty else default
-        specs.append((parameter.name, annotation, field))
+        specs.append((field_name, annotation, field))
     specs.append(("seed", int | None, None))
     name = captum_class.__name__
     doc = (
@@ -320,10 +323,11 @@ def _make_method(captum_class: type[Any]) -> type[CaptumMethod]:
             "__module__": __name__,
             "__doc__": doc,
             "captum_class": captum_class,
-            "constructor_options": tuple(p.name for p in constructor),
-            "attribute_options": tuple(p.name for p in attribute),
+            "constructor_options": tuple(names[: len(constructor)]),
+            "attribute_options": tuple(names[len(constructor) :]),
             "captum_defaulted": frozenset(defaulted),
             "number_as_tensor": frozenset(number_as_tensor),
+            "renamed": {n: p.name for n, p in zip(names, own, strict=True) if n != p.name},
             "derivative_order": 1 if issubclass(captum_class, GradientAttribution) else 0,
             "needs_module": list(inspect.signature(captum_class.__init__).parameters)[1] == "model",
             "paper": f"captum.attr.{name} (captum {_captum_version()})",
@@ -341,6 +345,14 @@ def __getattr__(name: str) -> type[CaptumMethod]:
 
 
 # ------------------------------------------------------------------------------- helpers
+
+
+def _field_name(argument: str) -> str:
+    """The option name of a captum argument: its own, or ``captum_<name>`` where it would clash
+    with a parameter of :func:`saliency.explain` (IntegratedGradients' ``method``)."""
+    from saliency.explain import explain
+
+    return f"captum_{argument}" if argument in inspect.signature(explain).parameters else argument
 
 
 def _signature_hints(captum_class: type[Any]) -> dict[str, Any]:

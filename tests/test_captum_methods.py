@@ -141,15 +141,21 @@ def test_options_are_captums_keyword_arguments(name: str) -> None:
     constructor = list(inspect.signature(captum_class.__init__).parameters)[2:]
     attribute = list(inspect.signature(captum_class.attribute).parameters)[2:]
     left_out = {"target", "additional_forward_args", "return_convergence_delta", "kwargs"}
-    expected = [p for p in constructor + attribute if p not in left_out]
+    # an argument named like a parameter of saliency.explain is prefixed: captum_method
+    clashing = set(inspect.signature(saliency.explain).parameters)
+    expected = [
+        f"captum_{p}" if p in clashing else p for p in constructor + attribute if p not in left_out
+    ]
     assert list(cls.option_names()) == [*expected, "seed"]
     assert list(cls.constructor_options) + list(cls.attribute_options) == expected
+    renamed = (clashing & {*constructor, *attribute}) - left_out
+    assert cls.renamed == {f"captum_{p}": p for p in renamed}
 
 
 def test_unknown_and_missing_options_are_refused_with_the_accepted_names() -> None:
     x = torch.rand(1, 3, 8, 8)
     model = nn.Sequential(nn.Flatten(), nn.Linear(192, 3))
-    with pytest.raises(InvalidOptionError, match=r"no option 'steps'.*'n_steps'.*'method'"):
+    with pytest.raises(InvalidOptionError, match=r"no option 'steps'.*'n_steps'.*'captum_method'"):
         saliency.explain(model, x, "captum:IntegratedGradients", steps=4)
     with pytest.raises(InvalidOptionError, match=r"needs the option 'sliding_window_shapes'"):
         saliency.explain(model, x, "captum:Occlusion")
@@ -169,7 +175,7 @@ def test_defaults_and_recorded_options() -> None:
         "multiply_by_inputs": True,
         "baselines": None,
         "n_steps": 50,
-        "method": "gausslegendre",
+        "captum_method": "gausslegendre",  # IG's `method`: explain() has a `method` parameter
         "internal_batch_size": None,  # None: from the engine's batch size
         "seed": None,
     }
@@ -339,8 +345,9 @@ def direct(name: str, model: nn.Module, x: Tensor, target: Any, options: dict[st
         values["baselines"] = torch.zeros_like(x[:1])
     if "layer" in cls.constructor_options:
         values["layer"] = model.features[2]
-    constructor = {k: values[k] for k in cls.constructor_options if k in values}
-    attribute = {k: values[k] for k in cls.attribute_options if k in values}
+    names = cls.renamed
+    constructor = {names.get(k, k): values[k] for k in cls.constructor_options if k in values}
+    attribute = {names.get(k, k): values[k] for k in cls.attribute_options if k in values}
     seeded(options["seed"])
     return cls.captum_class(model, **constructor).attribute(x.clone(), target=target, **attribute)
 
@@ -549,3 +556,13 @@ def test_bf16_precision_reaches_captum() -> None:
     assert not torch.equal(bf16.attributions, fp32)  # autocast was on
     cosine = F.cosine_similarity(bf16.attributions.flatten(), fp32.flatten(), dim=0)
     assert cosine > 0.95
+
+
+def test_integrated_gradients_rule_is_captum_method() -> None:
+    model = Tiny().eval()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    ours = saliency.explain(
+        model, x, "captum:IntegratedGradients", target=1, n_steps=4, captum_method="riemann_left"
+    ).attributions
+    theirs = ca.IntegratedGradients(model).attribute(x, target=1, n_steps=4, method="riemann_left")
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-8)
