@@ -32,6 +32,7 @@ import dataclasses
 import functools
 import inspect
 import random
+import re
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -407,9 +408,11 @@ def _check_value(name: str, value: object, annotation: Any) -> None:
 
 
 def _first_sentence(cls: type[Any]) -> str:
+    """The first sentence of the class docstring: up to a full stop after a word of three or
+    more letters (so "et. al." does not end it)."""
     paragraph = " ".join((inspect.getdoc(cls) or cls.__name__).split("\n\n")[0].split())
-    sentence = paragraph.split(". ")[0].rstrip(".")
-    return sentence + "."
+    end = re.search(r"(?<=[a-z]{3})\.(\s|$)", paragraph)
+    return paragraph[: end.start()] + "." if end else paragraph
 
 
 @functools.cache
