@@ -100,7 +100,14 @@ def _method(method: str | Method, options: dict[str, Any]) -> tuple[str, Method]
                 f"options {sorted(options)} were given with a Method instance; set them on the "
                 "instance instead"
             )
-        name = next((n for n in list_methods() if type(method) is get_method(n)), None)
+        # Methods registered one by one first: a family (captum:*) is loaded only if needed.
+        found = (
+            n
+            for families in (False, True)
+            for n in list_methods(families=families)
+            if type(method) is get_method(n)
+        )
+        name = next(found, None)
         return name or type(method).__name__, method
     return method, get_method(method).create(**options)
 
