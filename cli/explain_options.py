@@ -19,13 +19,14 @@ from typing import Any, get_args
 
 from PIL import Image, features
 
-from saliency.cli import UsageError, method_options
+from saliency.cli import UsageError, method_options, option_values
 from saliency.cli.method_options import MethodOption, options_for
 from saliency.cli.model import DEFAULT_SIZE
 from saliency.engine import PRECISIONS
 from saliency.errors import SaliencyError
 from saliency.methods.base import Method
 from saliency.methods.registry import get_method, list_methods
+from saliency.output_files import file_stem
 from saliency.rendering import Sign, colormap_lut
 from saliency.run_folder import FORMATS, json_safe
 
@@ -65,7 +66,9 @@ def method_names(values: Sequence[str] | None) -> list[str]:
     names: list[str] = []
     for value in values:
         for name in (part.strip() for part in value.split(",")):
-            chosen = registered if name == "all" else [name] if name else []
+            # all: every method but the members of method families (captum:NAME...), many of
+            # which need options (Occlusion's window) or are exponential (ShapleyValues).
+            chosen = list_methods(families=False) if name == "all" else [name] if name else []
             for item in chosen:
                 if item not in registered:
                     raise UsageError(
@@ -76,7 +79,7 @@ def method_names(values: Sequence[str] | None) -> list[str]:
     if not names:
         raise UsageError(f"--method is empty; accepted: {', '.join(registered)}, or all")
     for name in names:
-        if not _SAFE_NAME.fullmatch(name):
+        if not _SAFE_NAME.fullmatch(file_stem(name)):
             raise UsageError(f"method {name!r} cannot be used: its name is not a safe file name")
     return names
 
@@ -375,14 +378,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> list[MethodOption]:
         for text in action.option_strings
     } | {"batch_size", "create_graph", "precision", "target", "images", "compile", "memory_budget"}
     generated = method_options.registry_options(reserved)
-    method_options.add_arguments(
-        parser.add_argument_group(
-            "method options",
-            "From the registered methods' options. Each goes only to the methods that have it\n"
-            "(and to a wrapper such as smoothgrad when its --base method has it); unset, each\n"
-            "method uses its own default. 'none' sets an optional value to None.",
-        ),
-        generated,
+    group = parser.add_argument_group(
+        "method options",
+        "From the registered methods' options. Each goes only to the methods that have it\n"
+        "(and to a wrapper such as smoothgrad when its --base method has it); unset, each\n"
+        "method uses its own default. 'none' sets an optional value to None.",
+    )
+    method_options.add_arguments(group, generated)
+    group.add_argument(
+        "--option",
+        dest="method_option_values",
+        action=option_values.OptionAction,
+        accepted=method_options.all_option_names,
+        type=option_values.parse_option,
+        metavar="KEY=VALUE",
+        help="any method option, also those without a flag above (repeatable); VALUE is a "
+        "literal: 3, 0.5, true, null, [3, 8, 8] or a string, e.g. --option n_steps=16",
     )
     return generated
 

@@ -182,7 +182,9 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> Run:
         "--method",
         action="append",
         metavar="NAME",
-        help="a registered method (repeatable; default: all: " + ", ".join(list_methods()) + ")",
+        help="a registered method (repeatable; default: every method outside method families: "
+        + ", ".join(list_methods(families=False))
+        + ")",
     )
     parser.add_argument("--no-gallery", action="store_true", help="skip the HTML gallery")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -212,7 +214,7 @@ def _run_demo(arguments: argparse.Namespace) -> int:
         print(f"saliency demo: error: {error}", file=sys.stderr)
         return 2
     models = settings.models or installed_demo_models()
-    methods = settings.methods or tuple(list_methods())
+    methods = settings.methods or tuple(list_methods(families=False))
     progress = Progress(
         len(models) * len(methods), enabled=not arguments.quiet, label="saliency demo", unit="steps"
     )

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from saliency.cli.option_values import OptionValue
 from saliency.errors import InvalidOptionError
 from saliency.methods.base import Method
 from saliency.methods.registry import get_method, list_methods
@@ -173,13 +174,20 @@ def _metavar(option: MethodOption) -> str:
 
 
 def given_options(arguments: argparse.Namespace, options: Iterable[MethodOption]) -> dict[str, Any]:
-    """The generated options the user gave, by field name (raw strings, or bools for flags)."""
-    given = {}
+    """The generated options the user gave, by field name (raw strings, or bools for flags),
+    and the ``--option KEY=VALUE`` ones (:class:`OptionValue`, which win over a flag)."""
+    given: dict[str, Any] = {}
     for option in options:
         value = getattr(arguments, option.dest, None)
         if value is not None:
             given[option.name] = value
+    given.update(getattr(arguments, "method_option_values", None) or {})
     return given
+
+
+def all_option_names() -> set[str]:
+    """Every option name of every registered method (what ``--option KEY=`` accepts)."""
+    return {name for method in list_methods() for name in get_method(method).option_names()}
 
 
 def options_for(
@@ -192,7 +200,16 @@ def options_for(
     """
     cls = get_method(method)
     own = field_types(cls)
-    chosen = {name: parse_value(name, given[name], own[name]) for name in own if name in given}
+    chosen = {
+        name: parse_value(name, given[name], own[name])
+        for name in own
+        if name in given and not isinstance(given[name], OptionValue)
+    }
+    chosen.update(
+        (name, value.value)
+        for name, value in given.items()
+        if isinstance(value, OptionValue) and name in cls.option_names()
+    )
     base = _base_of(cls, chosen)
     if base is not None and base not in _outer | {method}:  # a wrapper of itself: stop
         for name, value in options_for(base, given, _outer | {method}).items():

@@ -57,6 +57,7 @@ from saliency.engine import Precision
 from saliency.errors import ImageLoadError, SaliencyError
 from saliency.explain import explain
 from saliency.images import open_image
+from saliency.output_files import file_stem
 from saliency.rendering import render
 from saliency.run_folder import output_name, top_probabilities, write_overlay, write_raw
 
@@ -423,10 +424,10 @@ def write_method_outputs(
         The manifest paths of the overlay and of the raw array (None when not asked for).
     """
     folder = output_folder(spec.out, relpath, create=True)
-    write_overlay(folder / f"{method}.{spec.extension}", picture, spec.extension)
+    write_overlay(folder / f"{file_stem(method)}.{spec.extension}", picture, spec.extension)
     raw_path = None
     if raw is not None:
-        write_raw(folder / f"{method}.npy", raw)
+        write_raw(folder / f"{file_stem(method)}.npy", raw)
         raw_path = output_name(relpath, method, "npy")
     return output_name(relpath, method, spec.extension), raw_path
 

@@ -66,7 +66,7 @@ def write_synthetic_run(
         The run folder.
     """
     folder = Path(folder).absolute()
-    methods = list(methods) if methods is not None else list_methods()[:4]
+    methods = list(methods) if methods is not None else list_methods(families=False)[:4]
     names = (
         list(names)
         if names is not None

@@ -31,14 +31,22 @@ class Method(ABC):
         output: ``"input"`` for maps shaped like the inputs ``(N, C, H, W)``; ``"layer"`` for
             maps of a hooked layer upsampled to ``(N, 1, H, W)`` (Grad-CAM family).
         paper: the reference, shown by the CLI and the gallery.
-        derivative_order: the highest derivative of the model one attribution needs (1 for
-            gradient methods, 2 for Integrated Hessians); differentiating the attributions
-            again (``create_graph``, e.g. explanation fragility) needs one more.
+        derivative_order: the highest derivative of the model one attribution needs (0 for
+            perturbation methods, 1 for gradient methods, 2 for Integrated Hessians);
+            differentiating the attributions again (``create_graph``, e.g. explanation
+            fragility) needs one more.
+        supports_create_graph: whether the attributions can be differentiated
+            (``create_graph=True``); :func:`saliency.explain` refuses it before any work
+            otherwise.
+        needs_module: the method hooks or inspects the model's layers, so the model must be an
+            ``nn.Module`` (layer methods need one too, whatever this flag says).
     """
 
     output: ClassVar[OutputSpace] = "input"
     paper: ClassVar[str] = ""
     derivative_order: ClassVar[int] = 1
+    supports_create_graph: ClassVar[bool] = True
+    needs_module: ClassVar[bool] = False
 
     @classmethod
     def create(cls, **options: Any) -> Self:

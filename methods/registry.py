@@ -3,6 +3,12 @@
 Built-in methods and third-party plugins are found the same way, through the entry-point group
 ``saliency.methods`` (name = method name, value = ``module:Class``), so the core never imports a
 method module. :func:`register_method` adds one at run time.
+
+An entry point whose name ends in ``:*`` declares a *method family* (value = ``module:object``,
+a :class:`MethodFamily`): one object that provides many methods named ``PREFIX:MEMBER``, such as
+``captum:*`` for every captum attribution class. A family is loaded lazily — only when a name
+with its prefix is looked up or when all names are listed — so importing saliency, or using any
+other method, never imports the library behind it.
 """
 
 from __future__ import annotations
@@ -10,9 +16,9 @@ from __future__ import annotations
 import difflib
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib.metadata import EntryPoint, entry_points
-from typing import TypeVar, overload
+from typing import Protocol, TypeVar, overload, runtime_checkable
 
 from saliency.errors import DuplicateMethodError, UnknownMethodError
 from saliency.installation import DISTRIBUTION
@@ -20,9 +26,28 @@ from saliency.methods.base import Method
 
 ENTRY_POINT_GROUP = "saliency.methods"
 
+FAMILY_SUFFIX = ":*"
+
 _M = TypeVar("_M", bound=type[Method])
 _registry: dict[str, type[Method]] = {}
 _discovered = False
+_families: dict[str, EntryPoint | MethodFamily] = {}
+"""By prefix (``"captum:"``): the family, or its entry point until first needed."""
+_hidden: set[str] = set()
+"""Family members removed by :func:`unregister_method`."""
+
+
+@runtime_checkable
+class MethodFamily(Protocol):
+    """Many methods from one entry point, named ``PREFIX:MEMBER`` (see the module docstring)."""
+
+    def members(self) -> Iterable[str]:
+        """The member names (without the prefix)."""
+        ...
+
+    def method(self, member: str) -> type[Method]:
+        """The method class of one member; the same class object on every call."""
+        ...
 
 
 @overload
@@ -46,9 +71,10 @@ def register_method(
             raise TypeError(f"{cls!r} is not a subclass of saliency.methods.Method")
         key = name or _snake_case(cls.__name__)
         _discover()
-        if key in _registry:
+        existing = _registry.get(key) or _family_method(key)
+        if existing is not None:
             raise DuplicateMethodError(
-                f"a method named {key!r} is already registered ({_qualname(_registry[key])}); "
+                f"a method named {key!r} is already registered ({_qualname(existing)}); "
                 "choose another name or unregister_method() it first"
             )
         _registry[key] = cls
@@ -60,15 +86,31 @@ def register_method(
 def unregister_method(name: str) -> None:
     """Remove a registered method (mainly for tests and interactive sessions)."""
     _discover()
-    if name not in _registry:
+    if name in _registry:
+        del _registry[name]
+    elif _family_method(name) is not None:
+        _hidden.add(name)
+    else:
         raise _unknown(name)
-    del _registry[name]
 
 
-def list_methods() -> list[str]:
-    """The names of all registered methods, sorted."""
+def list_methods(families: bool = True) -> list[str]:
+    """The names of all registered methods, sorted.
+
+    Args:
+        families: include the members of method families (``captum:NAME``...); ``False`` lists
+            only the methods registered one by one (the built-in and plugin methods), and
+            imports no family's library.
+    """
     _discover()
-    return sorted(_registry)
+    names = set(_registry)
+    if families:
+        for prefix in list(_families):
+            family = _load_family(prefix)
+            if family is not None:
+                names.update(f"{prefix}{member}" for member in family.members())
+        names -= _hidden - set(_registry)
+    return sorted(names)
 
 
 def get_method(name: str) -> type[Method]:
@@ -78,9 +120,12 @@ def get_method(name: str) -> type[Method]:
         UnknownMethodError: no such method; the message lists the registered names.
     """
     _discover()
-    if not isinstance(name, str) or name not in _registry:
+    found = _registry.get(name) if isinstance(name, str) else None
+    if found is None and isinstance(name, str):
+        found = _family_method(name)
+    if found is None:
         raise _unknown(name)
-    return _registry[name]
+    return found
 
 
 def _discover() -> None:
@@ -91,7 +136,55 @@ def _discover() -> None:
     _discovered = True
     # Built-ins first: a third-party plugin can never take over a built-in name.
     for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=_is_third_party):
-        _load_entry_point(entry_point)
+        if entry_point.name.endswith(FAMILY_SUFFIX):
+            _add_family(entry_point)
+        else:
+            _load_entry_point(entry_point)
+
+
+def _add_family(entry_point: EntryPoint) -> None:
+    prefix = entry_point.name.removesuffix("*")
+    existing = _families.get(prefix)
+    if existing is None:
+        _families[prefix] = entry_point
+    elif not (isinstance(existing, EntryPoint) and existing.value == entry_point.value):
+        warnings.warn(
+            f"saliency method family {entry_point.name!r} ({entry_point.value}) was skipped: "
+            "the prefix is already taken",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _family_method(name: str) -> type[Method] | None:
+    """The family member called ``name``, if a family provides it (and it is not hidden)."""
+    prefix, colon, member = name.partition(":")
+    family = _load_family(prefix + colon) if colon and name not in _hidden else None
+    if family is None or member not in set(family.members()):
+        return None
+    return family.method(member)
+
+
+def _load_family(prefix: str) -> MethodFamily | None:
+    """The family of ``prefix``, loaded on first use; a broken one warns and is dropped."""
+    family = _families.get(prefix)
+    if not isinstance(family, EntryPoint):
+        return family
+    try:
+        loaded = family.load()
+        if not isinstance(loaded, MethodFamily):
+            raise TypeError("it is not a saliency.methods.registry.MethodFamily")
+        list(loaded.members())
+    except Exception as error:  # a third-party plugin must not break the library
+        warnings.warn(
+            f"saliency method family {family.name!r} ({family.value}) failed to load: {error}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        del _families[prefix]
+        return None
+    _families[prefix] = loaded
+    return loaded
 
 
 def _is_third_party(entry_point: EntryPoint) -> bool:
@@ -131,7 +224,7 @@ def _load_entry_point(entry_point: EntryPoint) -> None:
 
 
 def _unknown(name: object) -> UnknownMethodError:
-    names = sorted(_registry)
+    names = list_methods()
     close = difflib.get_close_matches(str(name), names, n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     return UnknownMethodError(

@@ -10,11 +10,10 @@ import torch
 from torch import Tensor
 
 from saliency.engine import Engine
-from saliency.errors import InvalidOptionError
 from saliency.methods.base import Method
-from saliency.methods.registry import get_method
+from saliency.methods.noisy_copies import NoisyCopies, base_method, split_base_options
 from saliency.targets import Target
-from saliency.validation import require_bool, require_float, require_int
+from saliency.validation import require_bool
 
 
 @dataclass(frozen=True)
@@ -48,50 +47,24 @@ class SmoothGrad(Method):
 
     @classmethod
     def create(cls, **options: Any) -> SmoothGrad:
-        own = set(cls.option_names())
-        base_options = dict(options.pop("base_options", {}))
-        base_options.update({k: v for k, v in options.items() if k not in own})
-        mine = {k: v for k, v in options.items() if k in own}
-        return cls(**mine, base_options=base_options)
+        return cls(**split_base_options(cls, options))
 
     def __post_init__(self) -> None:
-        require_int("samples", self.samples, 1)
-        require_float("noise", self.noise, 0.0)
+        self.copies()  # validates samples, noise and seed
         require_bool("squared", self.squared)
-        if self.seed is not None:
-            require_int("seed", self.seed, 0)
-        if get_method(self.base).output != "input":
-            raise InvalidOptionError(
-                f"base={self.base!r} is a layer method; SmoothGrad needs an input-space method"
-            )
-        self.base_method()  # validates the base options now, before any work
+        self.base_method()  # validates the base and its options now, before any work
+
+    def copies(self) -> NoisyCopies:
+        """The noisy copies this method averages over."""
+        return NoisyCopies(self.samples, self.noise, self.seed)
 
     def base_method(self) -> Method:
         """The wrapped method, built from ``base`` and ``base_options``."""
-        return get_method(self.base).create(**self.base_options)
+        return base_method("SmoothGrad", self.base, self.base_options)
 
     def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
         base = self.base_method()
-        shape = (-1,) + (1,) * (inputs.ndim - 1)
-        flat = inputs.flatten(1)  # σ depends on x: second-order results differentiate it too
-        sigma = (self.noise * (flat.amax(1) - flat.amin(1))).view(shape)
-        generator = None
-        if self.seed is not None:
-            generator = torch.Generator(device=inputs.device).manual_seed(self.seed)
-        block = engine.block_size(inputs, self.samples)
         total = torch.zeros_like(inputs, dtype=torch.promote_types(inputs.dtype, torch.float32))
-        for start in range(0, self.samples, block):
-            copies = min(block, self.samples - start)
-            # One draw per copy, in copy order: the noise does not depend on the block size.
-            noise = torch.stack(
-                [
-                    torch.randn(
-                        inputs.shape, generator=generator, device=inputs.device, dtype=inputs.dtype
-                    )
-                    for _ in range(copies)
-                ]
-            )
-            noisy = (inputs + sigma * noise).flatten(0, 1)
-            maps = base.attribute(engine, noisy, target.repeat(copies)).unflatten(0, (copies, -1))
+        for maps in self.copies().maps(engine, inputs, target, base):
             total = total + (maps.square() if self.squared else maps).sum(0)
         return (total / self.samples).to(inputs.dtype)

@@ -486,6 +486,18 @@ class Engine:
         sizing = None if self.batch_size is not None else self._sizes.get(point_shape)
         return None if sizing is None else sizing.size
 
+    def points_per_pass(self, point_shape: torch.Size, device: torch.device) -> int:
+        """Points of ``point_shape`` one forward + backward pass may take: ``batch_size``, else
+        the automatic size (measured, once a gradient chunk of that shape ran; else the
+        conservative guess). For code that batches passes itself (captum's
+        ``internal_batch_size``)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        sizing = self._sizes.get(point_shape)
+        if sizing is not None:
+            return sizing.size
+        return automatic_chunk_size(point_shape, device, memory_budget=self._budget(device))
+
     def block_size(self, point: Tensor, count: int) -> int:
         """How many copies of ``point``-sized batches to materialise at once (≥ 1, ≤ count)."""
         budget = self._budget(point.device) // 4

@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import PIL.Image
-from torch import Tensor
+from torch import Tensor, nn
 
 from saliency.engine import Engine, EngineOptions, Precision
-from saliency.errors import InvalidOptionError
+from saliency.errors import InvalidOptionError, LayerNotFoundError
 from saliency.explanation import Explanation
 from saliency.methods.base import Method
 from saliency.methods.registry import get_method, list_methods
@@ -62,6 +62,7 @@ def explain(
     """
     name, instance = _method(method, options)
     check_inputs(inputs)
+    _check_capabilities(name, instance, model, create_graph)
     engine = Engine(
         model,
         EngineOptions(
@@ -100,9 +101,32 @@ def _method(method: str | Method, options: dict[str, Any]) -> tuple[str, Method]
                 f"options {sorted(options)} were given with a Method instance; set them on the "
                 "instance instead"
             )
-        name = next((n for n in list_methods() if type(method) is get_method(n)), None)
+        # Methods registered one by one first: a family (captum:*) is loaded only if needed.
+        found = (
+            n
+            for families in (False, True)
+            for n in list_methods(families=families)
+            if type(method) is get_method(n)
+        )
+        name = next(found, None)
         return name or type(method).__name__, method
     return method, get_method(method).create(**options)
+
+
+def _check_capabilities(
+    name: str, method: Method, model: Callable[[Tensor], Any], create_graph: bool
+) -> None:
+    """Refuse, before any work, what the method declares it cannot do."""
+    if create_graph and not method.supports_create_graph:
+        raise InvalidOptionError(
+            f"method {name!r} cannot differentiate its attributions: create_graph=True is not "
+            "supported (accepted: create_graph=False)"
+        )
+    if method.needs_module and not isinstance(model, nn.Module):
+        raise LayerNotFoundError(
+            f"method {name!r} hooks the model's layers: it needs an nn.Module model, got "
+            f"{type(model).__name__}"
+        )
 
 
 def check_inputs(inputs: object) -> None:

@@ -13,7 +13,7 @@ import PIL.Image
 import torch
 from torch import Tensor
 
-from saliency.output_files import write_text_atomic
+from saliency.output_files import file_stem, write_text_atomic
 from saliency.rendering import render
 from saliency.run_folder import json_safe, versions, write_overlay, write_raw
 
@@ -109,14 +109,15 @@ class Explanation:
         """
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
+        stem = file_stem(self.method)
         paths = [
-            write_overlay(folder / f"{i:04d}_{self.method}.png", picture)
+            write_overlay(folder / f"{i:04d}_{stem}.png", picture)
             for i, picture in enumerate(self.pictures(**render_options))
         ]
         raw = self.attributions.detach().float().cpu().numpy()
-        paths.append(write_raw(folder / f"{self.method}.npy", raw))
+        paths.append(write_raw(folder / f"{stem}.npy", raw))
         paths.append(
-            write_text_atomic(folder / f"{self.method}.json", json.dumps(self.metadata(), indent=2))
+            write_text_atomic(folder / f"{stem}.json", json.dumps(self.metadata(), indent=2))
         )
         return paths
 

@@ -63,3 +63,49 @@ def _module_state(model: nn.Module, keep_parameter_grads: bool) -> Iterator[None
             parameter.requires_grad_(True)
         for module, flag in training:
             module.training = flag
+
+
+@contextmanager
+def modules_preserved(model: Callable[..., Any]) -> Iterator[None]:
+    """Undo, on exit, what code run in the block attached to ``model``'s modules.
+
+    For code that is not ours and changes modules as a side effect (captum's DeepLift stores
+    ``module.input``/``module.output``, its LRP attaches ``module.rule`` and ``activations``,
+    deletes rules the user had set, and swaps parameter data for its γ rules):
+
+    * public attributes added to a module during the block are removed, and public attributes
+      it deleted are put back (attributes the model itself updates, e.g. counters, are left);
+    * hooks added to a module during the block are removed;
+    * a parameter or buffer whose ``.data`` was replaced gets its original data back (without an
+      in-place write, so its version counter, and any autograd graph holding it, stays valid).
+
+    Args:
+        model: an ``nn.Module`` (anything else is left alone).
+    """
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    modules = list(model.modules())
+    attributes = [(m, {k: v for k, v in vars(m).items() if not k.startswith("_")}) for m in modules]
+    hooks = [
+        (table, set(table))
+        for m in modules
+        for key, table in vars(m).items()
+        if key.startswith("_") and "hooks" in key and isinstance(table, dict)
+    ]
+    tensors = [(t, t.data) for t in (*model.parameters(), *model.buffers())]
+    try:
+        yield
+    finally:
+        for module, saved in attributes:
+            current = vars(module)
+            for key in [k for k in current if not k.startswith("_") and k not in saved]:
+                del current[key]
+            for key, value in saved.items():
+                current.setdefault(key, value)
+        for table, keys in hooks:
+            for key in [k for k in table if k not in keys]:
+                del table[key]
+        for tensor, data in tensors:
+            if tensor.data_ptr() != data.data_ptr() or tensor.shape != data.shape:
+                tensor.data = data

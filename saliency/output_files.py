@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import IO
 
 
+def file_stem(method: str) -> str:
+    """A method name as a portable file name: a family's ``captum:Saliency`` becomes
+    ``captum-Saliency`` (``:`` is not allowed in Windows file names)."""
+    return method.replace(":", "-")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds."""

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from saliency.errors import SaliencyError
-from saliency.output_files import write_atomic, write_text_atomic
+from saliency.output_files import file_stem, write_atomic, write_text_atomic
 from saliency.validation import is_int, is_real
 
 FORMAT = 1
@@ -99,8 +99,9 @@ def is_safe_relpath(relpath: object) -> bool:
 
 
 def output_name(relpath: str, method: str, extension: str) -> str:
-    """The manifest path of an output file: ``<relpath>/<method>.<extension>``."""
-    return f"{relpath}/{method}.{extension}"
+    """The manifest path of an output file: ``<relpath>/<method>.<extension>`` (the method's
+    :func:`~saliency.output_files.file_stem`)."""
+    return f"{relpath}/{file_stem(method)}.{extension}"
 
 
 # ---- records ---------------------------------------------------------------------------------

@@ -270,14 +270,21 @@ def check_method(
     options: Mapping[str, Any] | None = None,
     *,
     device: str | torch.device = "cpu",
+    prepare: Callable[[CheckModel], None] | None = None,
 ) -> None:
     """Check that ``method`` keeps the lifecycle and output contract of every method.
+
+    A method that declares ``supports_create_graph = False`` must refuse ``create_graph=True``
+    before any work; one of derivative order 0 (perturbation methods) runs no backward pass, so
+    a model that fails only in backward passes does not trip it.
 
     Args:
         method: the method class (registered or not).
         options: its options for every call; small values keep the check fast
             (e.g. ``{"steps": 3}``).
         device: where the model and inputs live.
+        prepare: called on every test model before use (e.g. to give a custom layer the rule
+            a propagation method needs); whatever it sets must survive each call.
 
     Raises:
         AssertionError: a broken promise, named with the call that broke it.
@@ -287,6 +294,12 @@ def check_method(
     def make() -> Method:
         return method.create(**given)
 
+    def model_on(device: str | torch.device, dtype: torch.dtype = torch.float32) -> CheckModel:
+        model = checked_model(device, dtype)
+        if prepare is not None:
+            prepare(model)
+        return model
+
     name = method.__name__
     for create_graph in (False, True):
         for inputs_require_grad in (False, True):
@@ -294,29 +307,38 @@ def check_method(
                 f"{name}: a call with create_graph={create_graph}, inputs "
                 + ("that are a leaf with a .grad" if inputs_require_grad else "without grad")
             )
-            _check_normal_call(make, method, create_graph, inputs_require_grad, device, context)
+            _check_normal_call(
+                make, model_on, method, create_graph, inputs_require_grad, device, context
+            )
     for target in (NUM_CLASSES, -1, [0, NUM_CLASSES + 3]):
-        _check_bad_target(make, target, device, f"{name}: target={target!r}")
+        _check_bad_target(make, model_on, target, device, f"{name}: target={target!r}")
     for create_graph in (False, True):
         for failure in FAILURES:
             context = f"{name}: a model failing {failure!r} with create_graph={create_graph}"
-            _check_model_failure(make, failure, create_graph, device, context)
-    _check_dtypes(make, method, device, name)
+            _check_model_failure(make, model_on, method, failure, create_graph, device, context)
+    _check_dtypes(make, model_on, method, device, name)
     _check_callable_model(make, method, device, f"{name}: a callable model")
     _check_option_names(method, f"{name}: an unknown option")
 
 
 def _check_normal_call(
     make: Callable[[], Method],
+    model_on: Callable[..., CheckModel],
     method: type[Method],
     create_graph: bool,
     inputs_require_grad: bool,
     device: str | torch.device,
     context: str,
 ) -> None:
-    model = checked_model(device)
+    model = model_on(device)
     inputs = checked_inputs(inputs_require_grad, device)
     before = snapshot(model, inputs)
+    if create_graph and not method.supports_create_graph:
+        with _raises(InvalidOptionError, "create_graph", context):
+            explain(model, inputs, make(), target=TARGET, create_graph=True)
+        assert_same_state(before, snapshot(model, inputs), context)
+        _expect(not model.modes, f"{context}: create_graph was refused only after some work")
+        return
     ex = explain(model, inputs, make(), target=TARGET, create_graph=create_graph)
     assert_same_state(before, snapshot(model, inputs), context)
     _expect(bool(model.modes), f"{context}: the model was never called")
@@ -358,9 +380,13 @@ def _check_output(ex: Explanation, inputs: Tensor, method: type[Method], context
 
 
 def _check_bad_target(
-    make: Callable[[], Method], target: Any, device: str | torch.device, context: str
+    make: Callable[[], Method],
+    model_on: Callable[..., CheckModel],
+    target: Any,
+    device: str | torch.device,
+    context: str,
 ) -> None:
-    model = checked_model(device)
+    model = model_on(device)
     inputs = checked_inputs(False, device)
     before = snapshot(model, inputs)
     with _raises(InvalidTargetError, "out of range", context):
@@ -371,20 +397,33 @@ def _check_bad_target(
 
 def _check_model_failure(
     make: Callable[[], Method],
+    model_on: Callable[..., CheckModel],
+    method: type[Method],
     failure: str,
     create_graph: bool,
     device: str | torch.device,
     context: str,
 ) -> None:
-    model = checked_model(device)
+    model = model_on(device)
     inputs = checked_inputs(create_graph, device)
     before = snapshot(model, inputs)
     model.trip.mode = failure
     where = "backward" if failure == "backward" else "forward"
-    # One point per chunk: a method that needs a single forward still fails in a later one.
-    with _raises(RuntimeError, f"tripped in {where}", context):
+
+    def call() -> None:
+        # One point per chunk: a method that needs a single forward still fails in a later one.
         explain(model, inputs, make(), target=TARGET, create_graph=create_graph, batch_size=1)
-    if failure == "later":
+
+    refused = create_graph and not method.supports_create_graph
+    if refused:
+        with _raises(InvalidOptionError, "create_graph", context):
+            call()
+    elif failure in ("grad", "backward") and method.derivative_order == 0:
+        call()  # no pass with gradients, no backward: nothing trips
+    else:
+        with _raises(RuntimeError, f"tripped in {where}", context):
+            call()
+    if failure == "later" and not refused:
         _expect(model.trip.calls >= 2, f"{context}: the failure came before a successful forward")
     model.trip.mode = None
     assert_same_state(before, snapshot(model, inputs), context)
@@ -395,13 +434,17 @@ def _check_model_failure(
 
 
 def _check_dtypes(
-    make: Callable[[], Method], method: type[Method], device: str | torch.device, name: str
+    make: Callable[[], Method],
+    model_on: Callable[..., CheckModel],
+    method: type[Method],
+    device: str | torch.device,
+    name: str,
 ) -> None:
-    model = checked_model(device, torch.float64)
+    model = model_on(device, torch.float64)
     inputs = checked_inputs(False, device, torch.float64)
     ex = explain(model, inputs, make(), target=TARGET)
     _check_output(ex, inputs, method, f"{name}: float64 inputs")
-    model = checked_model(device)
+    model = model_on(device)
     inputs = checked_inputs(False, device)
     ex = explain(model, inputs, make(), target=TARGET, precision="bf16")
     _expect(
@@ -426,7 +469,7 @@ def _check_callable_model(
 ) -> None:
     model = _functional_model(device)
     inputs = checked_inputs(False, device)
-    if method.output != "input":
+    if method.output != "input" or method.needs_module:
         with _raises(LayerNotFoundError, "nn.Module", context):
             explain(model, inputs, make())
         return

@@ -17,11 +17,34 @@ import torch
 
 import saliency
 
+# Feature groups for captum's perturbation methods on the 8×8 test inputs: the four quadrants.
+QUADRANTS = ((torch.arange(8) // 4)[:, None] * 2 + (torch.arange(8) // 4)[None, :]).view(1, 1, 8, 8)
+_CAPTUM_OPTIONS: dict[str, dict[str, Any]] = {
+    "captum:DeepLiftShap": {
+        "baselines": torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(7))
+    },
+    "captum:FeatureAblation": {"feature_mask": QUADRANTS},
+    "captum:FeaturePermutation": {"feature_mask": QUADRANTS},
+    "captum:GradientShap": {"baselines": 0.0, "n_samples": 2},
+    "captum:IntegratedGradients": {"n_steps": 3},
+    "captum:KernelShap": {"feature_mask": QUADRANTS, "n_samples": 8},
+    "captum:Lime": {"feature_mask": QUADRANTS, "n_samples": 8},
+    "captum:Occlusion": {"sliding_window_shapes": (3, 4, 4), "strides": (3, 4, 4)},
+    "captum:ShapleyValueSampling": {"feature_mask": QUADRANTS, "n_samples": 2},
+    "captum:ShapleyValues": {"feature_mask": QUADRANTS},
+}
 FAST_OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"steps": 3},
     # a fixed seed: the same noise in every call (finite differences, compiled vs eager)
     "smoothgrad": {"samples": 2, "seed": 0},
+    "vargrad": {"samples": 2, "seed": 0},
     "integrated_hessians": {"inner_steps": 2, "outer_steps": 2},
+    # Every captum method also gets seed=0: the same call twice must give the same result.
+    **{
+        name: {**_CAPTUM_OPTIONS.get(name, {}), "seed": 0}
+        for name in saliency.list_methods()
+        if name.startswith("captum:")
+    },
 }
 """Small option values that keep a call fast, per method (others run with their defaults)."""
 

@@ -518,7 +518,8 @@ def test_options_are_generated_for_a_new_method_from_its_fields(toy_method: str)
 
 
 def test_method_names_from_the_registry() -> None:
-    assert method_names(["all"]) == saliency.list_methods()
+    assert method_names(["all"]) == saliency.list_methods(families=False)
+    assert method_names(["captum:Saliency"]) == ["captum:Saliency"]
     assert method_names(None) == ["gradient", "integrated_gradients", "smoothgrad", "gradcam"]
     assert method_names(["gradcam,gradient", "gradcam"]) == ["gradcam", "gradient"]
     with pytest.raises(UsageError, match=r"unknown method 'x'.*or all"):

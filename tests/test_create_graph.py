@@ -17,7 +17,13 @@ from smooth_models import smooth_cnn
 from torch import Tensor, nn
 
 import saliency
+from saliency.errors import InvalidOptionError
 
+# Methods that cannot differentiate their attributions (captum's) refuse create_graph=True.
+DIFFERENTIABLE = [
+    m for m in saliency.list_methods() if saliency.get_method(m).supports_create_graph
+]
+REFUSING = [m for m in saliency.list_methods() if m not in DIFFERENTIABLE]
 TARGET = [0, 2]
 EPS = 1e-5
 RTOL = 1e-4
@@ -66,6 +72,7 @@ def assert_close_derivative(autograd: float, finite: float) -> None:
 
 
 @pytest.mark.parametrize("kind", ["random", "range_preserving"])
+@pytest.mark.parametrize("method", DIFFERENTIABLE)
 def test_derivative_with_respect_to_inputs(
     method: str, method_options: dict[str, Any], kind: str
 ) -> None:
@@ -88,6 +95,7 @@ def test_derivative_with_respect_to_inputs(
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("method", DIFFERENTIABLE)
 def test_derivative_with_respect_to_a_parameter(
     method: str, method_options: dict[str, Any]
 ) -> None:
@@ -122,6 +130,7 @@ def test_derivative_with_respect_to_a_parameter(
     assert all(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.parametrize("method", DIFFERENTIABLE)
 def test_create_graph_true_attributions_require_grad(
     method: str, method_options: dict[str, Any]
 ) -> None:
@@ -136,6 +145,7 @@ def test_create_graph_true_attributions_require_grad(
 
 
 @pytest.mark.parametrize("inputs_require_grad", [False, True])
+@pytest.mark.parametrize("method", DIFFERENTIABLE)
 def test_create_graph_false_gives_plain_tensors(
     method: str, method_options: dict[str, Any], inputs_require_grad: bool
 ) -> None:
@@ -149,6 +159,7 @@ def test_create_graph_false_gives_plain_tensors(
     assert inputs.grad is None
 
 
+@pytest.mark.parametrize("method", DIFFERENTIABLE)
 def test_create_graph_does_not_change_values(method: str, method_options: dict[str, Any]) -> None:
     model = smooth_cnn()
     inputs = make_inputs()
@@ -159,6 +170,21 @@ def test_create_graph_does_not_change_values(method: str, method_options: dict[s
     torch.testing.assert_close(
         second.attributions.detach(), first.attributions, rtol=1e-12, atol=1e-14
     )
+
+
+@pytest.mark.parametrize("method", REFUSING)
+def test_methods_that_cannot_differentiate_refuse_create_graph(
+    method: str, method_options: dict[str, Any]
+) -> None:
+    model = smooth_cnn()
+    calls: list[int] = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    with pytest.raises(InvalidOptionError, match="create_graph=True is not supported") as info:
+        saliency.explain(
+            model, make_inputs(), method, target=TARGET, create_graph=True, **method_options
+        )
+    assert repr(method) in str(info.value)
+    assert not calls, "refused before any work"
 
 
 def test_gradcam_float64_keeps_float64_precision() -> None:

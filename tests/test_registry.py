@@ -35,7 +35,7 @@ from saliency.methods.base import Method
 
 
 @dataclass(frozen=True)
-class GradientXInput(Method):
+class InputTimesGradient(Method):
     r"""Input times gradient: a_i = x_i * df/dx_i.
 
     Shrikumar et al. (2016), arXiv:1605.01713.
@@ -60,6 +60,8 @@ class Doubled(Method):
 def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """An empty, undiscovered registry; the real one comes back after the test."""
     monkeypatch.setattr(registry, "_registry", {})
+    monkeypatch.setattr(registry, "_families", {})
+    monkeypatch.setattr(registry, "_hidden", set())
     monkeypatch.setattr(registry, "_discovered", False)
     yield
 
@@ -199,19 +201,19 @@ def test_plugin_discovered_through_entry_points(plugin_path: Path) -> None:
     install_distribution(
         plugin_path,
         "saliency-test-plugin-gxi",
-        {"gradient_x_input": "saliency_test_plugin_gxi:GradientXInput"},
+        {"input_times_gradient": "saliency_test_plugin_gxi:InputTimesGradient"},
         {"saliency_test_plugin_gxi": PLUGIN_SOURCE},
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         names = saliency.list_methods()
-    assert "gradient_x_input" in names
+    assert "input_times_gradient" in names
     assert set(BUILT_INS) <= set(names)
 
     model = tiny_model()
     inputs = torch.rand(2, 3, 5, 5, generator=torch.Generator().manual_seed(0))
-    ex = saliency.explain(model, inputs, method="gradient_x_input", target=1)
-    assert ex.method == "gradient_x_input"
+    ex = saliency.explain(model, inputs, method="input_times_gradient", target=1)
+    assert ex.method == "input_times_gradient"
     gradient = saliency.explain(model, inputs, method="gradient", target=1).attributions
     torch.testing.assert_close(ex.attributions, inputs * gradient)
 
@@ -256,7 +258,7 @@ def test_plugin_colliding_with_built_in_warns_and_built_in_wins(
     install_distribution(
         plugin_path,
         "saliency-test-plugin-collide",
-        {"gradient": "saliency_test_plugin_collide:GradientXInput"},
+        {"gradient": "saliency_test_plugin_collide:InputTimesGradient"},
         {"saliency_test_plugin_collide": PLUGIN_SOURCE},
     )
     with pytest.warns(RuntimeWarning, match="gradient") as record:

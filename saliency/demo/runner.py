@@ -140,7 +140,10 @@ def run_demo(
     models = settings.models if settings.models is not None else installed_demo_models()
     if not models:
         raise InvalidOptionError("no demo model weights are installed; reinstall saliency-kit")
-    methods = settings.methods if settings.methods is not None else tuple(list_methods())
+    # The demo measures the methods registered one by one, not method families (captum:NAME).
+    methods = (
+        settings.methods if settings.methods is not None else tuple(list_methods(families=False))
+    )
     rows: list[dict[str, Any]] = []
     entries: list[InputRecord] = []
     accuracy: dict[str, float] = {}

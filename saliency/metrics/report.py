@@ -68,6 +68,7 @@ METRIC_NAMES: tuple[str, ...] = (
 DEMO_METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"steps": 8},
     "smoothgrad": {"samples": 6, "seed": 0},
+    "vargrad": {"samples": 6, "seed": 0},
     "integrated_hessians": {"inner_steps": 2, "outer_steps": 2},
 }
 """Deterministic, cheaper options of built-in methods for the 2-core CPU demo (any method not
