@@ -30,7 +30,13 @@ from pathlib import Path
 
 from PIL import EpsImagePlugin, Image, ImageFile
 
-from saliency.run_folder import OUTPUT_EXTENSIONS, RESERVED_NAMES, UnsafePathError, split_relpath
+from saliency.run_folder import (
+    OUTPUT_EXTENSIONS,
+    RESERVED_NAMES,
+    UnsafePathError,
+    split_relpath,
+    text_form,
+)
 
 # Pillow can identify these files but not decode their pixels without extra programs.
 _IDENTIFY_ONLY_FORMATS = frozenset({"MPEG"})
@@ -221,8 +227,12 @@ class RelpathAllocator:
             self._folders.add(_key(parts[:end]))
 
     def allocate(self, natural: Sequence[str]) -> str:
-        """Claim and return ``natural`` (components), suffixed ``~N`` where it collides."""
-        parts = list(split_relpath("/".join(natural)))
+        """Claim and return ``natural`` (components), suffixed ``~N`` where it collides.
+
+        A name that is not valid UTF-8 is taken in its :func:`~saliency.run_folder.text_form`
+        (``caf\\xe9.png``), so that every output path is text.
+        """
+        parts = list(split_relpath("/".join(text_form(part) for part in natural)))
         collision = self._first_collision(parts)
         if collision is not None:
             stem = parts[collision]

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, cast
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 import numpy as np
 import PIL.Image
@@ -75,8 +76,13 @@ def split_relpath(relpath: str) -> tuple[str, ...]:
     """The components of a ``/``-separated path inside the run folder, checked.
 
     Raises:
-        UnsafePathError: An empty, absolute or ``.``/``..`` component, or a NUL character.
+        UnsafePathError: An empty, absolute or ``.``/``..`` component, a NUL character, or
+            text that is not valid Unicode (a lone surrogate: see :func:`text_form`).
     """
+    if text_form(relpath) != relpath:
+        raise UnsafePathError(
+            f"unsafe output path {text_form(relpath)!r}: not valid Unicode text"
+        )
     parts = tuple(relpath.split("/"))
     for part in parts:
         if part in ("", ".", "..") or "\0" in part:
@@ -96,6 +102,43 @@ def is_safe_relpath(relpath: object) -> bool:
     except UnsafePathError:
         return False
     return True
+
+
+def text_form(name: str) -> str:
+    """``name`` as valid Unicode text: a file name that is not valid UTF-8 (Python holds its
+    undecodable bytes as lone surrogates, see :func:`os.fsdecode`) gets each such byte written
+    as ``\\xNN``; any other lone surrogate as ``\\uNNNN``. Valid text is returned unchanged.
+
+    This is the display form recorded in the manifest (and the form of an input's relpath); it is
+    not reversible, so a ``source`` that needed it is also recorded as ``source_bytes``.
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to (e.g. from a JSON escape)
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def name_bytes(name: str) -> str | None:
+    """The reversible form of a file name that is not valid UTF-8: its bytes percent-encoded
+    (``%E9``; ``/`` and ASCII letters, digits and ``_.-~`` as they are); None for valid text or
+    a string that is no file name."""
+    if text_form(name) == name:
+        return None
+    try:
+        return quote_from_bytes(name.encode("utf-8", "surrogateescape"), safe="/")
+    except UnicodeEncodeError:
+        return None
+
+
+def from_name_bytes(value: str) -> str:
+    """The file name (as :func:`os.fsdecode` gives it) of a :func:`name_bytes` form."""
+    return unquote_to_bytes(value).decode("utf-8", "surrogateescape")
 
 
 def output_name(relpath: str, method: str, extension: str) -> str:
@@ -183,10 +226,13 @@ class InputRecord:
     dropped: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        """The entry as in the manifest."""
+        """The entry as in the manifest (a ``source`` that is not valid UTF-8: its
+        :func:`text_form`, and ``source_bytes`` to find the file again)."""
+        raw = name_bytes(self.source)
         return {
             "path": self.path,
-            "source": self.source,
+            "source": text_form(self.source),
+            **({} if raw is None else {"source_bytes": raw}),
             "status": self.status,
             "error": self.error,
             "width": self.width,
@@ -205,6 +251,9 @@ class InputRecord:
         path, source = value.get("path"), value.get("source")
         if not is_safe_relpath(path) or not isinstance(source, str):
             return None
+        raw = value.get("source_bytes")
+        if isinstance(raw, str):
+            source = from_name_bytes(raw)
         methods, dropped = {}, []
         for name, item in _mapping(value.get("methods")).items():
             record = MethodRecord.from_json(item)
@@ -410,7 +459,7 @@ def write_manifest(
     The inputs are sorted by path, as ``saliency explain`` lists them; ``sort=False`` keeps
     their order (explanations written from Python: the order of the batch).
     """
-    data = manifest.to_json(sort=sort)
+    data = valid_text(manifest.to_json(sort=sort))
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
     return write_text_atomic(folder / name, text + "\n")
 
@@ -465,9 +514,27 @@ def _read_json(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: cannot be read as JSON ({exc})") from exc
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path}: cannot be read as JSON: not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise ManifestError(f"{path}: cannot be read as JSON: nested too deeply") from None
+    try:
+        return valid_text(data)  # a \\udcff escape is a lone surrogate
+    except RecursionError:
+        raise ManifestError(f"{path}: cannot be read as JSON: nested too deeply") from None
+
+
+def valid_text(value: Any) -> Any:
+    """JSON data with every string (keys too) in its :func:`text_form`: what a manifest holds."""
+    if isinstance(value, str):
+        return text_form(value)
+    if isinstance(value, dict):
+        return {text_form(str(k)): valid_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [valid_text(v) for v in value]
+    return value
+
 
 
 # ---- runs under torchrun: the per-rank manifests -----------------------------------------------
