@@ -42,10 +42,18 @@ from saliency.cli.explain_options import (
     render_options,
 )
 from saliency.cli.inputs import FoundInput, InputError, discover
-from saliency.cli.model import ReadyModel, check_layers, load_ready_model, parse_target
+from saliency.cli.model import (
+    ReadyModel,
+    check_layers,
+    check_queries,
+    load_ready_model,
+    parse_target,
+)
 from saliency.cli.pipeline import Compute, OutputSpec, Pipeline
 from saliency.cli.plan import Job, Plan, ResumeConflict, RunRecorder, make_plan
 from saliency.cli.progress import Progress, format_duration
+from saliency.engine import EngineOptions
+from saliency.errors import SaliencyError
 from saliency.methods.registry import list_methods
 from saliency.run_folder import (
     InputRecord,
@@ -140,6 +148,7 @@ def _set_up(arguments: argparse.Namespace, world: Group) -> _Setup:
     Raises:
         UsageError: Anything that stops the run before any work.
     """
+    _engine_options(arguments)
     names = method_names(arguments.method)
     given = method_options.given_options(arguments, arguments.generated_options)
     methods = choose_methods(names, given)
@@ -169,6 +178,23 @@ def _set_up(arguments: argparse.Namespace, world: Group) -> _Setup:
     plan = _plan(arguments, out, found, run, world.ranks.is_main)
     run.methods, run.method_options = plan.methods, plan.method_options
     return _Setup(out, methods, overlay, ready, target, run, plan)
+
+
+def _engine_options(arguments: argparse.Namespace) -> EngineOptions:
+    """The engine's options of the run, checked by building them (before any work).
+
+    Raises:
+        UsageError: A value the engine does not accept.
+    """
+    try:
+        return EngineOptions(
+            batch_size=arguments.batch_size,
+            precision=arguments.precision,
+            compile=arguments.compile,
+            memory_budget=arguments.memory_budget,
+        )
+    except (SaliencyError, ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _discover(arguments: argparse.Namespace, out: Path, main: bool) -> list[FoundInput]:
@@ -217,7 +243,9 @@ def _load_model(
     device = distributed.rank_device(arguments.device, world.ranks)
     weights = None if arguments.weights.lower() == "none" else arguments.weights
     ready = load_ready_model(arguments.model, weights, device, arguments.input_size)
-    check_layers(ready, {name: chosen.instance for name, chosen in methods.items()})
+    instances = {name: chosen.instance for name, chosen in methods.items()}
+    check_layers(ready, instances)
+    check_queries(ready, instances)
     return ready
 
 

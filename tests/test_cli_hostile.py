@@ -90,3 +90,48 @@ def test_lone_surrogate_escape_in_a_manifest_neither_crashes_resume_nor_gallery(
     code, _, err = run(capsys, "explain", photos, "--out", out, *BASE, "--overwrite")
     assert code == 0, err
     json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+
+
+# ---- 2. option values that could only fail later ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--method", "integrated_gradients", "--baseline", "inf"], "finite number"),
+        (["--method", "integrated_gradients", "--baseline", "nan"], "finite number"),
+        (["--method", "smoothgrad", "--noise", "inf"], "finite"),
+        (["--method", "integrated_gradients", "--steps", "9" * 23], "at most 2147483647"),
+        (["--method", "integrated_hessians", "--query", "900,900,901,901"], "does not fit"),
+        (["--memory-budget", "1e400"], "positive size in bytes"),
+        (["--device", "meta"], "cannot compute there"),
+        (["--out", ""], "--out ''"),
+    ],
+)
+def test_bad_values_are_usage_errors_before_any_work(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    picture(tmp_path / "a.png")
+    base = [a for a in BASE if a not in ("--method", "gradient")]
+    out = [] if "--out" in argv else ["--out", "out"]
+    try:
+        code, _, err = run(capsys, "explain", "a.png", *base, *out, *argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        code, err = int(exc.code or 0), capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert sorted(os.listdir(tmp_path)) == ["a.png"]  # nothing written, not even a manifest
+
+
+def test_library_refuses_a_non_finite_baseline() -> None:
+    import torch
+
+    from saliency.baselines import make_baseline
+    from saliency.errors import InvalidOptionError
+
+    with pytest.raises(InvalidOptionError, match="finite number"):
+        make_baseline(float("inf"), torch.zeros(1, 3, 4, 4))
