@@ -66,6 +66,7 @@ from saliency.run_folder import (
     versions,
     write_manifest,
 )
+from saliency.run_lock import LOCK_NAME, FolderInUseError, RunLock, lock_run_folder
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _LABEL = "saliency explain"
@@ -122,28 +123,47 @@ def _run(arguments: argparse.Namespace, world: Group) -> int:
     started, started_at = time.monotonic(), now()
     existed = os.path.lexists(arguments.out)
     world.barrier()  # every rank has looked before one creates the folder
-    try:
-        setup, error = _set_up(arguments, world), None
-    except UsageError as exc:
-        setup, error = None, str(exc)
-    error, started_at = distributed.agree(world, error, started_at)
-    if error is not None or setup is None:
-        if not existed and world.ranks.is_main:
-            _remove_if_empty(Path(arguments.out))  # a usage error leaves nothing behind
-        raise UsageError(error)
-    setup.run.started = started_at  # rank 0's, on every rank
-    return _execute(arguments, setup, world, started)
+    with contextlib.ExitStack() as held:  # rank 0: the run folder's lock, until the end
+        try:
+            setup, error = _set_up(arguments, world, held), None
+        except UsageError as exc:
+            setup, error = None, str(exc)
+        error, started_at = distributed.agree(world, error, started_at)
+        if error is not None or setup is None:
+            held.close()
+            if not existed and world.ranks.is_main:
+                _remove_if_empty(Path(arguments.out))  # a usage error leaves nothing behind
+            raise UsageError(error)
+        setup.run.started = started_at  # rank 0's, on every rank
+        return _execute(arguments, setup, world, started)
 
 
 def _remove_if_empty(out: Path) -> None:
-    """Remove the output folder if it exists and is empty."""
+    """Remove the output folder if it exists and holds nothing but its lock file."""
     with contextlib.suppress(OSError):
+        if [entry.name for entry in out.iterdir()] == [LOCK_NAME]:
+            (out / LOCK_NAME).unlink()
         if not any(out.iterdir()):
             out.rmdir()
 
 
-def _set_up(arguments: argparse.Namespace, world: Group) -> _Setup:
-    """Check every choice, load the model and plan the run (whole, on every rank).
+def _lock(out: Path) -> RunLock:
+    """The run folder's lock (see :mod:`saliency.run_lock`).
+
+    Raises:
+        UsageError: Another run holds it, or it cannot be taken.
+    """
+    try:
+        return lock_run_folder(out)
+    except FolderInUseError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot lock the run folder: {exc}") from None
+
+
+def _set_up(arguments: argparse.Namespace, world: Group, held: contextlib.ExitStack) -> _Setup:
+    """Check every choice, load the model and plan the run (whole, on every rank). Rank 0
+    locks the run folder first (released by ``held``).
 
     Raises:
         UsageError: Anything that stops the run before any work.
@@ -157,6 +177,8 @@ def _set_up(arguments: argparse.Namespace, world: Group) -> _Setup:
         arguments.overlay_alpha, arguments.overlay_cmap, arguments.overlay_sign
     )
     out = prepare_out(arguments.out)
+    if world.ranks.is_main:
+        held.callback(_lock(out).release)
     found = _discover(arguments, out, world.ranks.is_main)
     ready = _load_model(arguments, methods, world)
     target = parse_target(arguments.target, ready)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +137,52 @@ def test_library_refuses_a_non_finite_baseline() -> None:
 
     with pytest.raises(InvalidOptionError, match="finite number"):
         make_baseline(float("inf"), torch.zeros(1, 3, 4, 4))
+
+
+# ---- 3. one run at a time per run folder -------------------------------------------------------
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from saliency.run_lock import lock_run_folder
+lock = lock_run_folder(Path(sys.argv[1]))
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_run_on_a_locked_folder_is_refused_and_a_dead_holder_does_not_block(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    picture(photos / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        code, _, err = run(capsys, "explain", photos, "--out", out, *BASE)
+        assert code == 2 and "in use by another saliency run" in err
+        assert f"process {holder.pid}" in err
+        assert not (out / "manifest.json").exists()
+    finally:
+        holder.kill()  # SIGKILL: no chance to release; the kernel does
+        holder.wait(timeout=30)
+    code, _, err = run(capsys, "explain", photos, "--out", out, *BASE)
+    assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["inputs"][0]["status"] == "ok"
+
+
+def test_a_lock_file_is_not_followed_through_a_symbolic_link(tmp_path: Path) -> None:
+    from saliency.run_lock import LOCK_NAME, lock_run_folder
+
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / LOCK_NAME).symlink_to(outside)
+    with pytest.raises(OSError):
+        lock_run_folder(tmp_path / "out")
+    assert outside.read_text() == "keep"
