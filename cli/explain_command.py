@@ -19,9 +19,11 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,7 @@ from saliency.cli.progress import Progress, format_duration
 from saliency.engine import EngineOptions
 from saliency.errors import SaliencyError
 from saliency.methods.registry import list_methods
+from saliency.output_files import remove_stale_temporaries
 from saliency.run_folder import (
     InputRecord,
     Manifest,
@@ -92,7 +95,9 @@ def run(arguments: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     world: Group | None = None
     try:
-        with distributed.join(distributed.detect(), arguments.device) as world:
+        with _terminate_as_interrupt(), distributed.join(
+            distributed.detect(), arguments.device
+        ) as world:
             return _run(arguments, world)
     except UsageError as exc:
         if world is None or world.ranks.is_main:  # every rank has the same (agreed) error
@@ -103,6 +108,24 @@ def run(arguments: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     finally:
         torch.set_num_threads(threads)  # --threads: only for this run (matters in process)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, torchrun stopping its ranks) handled like Ctrl-C: the writes in flight
+    are collected and the manifest saved before the run exits (130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signal: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 @dataclass
@@ -179,6 +202,7 @@ def _set_up(arguments: argparse.Namespace, world: Group, held: contextlib.ExitSt
     out = prepare_out(arguments.out)
     if world.ranks.is_main:
         held.callback(_lock(out).release)
+        remove_stale_temporaries(out)  # of killed runs: no other run writes here now
     found = _discover(arguments, out, world.ranks.is_main)
     ready = _load_model(arguments, methods, world)
     target = parse_target(arguments.target, ready)

@@ -30,6 +30,8 @@ The main thread owns the run's state: results from the workers are collected the
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -516,18 +518,48 @@ def start_workers(
     if sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("fork")
         pool = ProcessPoolExecutor(
-            count, mp_context=context, initializer=_start_process, initargs=initargs
+            count,
+            mp_context=context,
+            initializer=_start_process,
+            initargs=(os.getpid(), *initargs),
         )
         return pool, "processes"
     _configure(*initargs)
     return ThreadPoolExecutor(count, thread_name_prefix="saliency-worker"), "threads"
 
 
-def _start_process(model_input: ModelInput, max_image_pixels: int | None) -> None:
-    # The main process handles Ctrl-C: it still collects the writes in flight.
+def _start_process(parent: int, model_input: ModelInput, max_image_pixels: int | None) -> None:
+    # The main process handles Ctrl-C and SIGTERM: it still collects the writes in flight.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    exit_with_parent(parent)
     torch.set_num_threads(1)  # as DataLoader workers: a forked OpenMP team is not usable
     _configure(model_input, max_image_pixels)
+
+
+_PR_SET_PDEATHSIG = 1
+WATCH_PARENT_SECONDS = 1.0
+
+
+def exit_with_parent(parent: int) -> None:
+    """End this (worker) process when ``parent`` dies, even by SIGKILL: otherwise an orphaned
+    worker would live on, holding the terminal or a pipe (``saliency explain ... | tee``) open.
+
+    Linux sends SIGKILL on the parent's death (``prctl(PR_SET_PDEATHSIG)``); a watchdog thread
+    that polls the parent id covers the other cases (no prctl, or a parent that died first).
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCH_PARENT_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="saliency-parent-watch", daemon=True).start()
 
 
 def _configure(model_input: ModelInput, max_image_pixels: int | None) -> None:

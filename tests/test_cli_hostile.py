@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +190,131 @@ def test_a_lock_file_is_not_followed_through_a_symbolic_link(tmp_path: Path) -> 
     with pytest.raises(OSError):
         lock_run_folder(tmp_path / "out")
     assert outside.read_text() == "keep"
+
+
+# ---- 4. signals: SIGTERM like Ctrl-C; workers die with their parent; stale temporary files ----
+
+SLOW = ["--method", "smoothgrad", "--samples", "64", "--batch-size", "8"]
+
+
+def photo_folder(root: Path, count: int) -> Path:
+    folder = root / "photos"
+    folder.mkdir()
+    for index in range(count):
+        picture(folder / f"p{index:02d}.png", seed=index)
+    return folder
+
+
+def start_explain(photos: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "saliency.cli", "explain", str(photos), "--out", str(out)]
+    rest = [a for a in BASE if a not in ("--method", "gradient", "--workers", "1")]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [*argv, *rest, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def stop(process: subprocess.Popen[str], workers: list[int]) -> None:
+    """Kill a run and the workers it had (left alive if the code under test is wrong)."""
+    process.kill()
+    process.wait(timeout=30)
+    for pid in workers:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork workers and /proc: Linux")
+def test_sigterm_is_handled_like_ctrl_c(tmp_path: Path) -> None:
+    photos = photo_folder(tmp_path, 24)
+    out = tmp_path / "out"
+    process = start_explain(photos, out, *SLOW, "--workers", "2")
+    workers: list[int] = []
+    try:
+        wait_for(lambda: any(out.glob("*/smoothgrad.png")) and bool(children(process.pid)))
+        workers = children(process.pid)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        stop(process, workers)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    done = [e for e in json.loads((out / "manifest.json").read_text())["inputs"]]
+    written = {p.parent.name for p in out.glob("*/smoothgrad.png")}
+    assert {e["path"] for e in done if e["status"] == "ok"} == written  # the final save
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork workers and /proc: Linux")
+def test_workers_die_with_a_killed_parent_and_release_the_pipe(tmp_path: Path) -> None:
+    photos = photo_folder(tmp_path, 24)
+    out = tmp_path / "out"
+    process = start_explain(photos, out, *SLOW, "--workers", "2")
+    workers: list[int] = []
+    try:
+        wait_for(lambda: any(out.glob("*/smoothgrad.png")) and bool(children(process.pid)))
+        workers += children(process.pid)
+        process.kill()  # SIGKILL: no handler runs
+        process.wait(timeout=30)
+        assert process.stdout is not None
+        # EOF on its stdout means no worker holds the pipe any more (``| tee`` returns)
+        reader = threading.Thread(target=process.stdout.read, daemon=True)
+        reader.start()
+        reader.join(timeout=30)
+        assert not reader.is_alive(), "a worker still holds stdout"
+        wait_for(lambda: not any(alive(pid) for pid in workers), timeout=30)
+    finally:
+        stop(process, workers)
+
+
+def test_stale_temporary_files_of_ours_are_removed_others_kept(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    picture(photos / "a.png")
+    out = tmp_path / "out"
+    (out / "a.png").mkdir(parents=True)
+    ours = [out / ".manifest.json.k2j_9xq1.tmp", out / "a.png" / ".gradient.png.abcdefgh.tmp"]
+    theirs = [out / "notes.tmp", out / ".manifest.json.TOOLONG12.tmp", photos / ".x.abcdefgh.tmp"]
+    for path in ours + theirs:
+        path.write_text("x")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / ".y.abcdefgh.tmp").write_text("x")
+    (out / "link").symlink_to(outside, target_is_directory=True)
+    code, _, err = run(capsys, "explain", photos / "a.png", "--out", out, *BASE)
+    assert code == 0, err
+    assert not any(path.exists() for path in ours)
+    assert all(path.exists() for path in theirs) and (outside / ".y.abcdefgh.tmp").exists()
