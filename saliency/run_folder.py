@@ -208,7 +208,9 @@ class MethodRecord:
 class InputRecord:
     """Everything the manifest says about one input.
 
-    ``dropped`` is not part of the format: the methods whose record :meth:`from_json` left out
+    ``size`` and ``mtime_ns`` are the source file's size and modification time when it was
+    explained (None: not recorded), so that a rerun can tell a replaced input. ``dropped`` is
+    not part of the format: the methods whose record :meth:`from_json` left out
     (an overlay path missing or outside the folder), so that a reader can say their output is
     missing.
     """
@@ -223,6 +225,8 @@ class InputRecord:
     top5: list[ClassScore] = field(default_factory=list)
     target: ClassScore | None = None
     methods: dict[str, MethodRecord] = field(default_factory=dict)
+    size: int | None = None
+    mtime_ns: int | None = None
     dropped: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -241,6 +245,8 @@ class InputRecord:
             "top5": [score.to_json() for score in self.top5],
             "target": None if self.target is None else self.target.to_json(),
             "methods": {name: record.to_json() for name, record in self.methods.items()},
+            **({} if self.size is None else {"size": self.size}),
+            **({} if self.mtime_ns is None else {"mtime_ns": self.mtime_ns}),
         }
 
     @classmethod
@@ -274,6 +280,8 @@ class InputRecord:
             top5=[score for score in top5 if score is not None],
             target=ClassScore.from_json(value.get("target")),
             methods=methods,
+            size=_int_or_none(value.get("size")),
+            mtime_ns=_int_or_none(value.get("mtime_ns")),
             dropped=dropped,
         )
 
@@ -745,6 +753,34 @@ def write_overlay(path: Path, picture: PIL.Image.Image, extension: str = "png") 
     """Write an overlay (or an original) image atomically."""
     data = encode_overlay(picture, extension)
     return write_atomic(path, lambda handle: handle.write(data))
+
+
+_SIGNATURES: Mapping[str, tuple[bytes, bytes]] = {
+    # (how the file starts, how it ends): PNG's signature and IEND chunk, JPEG's SOI and EOI
+    "png": (b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"),
+    "jpg": (b"\xff\xd8\xff", b"\xff\xd9"),
+    "webp": (b"RIFF", b""),
+    "npy": (b"\x93NUMPY", b""),
+}
+
+
+def looks_complete(path: Path, extension: str) -> bool:
+    """Whether an output file looks whole, from its first and last bytes only (cheap): the
+    format's signature, and its end marker (PNG, JPEG) or its declared length (WebP)."""
+    head, tail = _SIGNATURES[extension]
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(12)
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(max(0, size - len(tail)))
+            end = handle.read()
+    except OSError:
+        return False
+    if not start.startswith(head) or not end.endswith(tail):
+        return False
+    if extension == "webp":  # RIFF: little-endian length of what follows the first 8 bytes
+        return start[8:12] == b"WEBP" and int.from_bytes(start[4:8], "little") + 8 == size
+    return size > len(head) + len(tail)
 
 
 def write_raw(path: Path, attributions: np.ndarray) -> Path:

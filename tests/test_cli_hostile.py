@@ -318,3 +318,49 @@ def test_stale_temporary_files_of_ours_are_removed_others_kept(
     assert code == 0, err
     assert not any(path.exists() for path in ours)
     assert all(path.exists() for path in theirs) and (outside / ".y.abcdefgh.tmp").exists()
+
+
+# ---- 5. replaced inputs and damaged outputs are redone -----------------------------------------
+
+
+def test_replaced_input_and_damaged_outputs_are_redone(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        picture(photos / name)
+    out = tmp_path / "out"
+    assert run(capsys, "explain", photos, "--out", out, *BASE)[0] == 0
+    before = json.loads((out / "manifest.json").read_text())
+    entry = {e["path"]: e for e in before["inputs"]}["a.png"]
+    assert entry["size"] == (photos / "a.png").stat().st_size and entry["mtime_ns"] > 0
+    picture(photos / "a.png", seed=7, size=(30, 10))  # same name, another picture
+    (out / "b.png" / "gradient.png").write_bytes(b"garbage, not an image at all")
+    overlay = out / "c.png" / "gradient.png"
+    overlay.write_bytes(overlay.read_bytes()[:-20])  # truncated
+    code, _, err = run(capsys, "explain", photos, "--out", out, *BASE)
+    assert code == 0 and "1 input(s) changed since the earlier run" in err
+    assert "resuming: 1 of 4 inputs already done" in err  # d.png only
+    after = {e["path"]: e for e in json.loads((out / "manifest.json").read_text())["inputs"]}
+    assert (after["a.png"]["width"], after["a.png"]["height"]) == (30, 10)
+    assert Image.open(out / "a.png" / "gradient.png").size == (30, 10)
+    for name in ("b.png", "c.png"):
+        Image.open(out / name / "gradient.png").load()  # whole images again
+
+
+def test_looks_complete_per_format(tmp_path: Path) -> None:
+    from saliency.run_folder import encode_overlay, looks_complete
+
+    image = Image.new("RGB", (8, 8), "red")
+    for extension in ("png", "jpg", "webp"):
+        path = tmp_path / f"x.{extension}"
+        data = encode_overlay(image, extension)
+        path.write_bytes(data)
+        assert looks_complete(path, extension)
+        path.write_bytes(data[:-3])
+        assert not looks_complete(path, extension)
+        path.write_bytes(b"")
+        assert not looks_complete(path, extension)
+    np.save(tmp_path / "x.npy", np.zeros(3, np.float32))
+    assert looks_complete(tmp_path / "x.npy", "npy")
