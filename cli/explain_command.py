@@ -95,9 +95,10 @@ def run(arguments: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     world: Group | None = None
     try:
-        with _terminate_as_interrupt(), distributed.join(
-            distributed.detect(), arguments.device
-        ) as world:
+        with (
+            _terminate_as_interrupt(),
+            distributed.join(distributed.detect(), arguments.device) as world,
+        ):
             return _run(arguments, world)
     except UsageError as exc:
         if world is None or world.ranks.is_main:  # every rank has the same (agreed) error

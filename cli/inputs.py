@@ -19,7 +19,6 @@ absolute, and no folder on the way may be a symbolic link.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import stat
@@ -292,44 +291,3 @@ def assign_relpaths(
         kept[source] if source in kept else allocator.allocate(natural)
         for source, natural in inputs
     ]
-
-
-def output_folder(out: Path, relpath: str, create: bool) -> Path:
-    """``out/<relpath>``, refusing any way out of ``out`` (``..``, symbolic links, files).
-
-    Args:
-        out: The output folder (must exist).
-        relpath: The input's relpath.
-        create: Create missing folders; otherwise a missing folder raises FileNotFoundError.
-
-    Raises:
-        UnsafePathError: A component is a symbolic link or not a folder.
-        OSError: A folder cannot be created.
-    """
-    folder = out
-    for part in split_relpath(relpath):
-        folder = folder / part
-        if create:
-            with contextlib.suppress(FileExistsError):
-                folder.mkdir()
-        mode = os.lstat(folder).st_mode
-        if stat.S_ISLNK(mode):
-            raise UnsafePathError(
-                f"{folder} is a symbolic link; refusing to write through it, outside the output "
-                "folder"
-            )
-        if not stat.S_ISDIR(mode):
-            raise UnsafePathError(f"{folder} exists and is not a folder")
-    return folder
-
-
-def existing_output(out: Path, relpath: str) -> Path | None:
-    """``out/<relpath>`` (a file written by an earlier run) if it is a regular file reached
-    through real folders only; else None."""
-    parts = split_relpath(relpath)
-    try:
-        folder = output_folder(out, "/".join(parts[:-1]), create=False) if len(parts) > 1 else out
-        mode = os.lstat(folder / parts[-1]).st_mode
-    except (OSError, UnsafePathError):
-        return None
-    return folder / parts[-1] if stat.S_ISREG(mode) else None

@@ -52,7 +52,6 @@ import PIL.Image
 import torch
 from torch import Tensor, nn
 
-from saliency.cli.inputs import output_folder
 from saliency.cli.model import ModelInput
 from saliency.cli.plan import Job
 from saliency.engine import Precision
@@ -60,7 +59,13 @@ from saliency.errors import ImageLoadError, SaliencyError
 from saliency.explain import explain
 from saliency.images import open_image
 from saliency.rendering import render
-from saliency.run_folder import output_name, top_probabilities, write_overlay, write_raw
+from saliency.run_folder import (
+    output_folder,
+    output_name,
+    top_probabilities,
+    write_overlay,
+    write_raw,
+)
 
 # Decoded pixels in flight (originals, kept until their overlays are written): ~0.8 GB of RGB.
 PIXEL_BUDGET = 256_000_000

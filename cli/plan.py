@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saliency.cli.inputs import FoundInput, assign_relpaths, existing_output
+from saliency.cli.inputs import FoundInput, assign_relpaths
 from saliency.cli.progress import Progress
 from saliency.run_folder import (
     MANIFEST_NAME,
@@ -39,6 +39,7 @@ from saliency.run_folder import (
     Totals,
     class_of,
     class_score,
+    existing_output,
     looks_complete,
     now,
     output_name,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -364,3 +365,35 @@ def test_looks_complete_per_format(tmp_path: Path) -> None:
         assert not looks_complete(path, extension)
     np.save(tmp_path / "x.npy", np.zeros(3, np.float32))
     assert looks_complete(tmp_path / "x.npy", "npy")
+
+
+# ---- 6. the gallery never writes or deletes through a symbolic link ---------------------------
+
+
+def test_gallery_refuses_a_symlinked_assets_folder_and_keeps_outside_files(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    picture(photos / "a.png")
+    out = tmp_path / "out"
+    assert run(capsys, "explain", photos, "--out", out, *BASE, "--gallery")[0] == 0
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    precious = outside / "precious.jpg"
+    precious.write_bytes(b"precious")
+    cache = json.loads((out / "gallery" / "cache.json").read_text())
+    cache["assets"]["strip/precious.jpg"] = {"sources": [], "bytes": 8, "facts": {}}
+    (out / "gallery" / "cache.json").write_text(json.dumps(cache))
+    shutil.rmtree(out / "gallery" / "strip")
+    (out / "gallery" / "strip").symlink_to(outside, target_is_directory=True)
+    code, _, err = run(capsys, "gallery", out)
+    assert code == 2 and "symbolic link" in err
+    assert precious.read_bytes() == b"precious" and os.listdir(outside) == ["precious.jpg"]
+
+    # explain --gallery with OUT/gallery itself a link: nothing written outside --out
+    shutil.rmtree(out / "gallery")
+    (out / "gallery").symlink_to(outside, target_is_directory=True)
+    code, _, err = run(capsys, "explain", photos, "--out", out, *BASE, "--gallery")
+    assert code == 1 and "symbolic link" in err
+    assert os.listdir(outside) == ["precious.jpg"]
