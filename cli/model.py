@@ -35,7 +35,7 @@ from saliency.errors import LayerNotFoundError, ModelLoadError, SaliencyError
 from saliency.images import ImageTransform, Preprocess
 from saliency.layers import find_layer
 from saliency.methods.base import Method
-from saliency.models import list_model_sources, load_model
+from saliency.models import list_model_sources, load_model, model_file
 
 DEFAULT_SIZE = 224
 
@@ -160,7 +160,7 @@ def resolve_device(text: str) -> torch.device:
 
 
 def _recorded(text: str | None) -> str | None:
-    """A model or weights argument as recorded: files by absolute path, names as given."""
+    """A weights argument as recorded: a file by its absolute path, a name as given."""
     if text is None:
         return None
     path = Path(text)
@@ -185,15 +185,15 @@ def load_ready_model(
     class_names = loaded.class_names
     if class_names is not None and len(class_names) != num_classes:
         class_names = None
-    is_file = Path(name).exists()  # a model file ignores --weights
+    file = model_file(name)  # a model file ignores --weights
     return ReadyModel(
         loaded.model,
         model_input,
         class_names,
         num_classes,
         device,
-        _recorded(name) or name,
-        None if is_file else _recorded(weights),
+        name if file is None else str(file.resolve()),
+        None if file is not None else _recorded(weights),
     )
 
 

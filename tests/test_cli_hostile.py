@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from saliency.cli.main import main
@@ -397,3 +398,31 @@ def test_gallery_refuses_a_symlinked_assets_folder_and_keeps_outside_files(
     code, _, err = run(capsys, "explain", photos, "--out", out, *BASE, "--gallery")
     assert code == 1 and "symbolic link" in err
     assert os.listdir(outside) == ["precious.jpg"]
+
+
+# ---- 7. a file named like a model source never wins over the source --------------------------
+
+
+class _Planted(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :7]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_a_file_named_like_a_source_is_loaded_only_as_an_explicit_path(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import saliency
+
+    monkeypatch.chdir(tmp_path)
+    torch.jit.script(_Planted()).save("demo:shapes")
+    demo = saliency.load_model("demo:shapes")
+    planted = saliency.load_model("./demo:shapes")
+    probe = torch.zeros(1, 3, 96, 96)
+    assert demo.model(probe).shape[1] != 7 and demo.class_names is not None
+    assert planted.model(probe).shape == (1, 7)
+    assert saliency.models.model_file("demo:shapes") is None
+    picture(tmp_path / "a.png")
+    code, _, err = run(capsys, "explain", "a.png", "--out", "out", *BASE)
+    assert code == 0, err
+    assert json.loads(Path("out/manifest.json").read_text())["run"]["model"] == "demo:shapes"
