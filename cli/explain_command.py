@@ -53,7 +53,7 @@ from saliency.cli.model import (
 )
 from saliency.cli.pipeline import Compute, OutputSpec, Pipeline
 from saliency.cli.plan import Job, Plan, ResumeConflict, RunRecorder, make_plan
-from saliency.cli.progress import Progress, format_duration
+from saliency.cli.progress import Progress, format_duration, say
 from saliency.engine import EngineOptions
 from saliency.errors import SaliencyError
 from saliency.methods.registry import list_methods
@@ -102,10 +102,10 @@ def run(arguments: argparse.Namespace) -> int:
             return _run(arguments, world)
     except UsageError as exc:
         if world is None or world.ranks.is_main:  # every rank has the same (agreed) error
-            print(f"{_LABEL}: error: {exc}", file=sys.stderr)
+            say(f"{_LABEL}: error: {exc}", sys.stderr, lines=True)
         return EXIT_USAGE
     except KeyboardInterrupt:  # during set-up: nothing was written yet
-        print(f"{_LABEL}: interrupted", file=sys.stderr)
+        say(f"{_LABEL}: interrupted", sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         torch.set_num_threads(threads)  # --threads: only for this run (matters in process)
@@ -251,7 +251,7 @@ def _discover(arguments: argparse.Namespace, out: Path, main: bool) -> list[Foun
     except InputError as exc:
         raise UsageError(str(exc)) from None
     for note in found.notes if main else []:
-        print(f"{_LABEL}: note: {note}", file=sys.stderr)
+        say(f"{_LABEL}: note: {note}", sys.stderr)
     if not found.inputs:
         raise UsageError(
             f"no image files found in {', '.join(arguments.inputs)} (extensions Pillow decodes"
@@ -266,7 +266,7 @@ def _plan(
     """The whole run's plan, from what earlier runs left in ``out``."""
     earlier = read_earlier(out)
     for warning in earlier.warnings if main else []:
-        print(f"{_LABEL}: warning: {warning}", file=sys.stderr)
+        say(f"{_LABEL}: warning: {warning}", sys.stderr)
     try:
         return make_plan(
             earlier.manifest,
@@ -435,7 +435,9 @@ def _execute(arguments: argparse.Namespace, setup: _Setup, world: Group, started
             _idle([result]),
         )
         note = _interrupted_note(share.label, unfinished) if interrupted else ""
-        print(summary + note, file=sys.stderr)
+        say(summary, sys.stderr)
+        if note:
+            say(note, sys.stderr, lines=True)
     results = world.gather(result)
     if results is not None:
         code = _conclude(arguments, setup, world, results, time.monotonic() - started)
@@ -446,13 +448,13 @@ def _execute(arguments: argparse.Namespace, setup: _Setup, world: Group, started
 def _report_plan(plan: Plan) -> None:
     """What the user should know about the earlier results, and how many are skipped."""
     for note in plan.notes:
-        print(f"{_LABEL}: note: {note}", file=sys.stderr)
+        say(f"{_LABEL}: note: {note}", sys.stderr)
     if plan.skipped:
         total = len(plan.skipped) + len(plan.jobs)
-        print(
+        say(
             f"{_LABEL}: resuming: {len(plan.skipped)} of {total} inputs already done, "
             "skipped (--overwrite redoes them)",
-            file=sys.stderr,
+            sys.stderr,
         )
 
 
@@ -470,7 +472,7 @@ def _start(setup: _Setup, world: Group) -> None:
         for earlier in rank_manifest_files(setup.out).values():
             earlier.unlink(missing_ok=True)
     except OSError as exc:
-        print(f"{_LABEL}: warning: cannot write the manifest: {exc}", file=sys.stderr)
+        say(f"{_LABEL}: warning: cannot write the manifest: {exc}", sys.stderr)
 
 
 def _process(
@@ -525,7 +527,7 @@ def _save(recorder: RunRecorder, label: str) -> Path | None:
     try:
         return recorder.save()
     except OSError as exc:
-        print(f"{label}: error: cannot write the manifest: {exc}", file=sys.stderr)
+        say(f"{label}: error: cannot write the manifest: {exc}", sys.stderr)
         return None
 
 
@@ -548,7 +550,7 @@ def _conclude(
                 setup.out, merge(setup.run, kept, [result.manifest for result in results])
             )
         except OSError as exc:
-            print(f"{_LABEL}: error: cannot write the manifest: {exc}", file=sys.stderr)
+            say(f"{_LABEL}: error: cannot write the manifest: {exc}", sys.stderr)
             return EXIT_INTERRUPTED if interrupted else EXIT_FAILED
     else:
         path = results[0].saved
@@ -564,9 +566,10 @@ def _conclude(
     summary = _summary(_LABEL, counts, elapsed, path, where + _idle(results))
     if interrupted:
         unfinished = sum(result.unfinished for result in results)
-        print(summary + _interrupted_note(_LABEL, unfinished), file=sys.stderr)
+        say(summary, sys.stderr)
+        say(_interrupted_note(_LABEL, unfinished), sys.stderr, lines=True)
         return EXIT_INTERRUPTED
-    print(summary)
+    say(summary)
     if arguments.gallery and not _build_gallery(setup.out):
         return EXIT_FAILED
     return EXIT_FAILED if any(result.code != EXIT_OK for result in results) else EXIT_OK
@@ -577,8 +580,8 @@ def _build_gallery(out: Path) -> bool:
     from saliency.gallery import GalleryError, build_gallery  # only runs that ask for it
 
     try:
-        print(f"{_LABEL}: gallery: {build_gallery(out)}")
+        say(f"{_LABEL}: gallery: {build_gallery(out)}")
     except (GalleryError, OSError) as error:
-        print(f"{_LABEL}: error: the gallery could not be built: {error}", file=sys.stderr)
+        say(f"{_LABEL}: error: the gallery could not be built: {error}", sys.stderr)
         return False
     return True

@@ -426,3 +426,33 @@ def test_a_file_named_like_a_source_is_loaded_only_as_an_explicit_path(
     code, _, err = run(capsys, "explain", "a.png", "--out", "out", *BASE)
     assert code == 0, err
     assert json.loads(Path("out/manifest.json").read_text())["run"]["model"] == "demo:shapes"
+
+
+# ---- 8. names are printed escaped ----------------------------------------------------------------
+
+
+def test_terminal_text_escapes_controls_and_keeps_printable_text() -> None:
+    from saliency.cli.progress import terminal_text
+
+    assert terminal_text("naïve café 日本.png") == "naïve café 日本.png"
+    assert terminal_text("a\x1b[2Jb\nc\rd\u202ee") == "a\\x1b[2Jb\\x0ac\\x0dd\\u202ee"
+    assert terminal_text(os.fsdecode(b"caf\xe9")) == "caf\\xe9"
+    assert terminal_text("one\ntwo", lines=True) == "one\ntwo"
+
+
+def test_hostile_names_reach_the_terminal_escaped(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    hostile = photos / "evil\x1b]0;pwned\x07\nFAKE LINE.png"
+    hostile.write_bytes(b"not an image")  # fails: its name is in the error line
+    picture(photos / "good.png")
+    out = tmp_path / "out\x1b[31m"
+    code, stdout, err = run(capsys, "explain", photos, "--out", out, *BASE)
+    assert code == 1
+    printed = stdout + err
+    assert "\x1b" not in printed and "\x07" not in printed
+    assert "\nFAKE LINE" not in printed
+    assert "evil\\x1b]0;pwned\\x07\\x0aFAKE LINE.png" in err
+    assert "out\\x1b[31m" in stdout  # the manifest's path in the summary
