@@ -352,7 +352,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> list[MethodOption]:
         default=min(4, os.cpu_count() or 1),
         metavar="N",
         help="worker processes that decode and encode images while the device explains "
-        "(threads where fork is unavailable; default: up to 4)",
+        "(at most one per CPU and per input; threads where fork is unavailable; default: up "
+        "to 4)",
     )
     running.add_argument(
         "--threads",

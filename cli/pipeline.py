@@ -208,10 +208,14 @@ class Pipeline:
         Raises:
             KeyboardInterrupt: After recording what was finished.
         """
-        self._pool = Workers(self.workers, self.compute.model_input, PIL.Image.MAX_IMAGE_PIXELS)
+        pending = list(jobs)
+        if not pending:
+            return
+        count = worker_count(self.workers, len(pending))
+        self._pool = Workers(count, self.compute.model_input, PIL.Image.MAX_IMAGE_PIXELS)
         started = time.perf_counter()
         try:
-            self._loop(iter(jobs))
+            self._loop(iter(pending))
         except KeyboardInterrupt:
             for _, decoding in self._window:
                 decoding.cancel()
@@ -504,6 +508,16 @@ class Workers:
     def shutdown(self) -> None:
         """Wait for the tasks in flight, cancel queued ones, and stop the workers."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def worker_count(requested: int, jobs: int) -> int:
+    """How many workers to start: ``requested``, but no more than the CPUs this process may use
+    or the inputs there are (a fork pool starts all its processes at once), and at least one."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(requested, cpus, jobs))
 
 
 def start_workers(

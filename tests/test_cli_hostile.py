@@ -456,3 +456,34 @@ def test_hostile_names_reach_the_terminal_escaped(
     assert "\nFAKE LINE" not in printed
     assert "evil\\x1b]0;pwned\\x07\\x0aFAKE LINE.png" in err
     assert "out\\x1b[31m" in stdout  # the manifest's path in the summary
+
+
+# ---- 9. --workers is bounded by the CPUs and the inputs ----------------------------------------
+
+
+def test_workers_are_bounded_by_cpus_and_inputs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from saliency.cli import pipeline
+
+    started: list[int] = []
+    original = pipeline.start_workers
+
+    def recording(count: int, *rest: object) -> object:
+        started.append(count)
+        return original(count, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "start_workers", recording)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    picture(photos / "a.png")
+    picture(photos / "b.png", seed=1)
+    base = [a for a in BASE if a not in ("--workers", "1")]
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "explain", photos, "--out", out, *base, "--workers", "64")
+    assert code == 0, err
+    assert started == [min(2, len(os.sched_getaffinity(0)))]
+    assert pipeline.worker_count(64, 10**6) == len(os.sched_getaffinity(0))
+    assert pipeline.worker_count(3, 0) == 1
+    code, _, err = run(capsys, "explain", photos, "--out", out, *base, "--workers", "64")
+    assert code == 0 and started == started[:1]  # nothing left to do: no pool at all
