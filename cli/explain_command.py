@@ -19,9 +19,11 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +44,20 @@ from saliency.cli.explain_options import (
     render_options,
 )
 from saliency.cli.inputs import FoundInput, InputError, discover
-from saliency.cli.model import ReadyModel, check_layers, load_ready_model, parse_target
+from saliency.cli.model import (
+    ReadyModel,
+    check_layers,
+    check_queries,
+    load_ready_model,
+    parse_target,
+)
 from saliency.cli.pipeline import Compute, OutputSpec, Pipeline
 from saliency.cli.plan import Job, Plan, ResumeConflict, RunRecorder, make_plan
-from saliency.cli.progress import Progress, format_duration
+from saliency.cli.progress import Progress, format_duration, say
+from saliency.engine import EngineOptions
+from saliency.errors import SaliencyError
 from saliency.methods.registry import list_methods
+from saliency.output_files import remove_stale_temporaries
 from saliency.run_folder import (
     InputRecord,
     Manifest,
@@ -58,6 +69,7 @@ from saliency.run_folder import (
     versions,
     write_manifest,
 )
+from saliency.run_lock import LOCK_NAME, FolderInUseError, RunLock, lock_run_folder
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _LABEL = "saliency explain"
@@ -83,17 +95,38 @@ def run(arguments: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     world: Group | None = None
     try:
-        with distributed.join(distributed.detect(), arguments.device) as world:
+        with (
+            _terminate_as_interrupt(),
+            distributed.join(distributed.detect(), arguments.device) as world,
+        ):
             return _run(arguments, world)
     except UsageError as exc:
         if world is None or world.ranks.is_main:  # every rank has the same (agreed) error
-            print(f"{_LABEL}: error: {exc}", file=sys.stderr)
+            say(f"{_LABEL}: error: {exc}", sys.stderr, lines=True)
         return EXIT_USAGE
     except KeyboardInterrupt:  # during set-up: nothing was written yet
-        print(f"{_LABEL}: interrupted", file=sys.stderr)
+        say(f"{_LABEL}: interrupted", sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         torch.set_num_threads(threads)  # --threads: only for this run (matters in process)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, torchrun stopping its ranks) handled like Ctrl-C: the writes in flight
+    are collected and the manifest saved before the run exits (130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signal: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 @dataclass
@@ -114,32 +147,52 @@ def _run(arguments: argparse.Namespace, world: Group) -> int:
     started, started_at = time.monotonic(), now()
     existed = os.path.lexists(arguments.out)
     world.barrier()  # every rank has looked before one creates the folder
-    try:
-        setup, error = _set_up(arguments, world), None
-    except UsageError as exc:
-        setup, error = None, str(exc)
-    error, started_at = distributed.agree(world, error, started_at)
-    if error is not None or setup is None:
-        if not existed and world.ranks.is_main:
-            _remove_if_empty(Path(arguments.out))  # a usage error leaves nothing behind
-        raise UsageError(error)
-    setup.run.started = started_at  # rank 0's, on every rank
-    return _execute(arguments, setup, world, started)
+    with contextlib.ExitStack() as held:  # rank 0: the run folder's lock, until the end
+        try:
+            setup, error = _set_up(arguments, world, held), None
+        except UsageError as exc:
+            setup, error = None, str(exc)
+        error, started_at = distributed.agree(world, error, started_at)
+        if error is not None or setup is None:
+            held.close()
+            if not existed and world.ranks.is_main:
+                _remove_if_empty(Path(arguments.out))  # a usage error leaves nothing behind
+            raise UsageError(error)
+        setup.run.started = started_at  # rank 0's, on every rank
+        return _execute(arguments, setup, world, started)
 
 
 def _remove_if_empty(out: Path) -> None:
-    """Remove the output folder if it exists and is empty."""
+    """Remove the output folder if it exists and holds nothing but its lock file."""
     with contextlib.suppress(OSError):
+        if [entry.name for entry in out.iterdir()] == [LOCK_NAME]:
+            (out / LOCK_NAME).unlink()
         if not any(out.iterdir()):
             out.rmdir()
 
 
-def _set_up(arguments: argparse.Namespace, world: Group) -> _Setup:
-    """Check every choice, load the model and plan the run (whole, on every rank).
+def _lock(out: Path) -> RunLock:
+    """The run folder's lock (see :mod:`saliency.run_lock`).
+
+    Raises:
+        UsageError: Another run holds it, or it cannot be taken.
+    """
+    try:
+        return lock_run_folder(out)
+    except FolderInUseError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot lock the run folder: {exc}") from None
+
+
+def _set_up(arguments: argparse.Namespace, world: Group, held: contextlib.ExitStack) -> _Setup:
+    """Check every choice, load the model and plan the run (whole, on every rank). Rank 0
+    locks the run folder first (released by ``held``).
 
     Raises:
         UsageError: Anything that stops the run before any work.
     """
+    _engine_options(arguments)
     names = method_names(arguments.method)
     given = method_options.given_options(arguments, arguments.generated_options)
     methods = choose_methods(names, given)
@@ -148,6 +201,9 @@ def _set_up(arguments: argparse.Namespace, world: Group) -> _Setup:
         arguments.overlay_alpha, arguments.overlay_cmap, arguments.overlay_sign
     )
     out = prepare_out(arguments.out)
+    if world.ranks.is_main:
+        held.callback(_lock(out).release)
+        remove_stale_temporaries(out)  # of killed runs: no other run writes here now
     found = _discover(arguments, out, world.ranks.is_main)
     ready = _load_model(arguments, methods, world)
     target = parse_target(arguments.target, ready)
@@ -171,6 +227,23 @@ def _set_up(arguments: argparse.Namespace, world: Group) -> _Setup:
     return _Setup(out, methods, overlay, ready, target, run, plan)
 
 
+def _engine_options(arguments: argparse.Namespace) -> EngineOptions:
+    """The engine's options of the run, checked by building them (before any work).
+
+    Raises:
+        UsageError: A value the engine does not accept.
+    """
+    try:
+        return EngineOptions(
+            batch_size=arguments.batch_size,
+            precision=arguments.precision,
+            compile=arguments.compile,
+            memory_budget=arguments.memory_budget,
+        )
+    except (SaliencyError, ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _discover(arguments: argparse.Namespace, out: Path, main: bool) -> list[FoundInput]:
     """The input files, in the order every rank sees them (notes: printed by ``main``)."""
     try:
@@ -178,7 +251,7 @@ def _discover(arguments: argparse.Namespace, out: Path, main: bool) -> list[Foun
     except InputError as exc:
         raise UsageError(str(exc)) from None
     for note in found.notes if main else []:
-        print(f"{_LABEL}: note: {note}", file=sys.stderr)
+        say(f"{_LABEL}: note: {note}", sys.stderr)
     if not found.inputs:
         raise UsageError(
             f"no image files found in {', '.join(arguments.inputs)} (extensions Pillow decodes"
@@ -193,7 +266,7 @@ def _plan(
     """The whole run's plan, from what earlier runs left in ``out``."""
     earlier = read_earlier(out)
     for warning in earlier.warnings if main else []:
-        print(f"{_LABEL}: warning: {warning}", file=sys.stderr)
+        say(f"{_LABEL}: warning: {warning}", sys.stderr)
     try:
         return make_plan(
             earlier.manifest,
@@ -217,7 +290,9 @@ def _load_model(
     device = distributed.rank_device(arguments.device, world.ranks)
     weights = None if arguments.weights.lower() == "none" else arguments.weights
     ready = load_ready_model(arguments.model, weights, device, arguments.input_size)
-    check_layers(ready, {name: chosen.instance for name, chosen in methods.items()})
+    instances = {name: chosen.instance for name, chosen in methods.items()}
+    check_layers(ready, instances)
+    check_queries(ready, instances)
     return ready
 
 
@@ -360,7 +435,9 @@ def _execute(arguments: argparse.Namespace, setup: _Setup, world: Group, started
             _idle([result]),
         )
         note = _interrupted_note(share.label, unfinished) if interrupted else ""
-        print(summary + note, file=sys.stderr)
+        say(summary, sys.stderr)
+        if note:
+            say(note, sys.stderr, lines=True)
     results = world.gather(result)
     if results is not None:
         code = _conclude(arguments, setup, world, results, time.monotonic() - started)
@@ -371,13 +448,13 @@ def _execute(arguments: argparse.Namespace, setup: _Setup, world: Group, started
 def _report_plan(plan: Plan) -> None:
     """What the user should know about the earlier results, and how many are skipped."""
     for note in plan.notes:
-        print(f"{_LABEL}: note: {note}", file=sys.stderr)
+        say(f"{_LABEL}: note: {note}", sys.stderr)
     if plan.skipped:
         total = len(plan.skipped) + len(plan.jobs)
-        print(
+        say(
             f"{_LABEL}: resuming: {len(plan.skipped)} of {total} inputs already done, "
             "skipped (--overwrite redoes them)",
-            file=sys.stderr,
+            sys.stderr,
         )
 
 
@@ -395,7 +472,7 @@ def _start(setup: _Setup, world: Group) -> None:
         for earlier in rank_manifest_files(setup.out).values():
             earlier.unlink(missing_ok=True)
     except OSError as exc:
-        print(f"{_LABEL}: warning: cannot write the manifest: {exc}", file=sys.stderr)
+        say(f"{_LABEL}: warning: cannot write the manifest: {exc}", sys.stderr)
 
 
 def _process(
@@ -450,7 +527,7 @@ def _save(recorder: RunRecorder, label: str) -> Path | None:
     try:
         return recorder.save()
     except OSError as exc:
-        print(f"{label}: error: cannot write the manifest: {exc}", file=sys.stderr)
+        say(f"{label}: error: cannot write the manifest: {exc}", sys.stderr)
         return None
 
 
@@ -473,7 +550,7 @@ def _conclude(
                 setup.out, merge(setup.run, kept, [result.manifest for result in results])
             )
         except OSError as exc:
-            print(f"{_LABEL}: error: cannot write the manifest: {exc}", file=sys.stderr)
+            say(f"{_LABEL}: error: cannot write the manifest: {exc}", sys.stderr)
             return EXIT_INTERRUPTED if interrupted else EXIT_FAILED
     else:
         path = results[0].saved
@@ -489,9 +566,10 @@ def _conclude(
     summary = _summary(_LABEL, counts, elapsed, path, where + _idle(results))
     if interrupted:
         unfinished = sum(result.unfinished for result in results)
-        print(summary + _interrupted_note(_LABEL, unfinished), file=sys.stderr)
+        say(summary, sys.stderr)
+        say(_interrupted_note(_LABEL, unfinished), sys.stderr, lines=True)
         return EXIT_INTERRUPTED
-    print(summary)
+    say(summary)
     if arguments.gallery and not _build_gallery(setup.out):
         return EXIT_FAILED
     return EXIT_FAILED if any(result.code != EXIT_OK for result in results) else EXIT_OK
@@ -502,8 +580,8 @@ def _build_gallery(out: Path) -> bool:
     from saliency.gallery import GalleryError, build_gallery  # only runs that ask for it
 
     try:
-        print(f"{_LABEL}: gallery: {build_gallery(out)}")
+        say(f"{_LABEL}: gallery: {build_gallery(out)}")
     except (GalleryError, OSError) as error:
-        print(f"{_LABEL}: error: the gallery could not be built: {error}", file=sys.stderr)
+        say(f"{_LABEL}: error: the gallery could not be built: {error}", sys.stderr)
         return False
     return True

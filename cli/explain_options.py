@@ -135,6 +135,8 @@ def prepare_out(text: str) -> Path:
     Raises:
         UsageError: It is a file, cannot be created, or is not writable.
     """
+    if not text:
+        raise UsageError("--out '': accepted: a folder path (use --out . for this folder)")
     out = Path(text)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {text} exists and is not a folder; accepted: a folder path")
@@ -191,7 +193,7 @@ def byte_size(text: str) -> int:
         value = float(digits) * _BYTE_UNITS[unit]
     except (KeyError, ValueError):
         value = 0
-    if not value >= 1:
+    if not 1 <= value < 2**63:  # also NaN and inf
         raise argparse.ArgumentTypeError(
             f"{text!r}: accepted: a positive size in bytes, optionally with a unit "
             "(kB, MB, GB, KiB, MiB, GiB), e.g. 2GiB"
@@ -353,7 +355,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> list[MethodOption]:
         default=min(4, os.cpu_count() or 1),
         metavar="N",
         help="worker processes that decode and encode images while the device explains "
-        "(threads where fork is unavailable; default: up to 4)",
+        "(at most one per CPU and per input; threads where fork is unavailable; default: up "
+        "to 4)",
     )
     running.add_argument(
         "--threads",

@@ -19,7 +19,6 @@ absolute, and no folder on the way may be a symbolic link.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import stat
@@ -30,7 +29,13 @@ from pathlib import Path
 
 from PIL import EpsImagePlugin, Image, ImageFile
 
-from saliency.run_folder import OUTPUT_EXTENSIONS, RESERVED_NAMES, UnsafePathError, split_relpath
+from saliency.run_folder import (
+    OUTPUT_EXTENSIONS,
+    RESERVED_NAMES,
+    UnsafePathError,
+    split_relpath,
+    text_form,
+)
 
 # Pillow can identify these files but not decode their pixels without extra programs.
 _IDENTIFY_ONLY_FORMATS = frozenset({"MPEG"})
@@ -221,8 +226,12 @@ class RelpathAllocator:
             self._folders.add(_key(parts[:end]))
 
     def allocate(self, natural: Sequence[str]) -> str:
-        """Claim and return ``natural`` (components), suffixed ``~N`` where it collides."""
-        parts = list(split_relpath("/".join(natural)))
+        """Claim and return ``natural`` (components), suffixed ``~N`` where it collides.
+
+        A name that is not valid UTF-8 is taken in its :func:`~saliency.run_folder.text_form`
+        (``caf\\xe9.png``), so that every output path is text.
+        """
+        parts = list(split_relpath("/".join(text_form(part) for part in natural)))
         collision = self._first_collision(parts)
         if collision is not None:
             stem = parts[collision]
@@ -282,44 +291,3 @@ def assign_relpaths(
         kept[source] if source in kept else allocator.allocate(natural)
         for source, natural in inputs
     ]
-
-
-def output_folder(out: Path, relpath: str, create: bool) -> Path:
-    """``out/<relpath>``, refusing any way out of ``out`` (``..``, symbolic links, files).
-
-    Args:
-        out: The output folder (must exist).
-        relpath: The input's relpath.
-        create: Create missing folders; otherwise a missing folder raises FileNotFoundError.
-
-    Raises:
-        UnsafePathError: A component is a symbolic link or not a folder.
-        OSError: A folder cannot be created.
-    """
-    folder = out
-    for part in split_relpath(relpath):
-        folder = folder / part
-        if create:
-            with contextlib.suppress(FileExistsError):
-                folder.mkdir()
-        mode = os.lstat(folder).st_mode
-        if stat.S_ISLNK(mode):
-            raise UnsafePathError(
-                f"{folder} is a symbolic link; refusing to write through it, outside the output "
-                "folder"
-            )
-        if not stat.S_ISDIR(mode):
-            raise UnsafePathError(f"{folder} exists and is not a folder")
-    return folder
-
-
-def existing_output(out: Path, relpath: str) -> Path | None:
-    """``out/<relpath>`` (a file written by an earlier run) if it is a regular file reached
-    through real folders only; else None."""
-    parts = split_relpath(relpath)
-    try:
-        folder = output_folder(out, "/".join(parts[:-1]), create=False) if len(parts) > 1 else out
-        mode = os.lstat(folder / parts[-1]).st_mode
-    except (OSError, UnsafePathError):
-        return None
-    return folder / parts[-1] if stat.S_ISREG(mode) else None

@@ -17,6 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import saliency
+from saliency.cli.progress import say
 
 ENTRY_POINT_GROUP = "saliency.methods"
 """The registry's entry-point group (``saliency.methods.registry.ENTRY_POINT_GROUP``, whose
@@ -137,9 +138,9 @@ def _run_gallery(arguments: argparse.Namespace) -> int:
             single_file=arguments.single_file,
         )
     except (GalleryError, OSError) as error:
-        print(f"saliency gallery: error: {error}", file=sys.stderr)
+        say(f"saliency gallery: error: {error}", sys.stderr)
         return 2
-    print(f"{page}  ({time.perf_counter() - started:.1f} s)")
+    say(f"{page}  ({time.perf_counter() - started:.1f} s)")
     return 0
 
 
@@ -211,7 +212,7 @@ def _run_demo(arguments: argparse.Namespace) -> int:
             gallery=not arguments.no_gallery,
         )
     except (SaliencyError, UsageError) as error:
-        print(f"saliency demo: error: {error}", file=sys.stderr)
+        say(f"saliency demo: error: {error}", sys.stderr)
         return 2
     models = settings.models or installed_demo_models()
     methods = settings.methods or tuple(list_methods(families=False))
@@ -222,7 +223,7 @@ def _run_demo(arguments: argparse.Namespace) -> int:
         result = run_demo(arguments.out, settings, on_step=lambda _: progress.advance())
     except (SaliencyError, OSError) as error:
         progress.close()
-        print(f"saliency demo: error: {error}", file=sys.stderr)
+        say(f"saliency demo: error: {error}", sys.stderr)
         return 2
     progress.close()
     print(metrics_table(result.rows))

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from saliency.cli.option_values import OptionValue
 from saliency.errors import InvalidOptionError
@@ -252,19 +253,21 @@ def parse_value(name: str, value: Any, kinds: tuple[Any, ...]) -> Any:
         return text.lower() in _TRUE
     if int in kinds:
         try:
-            return int(text)
-        except ValueError:
-            pass
+            return _checked(name, int(text))
+        except ValueError as exc:
+            if isinstance(exc, InvalidOptionError):
+                raise
     if float in kinds:
         try:
-            return float(text)
-        except ValueError:
-            pass
+            return _checked(name, float(text))
+        except ValueError as exc:
+            if isinstance(exc, InvalidOptionError):
+                raise
     for kind in kinds:
         if isinstance(kind, NumberTuple):
             numbers = _number_tuple(text, kind)
             if numbers is not None:
-                return numbers
+                return tuple(_checked(name, number) for number in numbers)
     if str in kinds:
         return value
     accepted = [
@@ -277,6 +280,31 @@ def parse_value(name: str, value: Any, kinds: tuple[Any, ...]) -> Any:
     raise InvalidOptionError(
         f"--{name.replace('_', '-')} {value!r} is not accepted; expected: {' or '.join(accepted)}"
     )
+
+
+_Number = TypeVar("_Number", int, float)
+INT_LIMIT = 2**31 - 1
+"""The largest magnitude of an int option given on the command line: every count or index a
+method takes fits in 32 bits (a larger value could only fail later, on every input)."""
+
+
+def _checked(name: str, number: _Number) -> _Number:
+    """``number`` if it is finite and an int within :data:`INT_LIMIT`.
+
+    Raises:
+        InvalidOptionError: NaN, ±inf (a manifest records options as JSON, which has neither)
+            or an int too large.
+    """
+    if isinstance(number, float) and not math.isfinite(number):
+        raise InvalidOptionError(
+            f"--{name.replace('_', '-')} {number!r} is not accepted; expected: a finite number"
+        )
+    if isinstance(number, int) and abs(number) > INT_LIMIT:
+        raise InvalidOptionError(
+            f"--{name.replace('_', '-')} {number} is not accepted; expected: an int of at most "
+            f"{INT_LIMIT} in magnitude"
+        )
+    return number
 
 
 def _number_tuple(text: str, kind: NumberTuple) -> tuple[Any, ...] | None:

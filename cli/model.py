@@ -31,11 +31,11 @@ from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode, v2
 
 from saliency.cli import UsageError
-from saliency.errors import LayerNotFoundError, ModelLoadError
+from saliency.errors import LayerNotFoundError, ModelLoadError, SaliencyError
 from saliency.images import ImageTransform, Preprocess
 from saliency.layers import find_layer
 from saliency.methods.base import Method
-from saliency.models import list_model_sources, load_model
+from saliency.models import list_model_sources, load_model, model_file
 
 DEFAULT_SIZE = 224
 
@@ -149,11 +149,18 @@ def resolve_device(text: str) -> torch.device:
                 f"--device {text}: there are {count} CUDA devices (cuda:0..{count - 1})"
             )
         return torch.device("cuda", index)
+    if device.type != "cpu":
+        try:  # a device that holds no data (meta) or whose backend is missing
+            torch.zeros(1, device=device).cpu()
+        except Exception as exc:
+            raise UsageError(
+                f"--device {text}: cannot compute there ({type(exc).__name__}: {exc}); {accepted}"
+            ) from None
     return device
 
 
 def _recorded(text: str | None) -> str | None:
-    """A model or weights argument as recorded: files by absolute path, names as given."""
+    """A weights argument as recorded: a file by its absolute path, a name as given."""
     if text is None:
         return None
     path = Path(text)
@@ -178,15 +185,15 @@ def load_ready_model(
     class_names = loaded.class_names
     if class_names is not None and len(class_names) != num_classes:
         class_names = None
-    is_file = Path(name).exists()  # a model file ignores --weights
+    file = model_file(name)  # a model file ignores --weights
     return ReadyModel(
         loaded.model,
         model_input,
         class_names,
         num_classes,
         device,
-        _recorded(name) or name,
-        None if is_file else _recorded(weights),
+        name if file is None else str(file.resolve()),
+        None if file is not None else _recorded(weights),
     )
 
 
@@ -287,3 +294,20 @@ def check_layers(ready: ReadyModel, methods: Mapping[str, Method]) -> None:
             find_layer(ready.model, spec, probe)
         except LayerNotFoundError as exc:
             raise UsageError(f"{name}: {exc} (choose one with --layer NAME)") from None
+
+
+def check_queries(ready: ReadyModel, methods: Mapping[str, Method]) -> None:
+    """Check the query region of every chosen method that has one (Integrated Hessians) against
+    the model's input, so that one outside it is a usage error rather than every input failing.
+
+    Raises:
+        UsageError: A query that does not fit the model's input.
+    """
+    blank = blank_batch(ready.model_input, ready.device)
+    for name, method in methods.items():
+        query_mask = getattr(method, "query_mask", None)
+        if callable(query_mask):
+            try:
+                query_mask(blank)
+            except (SaliencyError, ValueError, TypeError) as exc:
+                raise UsageError(f"{name}: {exc}") from None

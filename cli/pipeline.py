@@ -30,6 +30,8 @@ The main thread owns the run's state: results from the workers are collected the
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -50,7 +52,6 @@ import PIL.Image
 import torch
 from torch import Tensor, nn
 
-from saliency.cli.inputs import output_folder
 from saliency.cli.model import ModelInput
 from saliency.cli.plan import Job
 from saliency.engine import Precision
@@ -59,7 +60,13 @@ from saliency.explain import explain
 from saliency.images import open_image
 from saliency.output_files import file_stem
 from saliency.rendering import render
-from saliency.run_folder import output_name, top_probabilities, write_overlay, write_raw
+from saliency.run_folder import (
+    output_folder,
+    output_name,
+    top_probabilities,
+    write_overlay,
+    write_raw,
+)
 
 # Decoded pixels in flight (originals, kept until their overlays are written): ~0.8 GB of RGB.
 PIXEL_BUDGET = 256_000_000
@@ -202,10 +209,14 @@ class Pipeline:
         Raises:
             KeyboardInterrupt: After recording what was finished.
         """
-        self._pool = Workers(self.workers, self.compute.model_input, PIL.Image.MAX_IMAGE_PIXELS)
+        pending = list(jobs)
+        if not pending:
+            return
+        count = worker_count(self.workers, len(pending))
+        self._pool = Workers(count, self.compute.model_input, PIL.Image.MAX_IMAGE_PIXELS)
         started = time.perf_counter()
         try:
-            self._loop(iter(jobs))
+            self._loop(iter(pending))
         except KeyboardInterrupt:
             for _, decoding in self._window:
                 decoding.cancel()
@@ -500,6 +511,16 @@ class Workers:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def worker_count(requested: int, jobs: int) -> int:
+    """How many workers to start: ``requested``, but no more than the CPUs this process may use
+    or the inputs there are (a fork pool starts all its processes at once), and at least one."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(requested, cpus, jobs))
+
+
 def start_workers(
     count: int, model_input: ModelInput, max_image_pixels: int | None
 ) -> tuple[Executor, str]:
@@ -517,18 +538,48 @@ def start_workers(
     if sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("fork")
         pool = ProcessPoolExecutor(
-            count, mp_context=context, initializer=_start_process, initargs=initargs
+            count,
+            mp_context=context,
+            initializer=_start_process,
+            initargs=(os.getpid(), *initargs),
         )
         return pool, "processes"
     _configure(*initargs)
     return ThreadPoolExecutor(count, thread_name_prefix="saliency-worker"), "threads"
 
 
-def _start_process(model_input: ModelInput, max_image_pixels: int | None) -> None:
-    # The main process handles Ctrl-C: it still collects the writes in flight.
+def _start_process(parent: int, model_input: ModelInput, max_image_pixels: int | None) -> None:
+    # The main process handles Ctrl-C and SIGTERM: it still collects the writes in flight.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    exit_with_parent(parent)
     torch.set_num_threads(1)  # as DataLoader workers: a forked OpenMP team is not usable
     _configure(model_input, max_image_pixels)
+
+
+_PR_SET_PDEATHSIG = 1
+WATCH_PARENT_SECONDS = 1.0
+
+
+def exit_with_parent(parent: int) -> None:
+    """End this (worker) process when ``parent`` dies, even by SIGKILL: otherwise an orphaned
+    worker would live on, holding the terminal or a pipe (``saliency explain ... | tee``) open.
+
+    Linux sends SIGKILL on the parent's death (``prctl(PR_SET_PDEATHSIG)``); a watchdog thread
+    that polls the parent id covers the other cases (no prctl, or a parent that died first).
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCH_PARENT_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="saliency-parent-watch", daemon=True).start()
 
 
 def _configure(model_input: ModelInput, max_image_pixels: int | None) -> None:

@@ -1,9 +1,11 @@
 """The records of a run: which (input, method) pairs it does, given what an earlier run left,
 and the manifest as results come in.
 
-Resuming: a pair is *complete* when the earlier manifest lists it for the same source file and
-its output files (the overlay in the current format, and the raw array when ``--save-raw`` asks
-for it) still exist as regular files inside the output folder. Complete pairs are skipped unless
+Resuming: a pair is *complete* when the earlier manifest lists it for the same source file, that
+file has the size and modification time recorded then (a replaced picture is redone), and its
+output files (the overlay in the current format, and the raw array when ``--save-raw`` asks for
+it) still exist as regular files inside the output folder and look whole (their format's first
+and last bytes: an overwritten or truncated file is redone). Complete pairs are skipped unless
 ``overwrite``. Entries of inputs this run does not name are kept, so the manifest keeps
 describing the whole folder. Results are only comparable between runs of the same model,
 weights, target and precision and of the same method options: a difference is a conflict that
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saliency.cli.inputs import FoundInput, assign_relpaths, existing_output
+from saliency.cli.inputs import FoundInput, assign_relpaths
 from saliency.cli.progress import Progress
 from saliency.run_folder import (
     MANIFEST_NAME,
@@ -37,6 +39,8 @@ from saliency.run_folder import (
     Totals,
     class_of,
     class_score,
+    existing_output,
+    looks_complete,
     now,
     output_name,
     write_manifest,
@@ -187,13 +191,19 @@ def make_plan(
 
     jobs: list[Job] = []
     skipped: list[str] = []
+    changed: list[str] = []
     for item, relpath in zip(found, relpaths, strict=True):
         known = entries.get(relpath)
+        stamp = _stamp(item.source)
+        if known is not None and known.source == item.source and _replaced(known, stamp):
+            changed.append(relpath)
+            known = None  # another picture under the same name: nothing earlier applies
         entry = (
             known
             if known is not None and known.source == item.source
             else InputRecord(path=relpath, source=item.source)
         )
+        entry.size, entry.mtime_ns = stamp
         todo = tuple(
             method
             for method in requested
@@ -208,6 +218,11 @@ def make_plan(
         else:
             skipped.append(relpath)
 
+    if changed:
+        notes.append(
+            f"{len(changed)} input(s) changed since the earlier run (size or modification time), "
+            f"redone: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}"
+        )
     earlier_methods = earlier_run.methods if earlier_run is not None else []
     earlier_options = earlier_run.method_options if earlier_run is not None else {}
     listed = {m for entry in entries.values() for m in entry.methods}
@@ -216,18 +231,42 @@ def make_plan(
     return Plan(jobs, entries, skipped, methods, options, notes)
 
 
+def _stamp(source: str) -> tuple[int | None, int | None]:
+    """The input file's size and modification time (None, None: it cannot be read)."""
+    try:
+        info = os.stat(source)
+    except OSError:
+        return None, None
+    return info.st_size, info.st_mtime_ns
+
+
+def _replaced(entry: InputRecord, stamp: tuple[int | None, int | None]) -> bool:
+    """Whether the earlier record was made from another version of the file (a record without
+    a stamp, from an older version of this program, is trusted)."""
+    if entry.size is None or entry.mtime_ns is None:
+        return False
+    return (entry.size, entry.mtime_ns) != stamp
+
+
 def _complete(entry: InputRecord, method: str, out: Path, extension: str, save_raw: bool) -> bool:
     """Whether an earlier record of ``method`` for this input has all its files."""
     record: MethodRecord | None = entry.methods.get(method)
     if record is None:
         return False
     overlay = output_name(entry.path, method, extension)
-    if record.overlay != overlay or existing_output(out, overlay) is None:
+    if record.overlay != overlay or not _readable(out, overlay, extension):
         return False
     if not save_raw:
         return True
     raw = output_name(entry.path, method, "npy")
-    return record.raw == raw and existing_output(out, raw) is not None
+    return record.raw == raw and _readable(out, raw, "npy")
+
+
+def _readable(out: Path, relpath: str, extension: str) -> bool:
+    """Whether an earlier output exists as a regular file and looks whole (not overwritten
+    with something else, not truncated)."""
+    path = existing_output(out, relpath)
+    return path is not None and looks_complete(path, extension)
 
 
 class RunRecorder:

@@ -1,11 +1,42 @@
-"""Progress of a run on stderr: a redrawn bar on a terminal, a few plain lines otherwise."""
+"""What the commands print: progress of a run on stderr (a redrawn bar on a terminal, a few
+plain lines otherwise), and every message line, with the user's strings in it escaped."""
 
 from __future__ import annotations
 
 import shutil
 import sys
 import time
+import unicodedata
 from typing import TextIO
+
+# Characters a terminal would act on or hide: controls (ESC, CR, BEL, ...), format characters
+# (bidirectional overrides), lone surrogates (undecodable file-name bytes), line separators.
+_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def terminal_text(text: str, *, lines: bool = False) -> str:
+    """``text`` safe to print: every control or invisible character written as ``\\xNN`` /
+    ``\\uNNNN`` (a file name's newline or escape sequence shows as such, and undecodable bytes as
+    ``\\xNN``). ``lines``: keep ``\\n`` as a line break (messages of several lines)."""
+    out = []
+    for char in text:
+        if char == "\n" and lines:
+            out.append(char)
+        elif unicodedata.category(char) in _HIDDEN:
+            code = ord(char)
+            if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of a file name
+                out.append(f"\\x{code - 0xDC00:02x}")
+            else:
+                out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def say(text: str, file: TextIO | None = None, *, lines: bool = False) -> None:
+    """Print one message (stdout by default) through :func:`terminal_text`; every command's
+    message goes through here, so no user string reaches the terminal raw."""
+    print(terminal_text(text, lines=lines), file=file if file is not None else sys.stdout)
 
 # A terminal bar is redrawn at most this often; plain lines come at each tenth of the work, at
 # most this often, and at least once a minute.
@@ -80,7 +111,7 @@ class Progress:
     def message(self, text: str) -> None:
         """Write a line (an error, a note) above the bar."""
         self._clear()
-        self.stream.write(text.rstrip("\n") + "\n")
+        self.stream.write(terminal_text(text.rstrip("\n")) + "\n")
         self.stream.flush()
         if self._drawn:
             self._draw_bar()

@@ -27,7 +27,7 @@ from saliency.gallery.page import (
     script_json,
     static_text,
 )
-from saliency.gallery.sinks import FolderSink, InlineSink, Sink, relative_url
+from saliency.gallery.sinks import FolderSink, InlineSink, Sink
 from saliency.method_info import describe_method
 from saliency.output_files import write_text_atomic
 from saliency.rendering import colormap_lut
@@ -35,6 +35,7 @@ from saliency.run_folder import (
     MANIFEST_NAME,
     Manifest,
     ManifestError,
+    UnsafePathError,
     read_manifest,
     read_metrics,
 )
@@ -117,13 +118,24 @@ def build_gallery(
         The path of the written page.
 
     Raises:
-        GalleryError: The run folder has no readable manifest.
+        GalleryError: The run folder has no readable manifest, or a folder the gallery would
+            write in is a symbolic link (it never writes or deletes through one).
     """
+    try:
+        return _build(Path(run_dir), out, title, single_file, workers)
+    except UnsafePathError as error:
+        raise GalleryError(f"refusing to build the gallery: {error}") from None
+
+
+def _build(
+    run_dir: Path, out: str | Path | None, title: str | None, single_file: bool, workers: int | None
+) -> Path:
     run = read_run(run_dir)
     page = page_path(run.directory, out)
     page.parent.mkdir(parents=True, exist_ok=True)
     assets_folder = page.parent / (ASSETS if page.name == INDEX else f"{page.stem}_{ASSETS}")
-    sink: Sink = InlineSink() if single_file else FolderSink(page.parent, assets_folder)
+    folder_sink = None if single_file else FolderSink(page.parent, assets_folder)
+    sink: Sink = folder_sink or InlineSink()
     colours = _colours(run.manifest.run.extra)
     infos = [describe_method(name) for name in run.methods]
     anchors = [
@@ -140,18 +152,15 @@ def build_gallery(
     data["pageSize"] = PAGE_SIZE
     data["percentile"] = PERCENTILE
     css, js = static_text(STYLESHEET), static_text(SCRIPT)
-    if single_file:
+    if folder_sink is None:
         inline = {"inline_css": css, "inline_js": js, "stylesheet": None, "script": None}
         csp = content_security_policy(css, js)
     else:
-        for name, text in ((STYLESHEET, css), (SCRIPT, js)):
-            assets_folder.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(assets_folder / name, text)
         inline = {
             "inline_css": None,
             "inline_js": None,
-            "stylesheet": relative_url(assets_folder / STYLESHEET, page.parent),
-            "script": relative_url(assets_folder / SCRIPT, page.parent),
+            "stylesheet": folder_sink.write_text(STYLESHEET, css),
+            "script": folder_sink.write_text(SCRIPT, js),
         }
         csp = content_security_policy()
     html = render_page(

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from saliency.output_files import atomic_path, write_text_atomic
+from saliency.run_folder import UnsafePathError, output_folder
 
 CACHE = "cache.json"
 _CACHE_FORMAT = 2
@@ -80,16 +81,51 @@ def signature(paths: Iterable[Path]) -> list[list[Any]]:
 
 
 class FolderSink:
-    """Writes assets under ``assets``; URLs are relative to the page's folder."""
+    """Writes assets under ``assets``, a subfolder of the page's folder; URLs are relative to
+    the page's folder.
+
+    Nothing is written, read back as the index or deleted through a symbolic link below the
+    page's folder (:func:`~saliency.run_folder.output_folder`, as for the overlays): a run
+    folder whose ``gallery/`` or ``gallery/strip`` is a link to another folder, with a planted
+    ``cache.json``, must not make the gallery write or delete files there
+    (:class:`~saliency.run_folder.UnsafePathError`).
+    """
 
     def __init__(self, page_folder: Path, assets: Path) -> None:
         self.page_folder = os.path.abspath(page_folder)
         self.assets = Path(os.path.abspath(assets))
+        self._inside = os.path.relpath(self.assets, self.page_folder).replace(os.sep, "/")
         self._prefix = relative_url(self.assets, Path(self.page_folder))
-        self._old = _load_cache(self.assets / CACHE)
+        self._old = _load_cache(self._file(CACHE)) if self._reachable() else {}
         self._new: dict[str, Facts] = {}
         self._lock = threading.Lock()
-        self._folders: set[Path] = set()
+        self._folders: set[str] = set()
+
+    def _reachable(self) -> bool:
+        """Whether the assets folder exists and is reached without a symbolic link."""
+        try:
+            self._file(CACHE)
+        except (OSError, UnsafePathError):
+            return False
+        return True
+
+    def _file(self, name: str, *, create: bool = False) -> Path:
+        """``assets/<name>``, its folders checked (and with ``create``, made) to be real
+        folders inside the page's folder.
+
+        Raises:
+            UnsafePathError: A folder on the way is a symbolic link or a file.
+            FileNotFoundError: A folder is missing (without ``create``).
+        """
+        parts = name.split("/")
+        folder = "/".join([self._inside, *parts[:-1]])
+        if create and folder in self._folders:
+            return Path(self.page_folder, folder, parts[-1])
+        path = output_folder(Path(self.page_folder), folder, create=create) / parts[-1]
+        if create:
+            with self._lock:
+                self._folders.add(folder)
+        return path
 
     def url(self, name: str) -> str:
         """The URL of asset ``name``."""
@@ -100,18 +136,16 @@ class FolderSink:
         if entry is None or entry.get("sources") != signature(sources):
             return None
         try:
-            if (self.assets / name).stat().st_size != entry.get("bytes"):
+            if self._file(name).stat().st_size != entry.get("bytes"):
                 return None
-        except OSError:
+        except (OSError, UnsafePathError):
             return None
         with self._lock:
             self._new[name] = entry
         return self.url(name), entry.get("facts", {})
 
     def put(self, name: str, data: bytes, sources: Iterable[Path], **facts: Any) -> str:
-        target = self.assets / name
-        self._mkdir(target.parent)
-        with atomic_path(target) as temporary:
+        with atomic_path(self._file(name, create=True)) as temporary:
             temporary.write_bytes(data)
         entry = {"sources": signature(sources), "bytes": len(data), "facts": facts}
         with self._lock:
@@ -125,8 +159,7 @@ class FolderSink:
         hit = self.cached(name, [path])
         if hit is not None:
             return hit[0]
-        target = self.assets / name
-        self._mkdir(target.parent)
+        target = self._file(name, create=True)
         with (
             atomic_path(target) as temporary,
             open(path, "rb") as source,
@@ -142,16 +175,17 @@ class FolderSink:
         """Delete the assets of earlier builds that this one no longer uses; write the index."""
         for name in self._old.keys() - self._new.keys():
             if _ASSET_NAME.fullmatch(name):  # only names of the kind this sink makes
-                (self.assets / name).unlink(missing_ok=True)
-        self._mkdir(self.assets)
+                try:
+                    self._file(name).unlink(missing_ok=True)
+                except FileNotFoundError:  # its folder is gone: nothing to delete
+                    continue
         text = json.dumps({"format": _CACHE_FORMAT, "assets": self._new}, separators=(",", ":"))
-        write_text_atomic(self.assets / CACHE, text)
+        write_text_atomic(self._file(CACHE, create=True), text)
 
-    def _mkdir(self, folder: Path) -> None:
-        if folder not in self._folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            with self._lock:
-                self._folders.add(folder)
+    def write_text(self, name: str, text: str) -> str:
+        """Write a text asset (the stylesheet, the script) and return its URL."""
+        write_text_atomic(self._file(name, create=True), text)
+        return self.url(name)
 
 
 class InlineSink:

@@ -33,7 +33,7 @@ def make_baseline(spec: BaselineSpec, inputs: Tensor, seed: int = 0) -> Tensor:
         inputs: ``(N, C, H, W)``.
         seed: the seed of the noise baseline.
     """
-    if is_real(spec):
+    if is_real(spec) and math.isfinite(float(spec)):
         return torch.full_like(inputs, float(spec))
     if isinstance(spec, Tensor):
         return _broadcast(spec, inputs)
@@ -98,6 +98,6 @@ def _broadcast(baseline: Tensor, inputs: Tensor) -> Tensor:
 
 def _invalid(spec: object) -> InvalidOptionError:
     return InvalidOptionError(
-        f"baseline={spec!r}; accepted: a number, a tensor broadcastable to the inputs, or one of "
-        f"{accepted(BASELINE_NAMES)}"
+        f"baseline={spec!r}; accepted: a finite number, a tensor broadcastable to the inputs, or "
+        f"one of {accepted(BASELINE_NAMES)}"
     )

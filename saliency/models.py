@@ -171,14 +171,14 @@ def _dispatch(name_or_path: PathArg, weights: WeightsArg, trust_pickle: bool) ->
         raise ModelLoadError(
             f"name_or_path must be a str or a path, got {type(name_or_path).__name__}"
         )
-    path = Path(name_or_path)
     source = _SOURCE_NAME.fullmatch(name_or_path)
     # "prefix:name" is never a torchvision name: sources are dispatched without importing it
-    if source is not None and not path.exists():
+    if source is not None and not _explicit_path(name_or_path):
         return _load_from_source(source.group(1), source.group(2), weights)
     if name_or_path in _torchvision_names():
         return _load_torchvision(name_or_path, weights, trust_pickle)
-    if path.exists():
+    path = model_file(name_or_path)
+    if path is not None:
         return _load_model_file(path, trust_pickle)
     if _looks_like_path(name_or_path):
         raise ModelLoadError(f"model file not found: {name_or_path}")
@@ -222,6 +222,27 @@ def _torchvision_names() -> list[str]:
     """torchvision's classification model names."""
     models = _torchvision()
     return list(models.list_models(module=models))
+
+
+def model_file(name: str) -> Path | None:
+    """The file that :func:`load_model` would load for the string ``name``, or None (a model
+    source, a torchvision name, or nothing there).
+
+    Model sources come first: a file named ``demo:shapes`` in the working folder is loaded only
+    as ``./demo:shapes`` (loading a TorchScript or pickle file runs its code, so a stray file
+    must never win over a name). A torchvision name also wins over a file of that name.
+    """
+    if _SOURCE_NAME.fullmatch(name) is not None and not _explicit_path(name):
+        return None
+    if name in _torchvision_names():
+        return None
+    path = Path(name)
+    return path if path.exists() else None
+
+
+def _explicit_path(text: str) -> bool:
+    """Whether a ``prefix:name`` string is written as a path (``./x:y``, ``/x:y``, ``~/x:y``)."""
+    return text.startswith(("/", "./", "../", "~", os.sep, f".{os.sep}", f"..{os.sep}"))
 
 
 def _looks_like_path(text: str) -> bool:

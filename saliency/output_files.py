@@ -7,6 +7,8 @@ file is replaced only by a complete new one.
 from __future__ import annotations
 
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,6 +57,30 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+# What atomic_path leaves if its process is killed: ".<name>.<8 mkstemp characters>.tmp".
+STALE_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
+    """Remove the temporary files of :func:`atomic_path` left under ``folder`` by killed
+    processes; returns how many. Only regular files whose name matches
+    :data:`STALE_TEMPORARY`, found without following symbolic links, so nothing outside
+    ``folder`` and nothing of anyone else is touched. Call it only while no other process
+    writes there (a run holds the run folder's lock).
+    """
+    removed = 0
+    for root, _folders, files in os.walk(folder):  # os.walk does not follow links to folders
+        for name in files:
+            path = os.path.join(root, name)
+            try:
+                if STALE_TEMPORARY.fullmatch(name) and stat.S_ISREG(os.lstat(path).st_mode):
+                    os.unlink(path)
+                    removed += 1
+            except OSError:
+                continue
+    return removed
 
 
 def _read_umask() -> int:

@@ -10,6 +10,7 @@ field that does not follow the format is dropped rather than trusted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -17,12 +18,14 @@ import math
 import os
 import platform
 import re
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, cast
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 import numpy as np
 import PIL.Image
@@ -75,8 +78,13 @@ def split_relpath(relpath: str) -> tuple[str, ...]:
     """The components of a ``/``-separated path inside the run folder, checked.
 
     Raises:
-        UnsafePathError: An empty, absolute or ``.``/``..`` component, or a NUL character.
+        UnsafePathError: An empty, absolute or ``.``/``..`` component, a NUL character, or
+            text that is not valid Unicode (a lone surrogate: see :func:`text_form`).
     """
+    if text_form(relpath) != relpath:
+        raise UnsafePathError(
+            f"unsafe output path {text_form(relpath)!r}: not valid Unicode text"
+        )
     parts = tuple(relpath.split("/"))
     for part in parts:
         if part in ("", ".", "..") or "\0" in part:
@@ -98,10 +106,88 @@ def is_safe_relpath(relpath: object) -> bool:
     return True
 
 
+def text_form(name: str) -> str:
+    """``name`` as valid Unicode text: a file name that is not valid UTF-8 (Python holds its
+    undecodable bytes as lone surrogates, see :func:`os.fsdecode`) gets each such byte written
+    as ``\\xNN``; any other lone surrogate as ``\\uNNNN``. Valid text is returned unchanged.
+
+    This is the display form recorded in the manifest (and the form of an input's relpath); it is
+    not reversible, so a ``source`` that needed it is also recorded as ``source_bytes``.
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to (e.g. from a JSON escape)
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def name_bytes(name: str) -> str | None:
+    """The reversible form of a file name that is not valid UTF-8: its bytes percent-encoded
+    (``%E9``; ``/`` and ASCII letters, digits and ``_.-~`` as they are); None for valid text or
+    a string that is no file name."""
+    if text_form(name) == name:
+        return None
+    try:
+        return quote_from_bytes(name.encode("utf-8", "surrogateescape"), safe="/")
+    except UnicodeEncodeError:
+        return None
+
+
+def from_name_bytes(value: str) -> str:
+    """The file name (as :func:`os.fsdecode` gives it) of a :func:`name_bytes` form."""
+    return unquote_to_bytes(value).decode("utf-8", "surrogateescape")
+
+
 def output_name(relpath: str, method: str, extension: str) -> str:
     """The manifest path of an output file: ``<relpath>/<method>.<extension>`` (the method's
     :func:`~saliency.output_files.file_stem`)."""
     return f"{relpath}/{file_stem(method)}.{extension}"
+
+
+def output_folder(out: Path, relpath: str, create: bool) -> Path:
+    """``out/<relpath>``, refusing any way out of ``out`` (``..``, symbolic links, files).
+
+    Args:
+        out: The output folder (must exist).
+        relpath: The input's relpath.
+        create: Create missing folders; otherwise a missing folder raises FileNotFoundError.
+
+    Raises:
+        UnsafePathError: A component is a symbolic link or not a folder.
+        OSError: A folder cannot be created.
+    """
+    folder = out
+    for part in split_relpath(relpath):
+        folder = folder / part
+        if create:
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir()
+        mode = os.lstat(folder).st_mode
+        if stat.S_ISLNK(mode):
+            raise UnsafePathError(
+                f"{folder} is a symbolic link; refusing to write through it, outside the output "
+                "folder"
+            )
+        if not stat.S_ISDIR(mode):
+            raise UnsafePathError(f"{folder} exists and is not a folder")
+    return folder
+
+
+def existing_output(out: Path, relpath: str) -> Path | None:
+    """``out/<relpath>`` (a file written by an earlier run) if it is a regular file reached
+    through real folders only; else None."""
+    parts = split_relpath(relpath)
+    try:
+        folder = output_folder(out, "/".join(parts[:-1]), create=False) if len(parts) > 1 else out
+        mode = os.lstat(folder / parts[-1]).st_mode
+    except (OSError, UnsafePathError):
+        return None
+    return folder / parts[-1] if stat.S_ISREG(mode) else None
 
 
 # ---- records ---------------------------------------------------------------------------------
@@ -166,7 +252,9 @@ class MethodRecord:
 class InputRecord:
     """Everything the manifest says about one input.
 
-    ``dropped`` is not part of the format: the methods whose record :meth:`from_json` left out
+    ``size`` and ``mtime_ns`` are the source file's size and modification time when it was
+    explained (None: not recorded), so that a rerun can tell a replaced input. ``dropped`` is
+    not part of the format: the methods whose record :meth:`from_json` left out
     (an overlay path missing or outside the folder), so that a reader can say their output is
     missing.
     """
@@ -181,13 +269,18 @@ class InputRecord:
     top5: list[ClassScore] = field(default_factory=list)
     target: ClassScore | None = None
     methods: dict[str, MethodRecord] = field(default_factory=dict)
+    size: int | None = None
+    mtime_ns: int | None = None
     dropped: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        """The entry as in the manifest."""
+        """The entry as in the manifest (a ``source`` that is not valid UTF-8: its
+        :func:`text_form`, and ``source_bytes`` to find the file again)."""
+        raw = name_bytes(self.source)
         return {
             "path": self.path,
-            "source": self.source,
+            "source": text_form(self.source),
+            **({} if raw is None else {"source_bytes": raw}),
             "status": self.status,
             "error": self.error,
             "width": self.width,
@@ -196,6 +289,8 @@ class InputRecord:
             "top5": [score.to_json() for score in self.top5],
             "target": None if self.target is None else self.target.to_json(),
             "methods": {name: record.to_json() for name, record in self.methods.items()},
+            **({} if self.size is None else {"size": self.size}),
+            **({} if self.mtime_ns is None else {"mtime_ns": self.mtime_ns}),
         }
 
     @classmethod
@@ -206,6 +301,9 @@ class InputRecord:
         path, source = value.get("path"), value.get("source")
         if not is_safe_relpath(path) or not isinstance(source, str):
             return None
+        raw = value.get("source_bytes")
+        if isinstance(raw, str):
+            source = from_name_bytes(raw)
         methods, dropped = {}, []
         for name, item in _mapping(value.get("methods")).items():
             record = MethodRecord.from_json(item)
@@ -226,6 +324,8 @@ class InputRecord:
             top5=[score for score in top5 if score is not None],
             target=ClassScore.from_json(value.get("target")),
             methods=methods,
+            size=_int_or_none(value.get("size")),
+            mtime_ns=_int_or_none(value.get("mtime_ns")),
             dropped=dropped,
         )
 
@@ -411,7 +511,7 @@ def write_manifest(
     The inputs are sorted by path, as ``saliency explain`` lists them; ``sort=False`` keeps
     their order (explanations written from Python: the order of the batch).
     """
-    data = manifest.to_json(sort=sort)
+    data = valid_text(manifest.to_json(sort=sort))
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
     return write_text_atomic(folder / name, text + "\n")
 
@@ -466,9 +566,27 @@ def _read_json(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: cannot be read as JSON ({exc})") from exc
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path}: cannot be read as JSON: not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise ManifestError(f"{path}: cannot be read as JSON: nested too deeply") from None
+    try:
+        return valid_text(data)  # a \\udcff escape is a lone surrogate
+    except RecursionError:
+        raise ManifestError(f"{path}: cannot be read as JSON: nested too deeply") from None
+
+
+def valid_text(value: Any) -> Any:
+    """JSON data with every string (keys too) in its :func:`text_form`: what a manifest holds."""
+    if isinstance(value, str):
+        return text_form(value)
+    if isinstance(value, dict):
+        return {text_form(str(k)): valid_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [valid_text(v) for v in value]
+    return value
+
 
 
 # ---- runs under torchrun: the per-rank manifests -----------------------------------------------
@@ -679,6 +797,34 @@ def write_overlay(path: Path, picture: PIL.Image.Image, extension: str = "png") 
     """Write an overlay (or an original) image atomically."""
     data = encode_overlay(picture, extension)
     return write_atomic(path, lambda handle: handle.write(data))
+
+
+_SIGNATURES: Mapping[str, tuple[bytes, bytes]] = {
+    # (how the file starts, how it ends): PNG's signature and IEND chunk, JPEG's SOI and EOI
+    "png": (b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"),
+    "jpg": (b"\xff\xd8\xff", b"\xff\xd9"),
+    "webp": (b"RIFF", b""),
+    "npy": (b"\x93NUMPY", b""),
+}
+
+
+def looks_complete(path: Path, extension: str) -> bool:
+    """Whether an output file looks whole, from its first and last bytes only (cheap): the
+    format's signature, and its end marker (PNG, JPEG) or its declared length (WebP)."""
+    head, tail = _SIGNATURES[extension]
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(12)
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(max(0, size - len(tail)))
+            end = handle.read()
+    except OSError:
+        return False
+    if not start.startswith(head) or not end.endswith(tail):
+        return False
+    if extension == "webp":  # RIFF: little-endian length of what follows the first 8 bytes
+        return start[8:12] == b"WEBP" and int.from_bytes(start[4:8], "little") + 8 == size
+    return size > len(head) + len(tail)
 
 
 def write_raw(path: Path, attributions: np.ndarray) -> Path:

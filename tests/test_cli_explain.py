@@ -309,7 +309,9 @@ def check_schema(manifest: dict[str, Any]) -> None:
     paths = [entry["path"] for entry in manifest["inputs"]]
     assert len(set(paths)) == len(paths)
     for entry in manifest["inputs"]:
-        assert set(entry) == ENTRY_KEYS
+        assert set(entry) - {"size", "mtime_ns", "source_bytes"} == ENTRY_KEYS
+        if Path(entry["source"]).is_file():
+            assert entry["size"] == Path(entry["source"]).stat().st_size
         assert entry["status"] in ("ok", "error")
         assert (entry["error"] is None) == (entry["status"] == "ok")
         assert Path(entry["source"]).is_absolute()

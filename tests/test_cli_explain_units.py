@@ -27,9 +27,7 @@ from saliency.cli.inputs import (
     RelpathAllocator,
     assign_relpaths,
     discover,
-    existing_output,
     image_extensions,
-    output_folder,
 )
 from saliency.cli.method_options import (
     NumberTuple,
@@ -55,7 +53,10 @@ from saliency.run_folder import (
     MethodRecord,
     RunInfo,
     UnsafePathError,
+    encode_overlay,
+    existing_output,
     is_safe_relpath,
+    output_folder,
     read_manifest,
     split_relpath,
     write_manifest,
@@ -272,6 +273,9 @@ def current_run(**changes: Any) -> RunInfo:
     return RunInfo(**run)
 
 
+TINY_PNG = encode_overlay(Image.new("RGB", (2, 2)), "png")
+
+
 def finished_folder(tmp_path: Path, sources: list[Path]) -> Manifest:
     """An output folder where every source has both methods done."""
     out = tmp_path / "out"
@@ -282,7 +286,7 @@ def finished_folder(tmp_path: Path, sources: list[Path]) -> Manifest:
         (out / relpath).mkdir(parents=True)
         methods = {}
         for method in METHODS:
-            (out / relpath / f"{method}.png").write_bytes(b"png")
+            (out / relpath / f"{method}.png").write_bytes(TINY_PNG)  # whole: looks_complete
             methods[method] = MethodRecord(f"{relpath}/{method}.png", None, 0.1)
         entries[relpath] = InputRecord(relpath, str(source), methods=methods)
     return Manifest(current_run(), entries)
