@@ -63,6 +63,8 @@ def explain(
     name, instance = _method(method, options)
     check_inputs(inputs)
     _check_capabilities(name, instance, model, create_graph)
+    check_model_fits(model, inputs, precision)
+    check_images(images, inputs)
     engine = Engine(
         model,
         EngineOptions(
@@ -126,6 +128,45 @@ def _check_capabilities(
         raise LayerNotFoundError(
             f"method {name!r} hooks the model's layers: it needs an nn.Module model, got "
             f"{type(model).__name__}"
+        )
+
+
+def check_model_fits(model: object, inputs: Tensor, precision: str = "fp32") -> None:
+    """Raise, before any work, where torch would fail deep in the first forward: a module
+    whose floating-point parameters are on another device than the inputs, or (without
+    autocast) of another dtype. A model without parameters, or with parameters on several
+    devices or of several dtypes (sharded, mixed), is left to run."""
+    if not isinstance(model, nn.Module):
+        return
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    devices = {t.device for t in tensors}
+    if len(devices) == 1 and (device := devices.pop()) != inputs.device:
+        raise InvalidOptionError(
+            f"the model is on {device} but the inputs are on {inputs.device}; move one of them, "
+            f"e.g. inputs.to({str(device)!r}) or model.to({str(inputs.device)!r})"
+        )
+    dtypes = {t.dtype for t in model.parameters() if t.is_floating_point()}
+    if precision == "fp32" and len(dtypes) == 1 and (dtype := dtypes.pop()) != inputs.dtype:
+        raise InvalidOptionError(
+            f"the model's parameters are {dtype} but the inputs are {inputs.dtype}; convert one "
+            f"of them, e.g. inputs.to({dtype}) or model.to({inputs.dtype})"
+        )
+
+
+def check_images(images: object, inputs: Tensor) -> None:
+    """Raise unless ``images`` (for overlays) has one image per input sample."""
+    if isinstance(images, Tensor):
+        if images.ndim != 4:
+            return  # not a batch: the Explanation says what it accepts
+        count = int(images.shape[0])
+    elif isinstance(images, Sequence) and not isinstance(images, str):
+        count = len(images)
+    else:
+        return
+    if count != len(inputs):
+        raise InvalidOptionError(
+            f"images= holds {count} images for {len(inputs)} input samples; accepted: one image "
+            "per sample, in the same order"
         )
 
 

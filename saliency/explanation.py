@@ -13,6 +13,7 @@ import PIL.Image
 import torch
 from torch import Tensor
 
+from saliency.errors import InvalidOptionError
 from saliency.output_files import file_stem, write_text_atomic
 from saliency.rendering import render
 from saliency.run_folder import json_safe, versions, write_overlay, write_raw
@@ -108,6 +109,11 @@ class Explanation:
             The written paths.
         """
         folder = Path(directory)
+        if folder.exists() and not folder.is_dir():
+            raise InvalidOptionError(
+                f"save({str(directory)!r}): it exists and is not a folder; accepted: a folder "
+                "path (created if missing)"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         stem = file_stem(self.method)
         paths = [

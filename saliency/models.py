@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
@@ -375,12 +376,20 @@ def _load_state_dict_weights(name: str, path: Path, trust_pickle: bool) -> Loade
     return LoadedModel(model, _default_transform(name), class_names)
 
 
+def _require_regular_file(path: Path, what: str) -> None:
+    """Raise unless ``path`` is a regular file (a folder, a FIFO or a device such as
+    ``/dev/zero`` would fail late, block, or be read forever)."""
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a directory, not {what}")
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise ModelLoadError(f"{path} is not a regular file (a FIFO, socket or device), not {what}")
+
+
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
     """``torch.load`` on CPU with clear errors (weights only unless ``trust_pickle``)."""
     if not path.exists():
         raise ModelLoadError(f"weights file not found: {path}")
-    if path.is_dir():
-        raise ModelLoadError(f"{path} is a directory, not a weights file")
+    _require_regular_file(path, "a weights file")
     if _is_torchscript(path):
         raise ModelLoadError(
             f"{path} is a TorchScript file: load it as the model itself, load_model({str(path)!r})"
@@ -488,8 +497,7 @@ def _load_model_file(path: Path, trust_pickle: bool) -> LoadedModel:
     """A TorchScript file, or (with ``trust_pickle``) a pickled nn.Module."""
     if not path.exists():
         raise ModelLoadError(f"model file not found: {path}")
-    if path.is_dir():
-        raise ModelLoadError(f"{path} is a directory, not a model file")
+    _require_regular_file(path, "a model file")
     if _is_torchscript(path):
         try:
             return LoadedModel(torch.jit.load(str(path), map_location="cpu"), None, None)

@@ -560,6 +560,8 @@ def read_metrics(folder: Path) -> dict[str, Any] | None:
 def _read_json(path: Path) -> Any:
     """The JSON in ``path``; None when there is no such file."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block, a device never end
+            raise ManifestError(f"{path}: not a regular file (a folder, FIFO or device)")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None

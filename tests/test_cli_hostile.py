@@ -487,3 +487,56 @@ def test_workers_are_bounded_by_cpus_and_inputs(
     assert pipeline.worker_count(3, 0) == 1
     code, _, err = run(capsys, "explain", photos, "--out", out, *base, "--workers", "64")
     assert code == 0 and started == started[:1]  # nothing left to do: no pool at all
+
+
+# ---- 11. special files and absurd manifests ------------------------------------------------------
+
+
+def _within(seconds: float, call: Callable[[], object]) -> BaseException | None:
+    """Run ``call`` in a daemon thread; the exception it raised (None: it returned). Fails the
+    test if it is still running after ``seconds`` (it blocks on a FIFO or reads a device)."""
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still running after {seconds} s"
+    return outcome[0]
+
+
+def test_special_files_as_model_or_manifest_are_clear_errors(tmp_path: Path) -> None:
+    import saliency
+    from saliency.errors import ModelLoadError
+    from saliency.run_folder import ManifestError
+
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo)):
+        error = _within(20, lambda path=path: saliency.load_model(path))
+        assert isinstance(error, ModelLoadError) and "not a regular file" in str(error)
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "manifest.json")
+    error = _within(20, lambda: read_manifest(out))
+    assert isinstance(error, ManifestError) and "not a regular file" in str(error)
+
+
+def test_a_deeply_nested_manifest_is_a_manifest_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from saliency.run_folder import ManifestError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        read_manifest(out)
+    code, _, err = run(capsys, "gallery", out)
+    assert code == 2 and "nested too deeply" in err
