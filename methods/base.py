@@ -28,9 +28,10 @@ class Method(ABC):
         output: ``"input"`` for maps shaped like the inputs ``(N, C, H, W)``; ``"layer"`` for
             maps of a hooked layer upsampled to ``(N, 1, H, W)`` (Grad-CAM family).
         paper: the reference, shown by the CLI and the gallery.
-        derivative_order: the highest derivative of the model one attribution needs (1 for
-            gradient methods, 2 for Integrated Hessians); differentiating the attributions
-            again (``create_graph``, e.g. explanation fragility) needs one more.
+        derivative_order: the highest derivative of the model one attribution needs (0 for
+            methods made of forward passes only, such as Score-CAM; 1 for gradient methods; 2
+            for Integrated Hessians); differentiating the attributions again
+            (``create_graph``, e.g. explanation fragility) needs one more.
     """
 
     output: ClassVar[OutputSpace] = "input"
@@ -61,6 +62,11 @@ class Method(ABC):
     def options(self) -> dict[str, Any]:
         """The option values of this instance, by name."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+    def resolved_options(self, engine: Engine, inputs: Tensor) -> dict[str, Any]:
+        """The options as a call on ``inputs`` used them (``Explanation.options``), e.g. an
+        automatic layer by its name; by default :meth:`options`."""
+        return self.options()
 
     @abstractmethod
     def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:

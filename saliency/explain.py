@@ -74,6 +74,7 @@ def explain(
     with evaluation_state(model, keep_parameter_grads=create_graph):
         attributions = instance.attribute(engine, inputs, resolved)
         extras = instance.extras(engine, inputs, resolved, attributions)
+        options = instance.resolved_options(engine, inputs)
         if isinstance(resolved, PendingTarget):
             # Methods that evaluate the inputs themselves observed the outputs on the way.
             resolved.require(engine.predict)
@@ -84,7 +85,7 @@ def explain(
         attributions=attributions.to(inputs.dtype),
         targets=resolved.indices,
         method=name,
-        options=instance.options(),
+        options=options,
         inputs=inputs,
         images=images,
         outputs=outputs,

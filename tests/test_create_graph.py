@@ -27,6 +27,9 @@ RTOL = 1e-4
 FAST_OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"steps": 4},
     "smoothgrad": {"samples": 3, "seed": 0},
+    # Exact Grad-CAM++ differentiated again: fourth derivatives through the conv-Tanh head
+    # after the Softplus (after the automatic layer, the Tanh, the head is linear).
+    "gradcam_pp": {"exact": True, "layer": "1"},
 }
 
 
