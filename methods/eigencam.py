@@ -20,13 +20,12 @@ class EigenCAM(GradCAM):
     .. math:: L = \mathrm{ReLU}\big(\bar A\, v_1\big),\quad
               \bar A_{(uv),k} = A^k_{uv} - \frac{1}{hw}\sum_{a,b} A^k_{ab}
 
-    with :math:`v_1` the first right singular vector of the centred hw × C matrix
-    :math:`\bar A`, per sample. Class-agnostic (the target is not used) and gradient-free:
-    one forward pass. A singular vector's sign is arbitrary; here it is chosen so that
-    :math:`\sum_k v_{1k} \ge 0`, i.e. the map correlates positively with the centred sum of
-    the channels (where the layer is more active than on average is positive). Muhammad &
-    Yeasin (2020), "Eigen-CAM: Class Activation Map using Principal Components", IJCNN,
-    arXiv:2008.00299.
+    with v₁ the first right singular vector of the centred hw × C matrix Ā, per sample.
+    Class-agnostic (the target is not used) and gradient-free: one forward pass. A singular
+    vector's sign is arbitrary; here Σ_k v₁k ≥ 0, so that the map correlates positively with
+    the centred sum of the channels (where the layer is more active than on average is
+    positive; p · Ā1 = σ₁² Σ_k v₁k). Muhammad & Yeasin (2020), "Eigen-CAM: Class Activation
+    Map using Principal Components", IJCNN, arXiv:2008.00299.
 
     Options:
         layer: as for ``gradcam``.

@@ -27,16 +27,15 @@ class FullGrad(Method):
     .. math:: L = \sum_c \psi\big(|x_c \odot \nabla_{x_c} f_t|\big)
               + \sum_{l} \sum_{c} U\Big(\psi\big(|b^l_c\, \nabla_{z^l_c} f_t|\big)\Big)
 
-    where :math:`z^l` is the output of layer l (each ``nn.Conv2d`` and ``nn.BatchNorm2d``
-    with a bias; a batch norm's bias is its eval-mode offset
-    :math:`\beta - \gamma\mu/\sqrt{\sigma^2 + \epsilon}`), ψ rescales each sample's channel
-    to [0, 1] by (v − min v) / (max(v − min v) + 10⁻⁷) as pytorch-grad-cam does, and U
+    where z^l is the output of layer l (each ``nn.Conv2d`` and ``nn.BatchNorm2d`` with a bias;
+    a batch norm's bias is its eval-mode offset β − γμ/√(σ² + ε)), ψ rescales each sample's
+    channel to [0, 1] by (v − min v) / (max(v − min v) + 10⁻⁷) as pytorch-grad-cam does, and U
     upsamples bilinearly (``align_corners=False``). The full-gradient representation this
-    summarises is complete for ReLU networks: :math:`f_t = \nabla_x f_t \cdot x + \sum_l
-    \nabla_{b^l} f_t \cdot b^l` over all biases. No ``layer`` option: every bias layer counts. One
-    forward and backward pass; the gradients at the layers are read by tensor hooks during
-    the engine's backward. Srinivas & Fleuret (2019), "Full-Gradient Representation for
-    Neural Network Visualization", NeurIPS, arXiv:1905.00780.
+    summarises is complete for ReLU networks, f_t = ∇_x f_t · x + Σ_l ∇_{b^l} f_t · b^l over
+    all biases. No ``layer`` option: every bias layer counts. One forward and backward pass;
+    the gradients at the layers are read by tensor hooks during the engine's backward.
+    Srinivas & Fleuret (2019), "Full-Gradient Representation for Neural Network
+    Visualization", NeurIPS, arXiv:1905.00780.
     """
 
     output = "layer"

@@ -21,10 +21,9 @@ class GradCAMPlusPlus(GradCAM):
               w_k = \sum_{u,v} \alpha^k_{uv}\, \mathrm{ReLU}(g^k_{uv}),\quad
               \alpha^k_{uv} = \frac{D_2}{2 D_2 + \sum_{a,b} A^k_{ab}\, D_3}
 
-    with :math:`g = \partial f_t / \partial A^k_{uv}` and, by default, the paper's closed form
-    :math:`D_2 = g^2,\ D_3 = g^3` (α = 0 where g = 0). The paper derives α for
-    :math:`Y = e^{f_t}` and :math:`D_n = e^{-f_t}\,\partial^n Y / \partial (A^k_{uv})^n`, which
-    is the closed form when f_t is linear in A (a ReLU network after the layer, almost
+    with g = ∂f_t/∂A^k_uv and, by default, the paper's closed form D₂ = g², D₃ = g³ (α = 0
+    where g = 0). The paper derives α for Y = exp(f_t), with D_n = exp(−f_t) ∂ⁿY/∂(A^k_uv)ⁿ;
+    that is the closed form when f_t is linear in A (a ReLU network after the layer, almost
     everywhere). ``exact=True`` computes the true derivatives,
 
     .. math:: D_2 = g^2 + \frac{\partial^2 f_t}{\partial (A^k_{uv})^2},\quad
@@ -34,8 +33,8 @@ class GradCAMPlusPlus(GradCAM):
     by double and triple backward passes, two per activation element (C·h·w of them per
     chunk: meant for small layers and analysis). The two differ wherever f_t curves in A: a
     smooth head (Softplus, GELU, attention), or a probability target. Unlike
-    pytorch-grad-cam, the closed form adds no ε to the denominator (it would change α by
-    about ε / (2 g²), which is several per cent for random-init ResNets whose g ≈ 1e-2).
+    pytorch-grad-cam, the closed form adds no ε = 1e-6 to the denominator: that changes α by
+    about ε / (2g²), per cents where |g| ≈ 1e-3…1e-2 (random-init torchvision models).
     Chattopadhay et al. (2018), "Grad-CAM++: Generalized Gradient-based Visual Explanations
     for Deep Convolutional Networks", WACV, arXiv:1710.11063.
 

@@ -219,6 +219,39 @@ def test_matches_pytorch_grad_cam(
     assert difference <= TOLERANCE, f"{method} on {model_name}: {difference:.2e}"
 
 
+def test_gradcam_pp_differs_from_pytorch_grad_cam_only_by_its_epsilon(
+    models: dict[str, nn.Module], x: Tensor
+) -> None:
+    # On the unscaled model: the closed form from the layer's activations and gradients, by
+    # hand, with ε = 0 is ours; with pytorch-grad-cam's ε = 1e-6 it is the reference's.
+    model = models["resnet18"]
+    targets = predicted(model, x)
+    captured: dict[str, Tensor] = {}
+    handle = model.layer4.register_forward_hook(lambda m, i, o: captured.__setitem__("a", o))
+    try:
+        outputs = model(x)
+    finally:
+        handle.remove()
+    a = captured["a"]
+    (g,) = torch.autograd.grad(outputs[[0, 1], targets].sum(), a)
+    a, total = a.detach(), a.detach().sum(dim=(2, 3), keepdim=True)
+
+    def closed_form(epsilon: float) -> Tensor:
+        alpha = torch.where(g != 0, g**2 / (2 * g**2 + total * g**3 + epsilon), 0)
+        weights = (alpha * F.relu(g)).sum(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * a).sum(1, keepdim=True))
+        return F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    ours = saliency.explain(model, x, "gradcam_pp", target=targets, layer="layer4").attributions
+    torch.testing.assert_close(ours, closed_form(0.0), rtol=1e-5, atol=1e-6 * ours.abs().max())
+    ref = reference("gradcam_pp", model, model.layer4, x, targets)
+    with_epsilon = scaled_like_reference(closed_form(1e-6), "gradcam_pp")
+    assert np.abs(with_epsilon - ref).max() <= TOLERANCE
+    unscaled = np.abs(scaled_like_reference(ours, "gradcam_pp") - ref).max()
+    print(f"gradcam_pp vs pytorch-grad-cam on unscaled resnet18 logits: {unscaled:.2e}")
+    assert unscaled > 1e-3
+
+
 @pytest.mark.parametrize("model_name", MODELS)
 def test_scorecam_matches_pytorch_grad_cam(
     model_name: str, models: dict[str, nn.Module], x: Tensor, monkeypatch: pytest.MonkeyPatch
@@ -461,6 +494,19 @@ def test_forward_only_methods_run_in_bounded_chunks(method: str) -> None:
     point = 3 * 11 * 13 * 4 * 200
     saliency.explain(counter, x, method, target=[0, 2, 4], memory_budget=4 * point)
     assert max(counter.rows) <= 4 and sum(counter.rows) == 3 + 3 * 8
+
+
+@pytest.mark.parametrize("method", ("scorecam", "ablationcam", "eigencam"))
+def test_forward_only_methods_predict_on_the_way(method: str) -> None:
+    # With target=None the pass that records the layer's activations also gives the predicted
+    # classes: no separate prediction pass. (The automatic layer choice runs on one image.)
+    x = torch.randn(3, 3, 11, 13, generator=torch.Generator().manual_seed(1))
+    counter = RowCounter(tiny_cnn())
+    ex = saliency.explain(counter, x, method)
+    passes = 1 if method == "eigencam" else 1 + 8
+    assert counter.rows[0] == 1 and sum(counter.rows[1:]) == 3 * passes
+    with torch.no_grad():
+        assert ex.targets is not None and ex.targets.tolist() == counter(x).argmax(1).tolist()
 
 
 @pytest.mark.parametrize("method", ("scorecam", "ablationcam", "eigencam"))
