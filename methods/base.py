@@ -80,6 +80,11 @@ class Method(ABC):
         """The option values of this instance, by name."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
+    def resolved_options(self, engine: Engine, inputs: Tensor) -> dict[str, Any]:
+        """The options as a call on ``inputs`` used them (``Explanation.options``), e.g. an
+        automatic layer by its name; by default :meth:`options`."""
+        return self.options()
+
     @abstractmethod
     def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
         """Raw, signed attributions for ``inputs`` (see :attr:`output` for the shape)."""

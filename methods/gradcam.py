@@ -1,14 +1,16 @@
-"""Grad-CAM: class activation maps weighted by spatially averaged gradients."""
+"""Grad-CAM, and the CAM mechanism its variants share: a layer, channel weights, a map."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saliency.engine import Chunk, Engine, Points
+from saliency.errors import LayerNotFoundError
 from saliency.layers import find_layer
 from saliency.methods.base import Method
 from saliency.targets import Target
@@ -30,6 +32,11 @@ class GradCAM(Method):
         layer: a dotted module name, a module, or ``None`` for the last module whose output is
             an ``(N, C, h, w)`` map with h·w > 1.
         relu: keep only positive evidence (the paper's definition).
+
+    The CAM family reuses this class: a gradient variant overrides :meth:`channel_weights`
+    (weights of any shape that broadcasts against the activations, e.g. one per element);
+    a variant whose weights come from forward passes overrides :meth:`attribute` and keeps
+    :meth:`resolve_layer`, :meth:`combine` and :meth:`finish`.
     """
 
     layer: str | nn.Module | None = None
@@ -45,20 +52,58 @@ class GradCAM(Method):
         """α_k per point and channel, shape ``(m, C, 1, 1)``."""
         return chunk.grads.mean(dim=(2, 3), keepdim=True)
 
+    def combine(self, weights: Tensor, activations: Tensor) -> Tensor:
+        """The map at the layer's resolution, ``(m, 1, h, w)``: Σ_k weights ⊙ A^k."""
+        return (weights * activations).sum(dim=1, keepdim=True)
+
+    def needs_graph(self) -> bool:
+        """Whether :meth:`channel_weights` differentiates the gradients again."""
+        return False
+
     def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
-        signature = (inputs.shape[1:], inputs.dtype, inputs.device, engine.precision)
-        layer = find_layer(engine.model, self.layer, lambda: engine.forward(inputs[:1]), signature)
+        layer = self.resolve_layer(engine, inputs)
         size = inputs.shape[-2:]
+        # Weights from higher derivatives need the graph of the gradients even when the caller
+        # does not ask for one; the maps are then detached chunk by chunk (memory stays bounded).
+        own_graph = self.needs_graph() and not engine.create_graph
+        runner = engine.with_options(create_graph=True) if own_graph else engine
 
         def cam(chunk: Chunk) -> Tensor:
             assert chunk.activations is not None
-            weights = self.channel_weights(chunk)
-            maps = (weights * chunk.activations).sum(dim=1, keepdim=True)
-            # bf16/fp16 activations are upsampled in float32; float64 stays float64.
-            maps = maps.to(torch.promote_types(maps.dtype, torch.float32))
-            if self.relu:
-                maps = F.relu(maps)
-            return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+            maps = self.finish(self.combine(self.channel_weights(chunk), chunk.activations), size)
+            return maps.detach() if own_graph else maps
 
-        maps = engine.accumulate(Points.of(inputs), target, cam, layer=layer)
+        maps = runner.accumulate(Points.of(inputs), target, cam, layer=layer)
         return maps.to(inputs.dtype)
+
+    def finish(self, maps: Tensor, size: torch.Size) -> Tensor:
+        """ReLU (if ``relu``) and bilinear upsampling of ``(m, 1, h, w)`` maps to ``size``."""
+        # bf16/fp16 activations are upsampled in float32; float64 stays float64.
+        maps = maps.to(torch.promote_types(maps.dtype, torch.float32))
+        if self.relu:
+            maps = F.relu(maps)
+        return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+    def resolve_layer(self, engine: Engine, inputs: Tensor) -> nn.Module:
+        """The hooked module: ``layer`` itself, or the automatic choice for these inputs."""
+        signature = (inputs.shape[1:], inputs.dtype, inputs.device, engine.precision)
+        return find_layer(engine.model, self.layer, lambda: engine.forward(inputs[:1]), signature)
+
+    def layer_maps(self, engine: Engine, inputs: Tensor, target: Target) -> tuple[Tensor, Tensor]:
+        """The resolved layer's ``(N, C, h, w)`` output and the target scores at ``inputs``,
+        for variants whose weights come from forward passes."""
+        layer = self.resolve_layer(engine, inputs)
+        activations, scores = engine.layer_outputs(inputs, layer, target)
+        if activations.ndim != 4:
+            raise LayerNotFoundError(
+                f"layer {type(layer).__name__} outputs shape {tuple(activations.shape)}; a class "
+                "activation map needs an (N, C, h, w) map"
+            )
+        return activations, scores
+
+    def resolved_options(self, engine: Engine, inputs: Tensor) -> dict[str, Any]:
+        """The options, with ``layer`` as the dotted name of the module that was used."""
+        layer = self.resolve_layer(engine, inputs)  # remembered: no second forward pass
+        assert isinstance(engine.model, nn.Module)
+        name = next(n for n, m in engine.model.named_modules() if m is layer)
+        return {**self.options(), "layer": name}

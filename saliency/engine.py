@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from saliency import compiled as compiled_forwards
-from saliency.errors import InvalidOptionError, ModelOutputError
+from saliency.errors import InvalidOptionError, LayerNotFoundError, ModelOutputError
 from saliency.layers import capture_output
 from saliency.memory import CostMeter, default_memory_budget
 from saliency.targets import PendingTarget, Target, pending_base
@@ -264,6 +264,64 @@ class Engine:
         else:
             pending.require(self.predict)
             yield None
+
+    def scores(
+        self,
+        points: Points,
+        target: Target,
+        edit: Callable[[Tensor], AbstractContextManager[object]] | None = None,
+    ) -> Tensor:
+        """Target scores ``(points.count,)`` of every point, chunk by chunk, in float32 at least
+        (float64 stays float64: forward-only methods take differences of scores).
+
+        For methods that need many forward passes and no gradient (Score-CAM, Ablation-CAM): the
+        points are made one chunk at a time, so memory stays bounded. Without ``create_graph``
+        the passes run under ``torch.no_grad``; with it the scores keep their graph.
+
+        Args:
+            points: the points to score; point ``p`` is scored for sample ``p // repeats``.
+            target: selects each point's score.
+            edit: given a chunk's point indices, a context entered around that chunk's forward
+                pass (e.g. a hook that changes a layer's output for those points).
+        """
+
+        def step(index: Tensor) -> Tensor:
+            values = points.make(index)
+            with edit(index) if edit is not None else nullcontext():
+                outputs = self.forward(values)
+            return _at_least_float32(target.scores(outputs, index // points.repeats))
+
+        with self._completing(target), nullcontext() if self.create_graph else torch.no_grad():
+            return torch.cat(list(self._map_chunks(points, step)))
+
+    def layer_outputs(
+        self, inputs: Tensor, layer: nn.Module, target: Target
+    ) -> tuple[Tensor, Tensor]:
+        """The output of ``layer`` ``(N, ...)`` and the target scores ``(N,)`` (float32 at least)
+        at ``inputs``, chunk by chunk; without gradients unless ``create_graph``.
+
+        A pending target (classes from the outputs at the inputs) is completed by this pass.
+        """
+        points = Points.of(inputs)
+        with (
+            self._completing(target, points) as observer,
+            capture_output(layer, as_leaf=False) as captured,
+            nullcontext() if self.create_graph else torch.no_grad(),
+        ):
+
+            def step(index: Tensor) -> tuple[Tensor, Tensor]:
+                captured.value = None
+                outputs = self.forward(points.make(index))
+                if observer is not None:
+                    observer.observe(outputs, index)
+                if captured.value is None:
+                    raise LayerNotFoundError(
+                        f"layer {type(layer).__name__} was not called in the model's forward pass"
+                    )
+                return captured.value, _at_least_float32(target.scores(outputs, index))
+
+            parts = list(self._map_chunks(points, step))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def accumulate(
         self,
@@ -540,6 +598,10 @@ def automatic_chunk_size(
     else:
         cap = max(1, min(_CPU_MAX_CHUNK, _CPU_ELEMENTS_PER_CHUNK // numel))
     return int(max(1, min(cap, by_memory)))
+
+
+def _at_least_float32(values: Tensor) -> Tensor:
+    return values.to(torch.promote_types(values.dtype, torch.float32))
 
 
 def _out_of_memory(error: BaseException) -> torch.OutOfMemoryError | None:

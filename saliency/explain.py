@@ -79,6 +79,7 @@ def explain(
     with evaluation_state(model, keep_parameter_grads=create_graph):
         attributions = instance.attribute(engine, inputs, resolved)
         extras = instance.extras(engine, inputs, resolved, attributions)
+        options = instance.resolved_options(engine, inputs)
         # Methods that evaluate the inputs themselves observed the outputs on the way.
         engine.complete(resolved)
     outputs = resolved.outputs if isinstance(resolved, PendingTarget) else None
@@ -88,7 +89,7 @@ def explain(
         attributions=attributions.to(inputs.dtype),
         targets=resolved.indices,
         method=name,
-        options=instance.options(),
+        options=options,
         inputs=inputs,
         images=images,
         outputs=outputs,

@@ -418,8 +418,10 @@ def _check_model_failure(
     if refused:
         with _raises(InvalidOptionError, "create_graph", context):
             call()
-    elif failure in ("grad", "backward") and method.derivative_order == 0:
-        call()  # no pass with gradients, no backward: nothing trips
+    elif method.derivative_order == 0 and (
+        failure == "backward" or (failure == "grad" and not create_graph)
+    ):
+        call()  # forward-only: no backward pass, and no pass with gradients unless create_graph
     else:
         with _raises(RuntimeError, f"tripped in {where}", context):
             call()

@@ -28,6 +28,15 @@ TARGET = [0, 2]
 EPS = 1e-5
 RTOL = 1e-4
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# Exact Grad-CAM++ differentiated again: fourth derivatives through the conv-Tanh head after the
+# Softplus (after the automatic layer, the Tanh, the head is linear).
+LAYER_OPTIONS = {"gradcam_pp": {"layer": "1"}}
+
+
+@pytest.fixture
+def method_options(method: str, method_options: dict[str, Any]) -> dict[str, Any]:
+    """The shared fast options, with this module's layer choices."""
+    return {**method_options, **LAYER_OPTIONS.get(method, {})}
 
 
 def make_inputs() -> Tensor:

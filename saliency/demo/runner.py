@@ -195,7 +195,7 @@ def _evaluate_model(
         options = DEMO_METHOD_OPTIONS.get(method, {})
         # the query pixels dominate an interaction map, so randomising weights cannot move its
         # ranking: the sanity check says nothing about second-order methods and costs the most
-        first_order = get_method(method).derivative_order == 1
+        first_order = get_method(method).derivative_order <= 1  # 0: forward passes only
         evaluation = evaluate_method(
             loaded.model,
             inputs,
