@@ -38,6 +38,8 @@ class Method(ABC):
         supports_create_graph: whether the attributions can be differentiated
             (``create_graph=True``); :func:`saliency.explain` refuses it before any work
             otherwise.
+        compiles: whether ``compile=True`` compiles the method's gradient passes (False where
+            they must run eagerly, e.g. propagation rules that a compiled graph would bypass).
         needs_module: the method hooks or inspects the model's layers, so the model must be an
             ``nn.Module`` (layer methods need one too, whatever this flag says).
     """
@@ -47,6 +49,7 @@ class Method(ABC):
     derivative_order: ClassVar[int] = 1
     supports_create_graph: ClassVar[bool] = True
     needs_module: ClassVar[bool] = False
+    compiles: ClassVar[bool] = True
 
     @classmethod
     def create(cls, **options: Any) -> Self:

@@ -40,6 +40,7 @@ class FullGrad(Method):
 
     output = "layer"
     paper = "Srinivas & Fleuret 2019, arXiv:1905.00780"
+    compiles = False
 
     def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
         model = engine.model

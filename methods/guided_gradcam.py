@@ -34,6 +34,7 @@ class GuidedGradCAM(Method):
     layer: str | nn.Module | None = None
 
     paper = "Selvaraju et al. 2017, arXiv:1610.02391"
+    compiles = False
     needs_module = True
 
     def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:

@@ -23,6 +23,7 @@ class ModifiedGradient(Method):
     model runs eagerly (``compile`` does not apply: compiled graphs would bypass the rules).
     """
 
+    compiles = False
     rules: ClassVar[tuple[str, ...]] = ()
 
     def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:

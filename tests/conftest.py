@@ -57,9 +57,18 @@ def fast_options(name: str) -> dict[str, Any]:
     return dict(FAST_OPTIONS.get(name, {}))
 
 
-@pytest.fixture(params=saliency.list_methods())
+@pytest.fixture(params=saliency.list_methods(families=False))
 def method(request: pytest.FixtureRequest) -> str:
-    """Each registered method name in turn."""
+    """Each method registered one by one (not the members of method families such as
+    ``captum:NAME``, which wrap another library: their own tests and the lifecycle contract
+    cover them), in turn."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(params=saliency.list_methods())
+def any_method(request: pytest.FixtureRequest) -> str:
+    """Each registered method name in turn, method families included."""
     name: str = request.param
     return name
 
@@ -68,6 +77,12 @@ def method(request: pytest.FixtureRequest) -> str:
 def method_options(method: str) -> dict[str, Any]:
     """The fast options of ``method``."""
     return fast_options(method)
+
+
+@pytest.fixture
+def any_method_options(any_method: str) -> dict[str, Any]:
+    """The fast options of ``any_method``."""
+    return fast_options(any_method)
 
 
 @pytest.fixture(scope="module")

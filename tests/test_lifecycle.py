@@ -38,10 +38,10 @@ def _lrp_rule(model: CheckModel) -> None:
 
 
 def test_method_keeps_the_lifecycle_and_output_contract(
-    method: str, method_options: dict[str, Any]
+    any_method: str, any_method_options: dict[str, Any]
 ) -> None:
-    prepare = _lrp_rule if method == "captum:LRP" else None
-    check_method(saliency.get_method(method), method_options, prepare=prepare)
+    prepare = _lrp_rule if any_method == "captum:LRP" else None
+    check_method(saliency.get_method(any_method), any_method_options, prepare=prepare)
 
 
 def test_gradient_of_a_callable_model_is_the_autograd_gradient() -> None:
