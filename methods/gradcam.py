@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saliency.engine import Chunk, Engine, Points
+from saliency.engine import Chunk, Engine, Share
 from saliency.layers import find_layer
 from saliency.methods.base import Method
 from saliency.targets import Target
@@ -45,7 +45,7 @@ class GradCAM(Method):
         """α_k per point and channel, shape ``(m, C, 1, 1)``."""
         return chunk.grads.mean(dim=(2, 3), keepdim=True)
 
-    def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
+    def share(self, engine: Engine, inputs: Tensor) -> Share:
         signature = (inputs.shape[1:], inputs.dtype, inputs.device, engine.precision)
         layer = find_layer(engine.model, self.layer, lambda: engine.forward(inputs[:1]), signature)
         size = inputs.shape[-2:]
@@ -60,5 +60,7 @@ class GradCAM(Method):
                 maps = F.relu(maps)
             return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
-        maps = engine.accumulate(Points.of(inputs), target, cam, layer=layer)
-        return maps.to(inputs.dtype)
+        return Share(layer, cam, finish=lambda maps: maps.to(inputs.dtype))
+
+    def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
+        return engine.share_pass(inputs, target, [self.share(engine, inputs)])[0]
