@@ -1,8 +1,8 @@
 """The streaming pipeline of a run: decode in workers → batch on the device → encode in workers.
 
 ```
-jobs ─▶ worker processes (open_image, resize) ─▶ main process: batches of images, explain() per
-method and the overlays rendered at full size, on the device ─▶ worker processes (encode,
+jobs ─▶ worker processes (open_image, resize) ─▶ main process: batches of images, explain_many()
+of their methods and the overlays rendered at full size, on the device ─▶ worker processes (encode,
 atomic write)
 ```
 
@@ -55,7 +55,8 @@ from saliency.cli.model import ModelInput
 from saliency.cli.plan import Job
 from saliency.engine import Precision
 from saliency.errors import ImageLoadError, SaliencyError
-from saliency.explain import explain
+from saliency.explain import explain, explain_many
+from saliency.explanation import Explanation
 from saliency.images import open_image
 from saliency.output_files import file_stem
 from saliency.rendering import render
@@ -274,11 +275,45 @@ class Pipeline:
             inputs = self.compute.model_input.batch(
                 [item.pixels for item in items], self.compute.device
             )
-            for method in self.compute.methods:
-                chosen = [i for i, item in enumerate(items) if method in item.job.methods]
-                if chosen:
-                    subset = inputs if len(chosen) == len(items) else inputs[chosen]
-                    self._explain(method, [items[i] for i in chosen], subset)
+            # Inputs that need the same methods are explained together, in one explain_many.
+            groups: dict[tuple[str, ...], list[int]] = {}
+            for i, item in enumerate(items):
+                wanted = tuple(m for m in self.compute.methods if m in item.job.methods)
+                if wanted:
+                    groups.setdefault(wanted, []).append(i)
+            for methods, chosen in groups.items():
+                subset = inputs if len(chosen) == len(items) else inputs[chosen]
+                self._explain_many(methods, [items[i] for i in chosen], subset)
+
+    def _explain_many(self, methods: tuple[str, ...], items: list[_Item], inputs: Tensor) -> None:
+        """Run several methods on a batch, sharing their passes; on failure, method by method
+        as :meth:`_explain` (which isolates the culprit)."""
+        compute = self.compute
+        if len(methods) == 1:
+            self._explain(methods[0], items, inputs)
+            return
+        started = time.perf_counter()
+        try:
+            explanations = explain_many(
+                compute.model,
+                inputs,
+                {method: compute.methods[method] for method in methods},
+                compute.target,
+                batch_size=compute.chunk_size,
+                precision=compute.precision,
+                compile=compute.compile,
+                memory_budget=compute.memory_budget,
+            )
+            if compute.device.type == "cuda":
+                torch.cuda.synchronize(compute.device)
+        except Exception:
+            for method in methods:
+                self._explain(method, items, inputs)
+            return
+        # The passes are shared: each method is charged an equal part of the time.
+        seconds = (time.perf_counter() - started) / len(items) / len(methods)
+        for method in methods:
+            self._emit(method, items, explanations[method], seconds)
 
     def _explain(self, method: str, items: list[_Item], inputs: Tensor) -> None:
         """Run one method on a batch; on failure, retry image by image to isolate the culprit."""
@@ -307,6 +342,12 @@ class Pipeline:
             self._resolve(items[0])
             return
         seconds = (time.perf_counter() - started) / len(items)
+        self._emit(method, items, explanation, seconds)
+
+    def _emit(
+        self, method: str, items: list[_Item], explanation: Explanation, seconds: float
+    ) -> None:
+        """Record the predictions, render the overlays and queue their writing."""
         self._record_predictions(items, explanation.outputs, explanation.targets)
         for index, item in enumerate(items):
             attributions = explanation.attributions[index : index + 1]
