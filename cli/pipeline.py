@@ -1,9 +1,9 @@
 """The streaming pipeline of a run: decode in workers → batch on the device → encode in workers.
 
 ```
-jobs ─▶ worker processes (open_image, resize) ─▶ main process: batches of images, explain_many()
-of their methods and the overlays rendered at full size, on the device ─▶ worker processes (encode,
-atomic write)
+jobs ─▶ worker processes (open_image, resize) ─▶ main process: batches of images, one
+explain_many() of the one-pass methods and explain() of each other, the overlays rendered at full
+size, on the device ─▶ worker processes (encode, atomic write)
 ```
 
 Decoding runs ahead of the device and writing runs behind it, so the device does not wait on
@@ -58,6 +58,7 @@ from saliency.errors import ImageLoadError, SaliencyError
 from saliency.explain import explain, explain_many
 from saliency.explanation import Explanation
 from saliency.images import open_image
+from saliency.methods.registry import get_method
 from saliency.output_files import file_stem
 from saliency.rendering import render
 from saliency.run_folder import output_name, top_probabilities, write_overlay, write_raw
@@ -286,34 +287,36 @@ class Pipeline:
                 self._explain_many(methods, [items[i] for i in chosen], subset)
 
     def _explain_many(self, methods: tuple[str, ...], items: list[_Item], inputs: Tensor) -> None:
-        """Run several methods on a batch, sharing their passes; on failure, method by method
-        as :meth:`_explain` (which isolates the culprit)."""
+        """Run the methods on a batch, in order: those that share one pass from one explain_many
+        (if it fails, one by one), the others one by one (:meth:`_explain`, which isolates the
+        culprit)."""
         compute = self.compute
-        if len(methods) == 1:
-            self._explain(methods[0], items, inputs)
-            return
-        started = time.perf_counter()
-        try:
-            explanations = explain_many(
-                compute.model,
-                inputs,
-                {method: compute.methods[method] for method in methods},
-                compute.target,
-                batch_size=compute.chunk_size,
-                precision=compute.precision,
-                compile=compute.compile,
-                memory_budget=compute.memory_budget,
-            )
-            if compute.device.type == "cuda":
-                torch.cuda.synchronize(compute.device)
-        except Exception:
-            for method in methods:
-                self._explain(method, items, inputs)
-            return
-        # The passes are shared: each method is charged an equal part of the time.
-        seconds = (time.perf_counter() - started) / len(items) / len(methods)
+        sharing = [m for m in methods if get_method(m).shares_pass()]
+        explanations: dict[str, Explanation] = {}
+        if len(sharing) > 1:
+            started = time.perf_counter()
+            try:
+                explanations = explain_many(
+                    compute.model,
+                    inputs,
+                    {method: compute.methods[method] for method in sharing},
+                    compute.target,
+                    batch_size=compute.chunk_size,
+                    precision=compute.precision,
+                    compile=compute.compile,
+                    memory_budget=compute.memory_budget,
+                )
+                if compute.device.type == "cuda":
+                    torch.cuda.synchronize(compute.device)
+            except Exception:
+                explanations = {}
+            # The pass is shared: each method is charged an equal part of its time.
+            seconds = (time.perf_counter() - started) / len(items) / len(sharing)
         for method in methods:
-            self._emit(method, items, explanations[method], seconds)
+            if method in explanations:
+                self._emit(method, items, explanations[method], seconds)
+            else:
+                self._explain(method, items, inputs)
 
     def _explain(self, method: str, items: list[_Item], inputs: Tensor) -> None:
         """Run one method on a batch; on failure, retry image by image to isolate the culprit."""

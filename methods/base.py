@@ -95,6 +95,17 @@ class Method(ABC):
     def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
         """Raw, signed attributions for ``inputs`` (see :attr:`output` for the shape)."""
 
+    @classmethod
+    def shares_pass(cls) -> bool:
+        """Whether the method opts into a shared pass: it defines :meth:`share`, and no subclass
+        replaced :meth:`attribute` without replacing ``share`` (the inherited share would
+        describe the parent's attributions)."""
+        owners = [
+            next(c for c in cls.__mro__ if attribute in vars(c))
+            for attribute in ("share", "attribute")
+        ]
+        return owners[0] is not Method and issubclass(owners[0], owners[1])
+
     def share(self, engine: Engine, inputs: Tensor) -> Share | None:
         """What this method takes from a single pass shared with other one-pass methods, or
         ``None`` (the default) when it runs its own passes (see the class docstring).

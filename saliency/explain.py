@@ -175,15 +175,8 @@ def _explain_all(
 
 
 def _share(instance: Method, engine: Engine, inputs: Tensor) -> Share | None:
-    """The method's part of a shared pass, unless a subclass replaced ``attribute`` without
-    replacing ``share`` (its inherited share would describe the parent's attributions)."""
-    owners = [
-        next(c for c in type(instance).__mro__ if attribute in vars(c))
-        for attribute in ("share", "attribute")
-    ]
-    if not issubclass(owners[0], owners[1]):
-        return None
-    return instance.share(engine, inputs)
+    """The method's part of a shared pass, if it opts into one (:meth:`Method.shares_pass`)."""
+    return instance.share(engine, inputs) if instance.shares_pass() else None
 
 
 def _explanation(

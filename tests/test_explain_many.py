@@ -330,3 +330,14 @@ def test_two_layers_and_the_input_gradient_from_one_pass_of_the_engine() -> None
         stem, saliency.explain(model, inputs, "gradcam", layer="stem.0").attributions
     )
     assert torch.equal(gradient, saliency.explain(model, inputs, "gradient").attributions)
+
+
+def test_which_methods_share_a_pass() -> None:
+    sharing = {
+        name
+        for name in saliency.list_methods(families=False)
+        if saliency.get_method(name).shares_pass()
+    }
+    assert {"gradient", "gradcam", "gradient_x_input"} <= sharing
+    assert not sharing & {"integrated_gradients", "smoothgrad", "guided_gradcam", "deconvnet"}
+    assert not _Doubled.shares_pass()
