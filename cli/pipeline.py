@@ -1,9 +1,9 @@
 """The streaming pipeline of a run: decode in workers → batch on the device → encode in workers.
 
 ```
-jobs ─▶ worker processes (open_image, resize) ─▶ main process: batches of images, explain() per
-method and the overlays rendered at full size, on the device ─▶ worker processes (encode,
-atomic write)
+jobs ─▶ worker processes (open_image, resize) ─▶ main process: batches of images, one
+explain_many() of the one-pass methods and explain() of each other, the overlays rendered at full
+size, on the device ─▶ worker processes (encode, atomic write)
 ```
 
 Decoding runs ahead of the device and writing runs behind it, so the device does not wait on
@@ -56,8 +56,10 @@ from saliency.cli.model import ModelInput
 from saliency.cli.plan import Job
 from saliency.engine import Precision
 from saliency.errors import ImageLoadError, SaliencyError
-from saliency.explain import explain
+from saliency.explain import explain, explain_many
+from saliency.explanation import Explanation
 from saliency.images import open_image
+from saliency.methods.registry import get_method
 from saliency.output_files import file_stem
 from saliency.rendering import render
 from saliency.run_folder import (
@@ -285,11 +287,47 @@ class Pipeline:
             inputs = self.compute.model_input.batch(
                 [item.pixels for item in items], self.compute.device
             )
-            for method in self.compute.methods:
-                chosen = [i for i, item in enumerate(items) if method in item.job.methods]
-                if chosen:
-                    subset = inputs if len(chosen) == len(items) else inputs[chosen]
-                    self._explain(method, [items[i] for i in chosen], subset)
+            # Inputs that need the same methods are explained together, in one explain_many.
+            groups: dict[tuple[str, ...], list[int]] = {}
+            for i, item in enumerate(items):
+                wanted = tuple(m for m in self.compute.methods if m in item.job.methods)
+                if wanted:
+                    groups.setdefault(wanted, []).append(i)
+            for methods, chosen in groups.items():
+                subset = inputs if len(chosen) == len(items) else inputs[chosen]
+                self._explain_many(methods, [items[i] for i in chosen], subset)
+
+    def _explain_many(self, methods: tuple[str, ...], items: list[_Item], inputs: Tensor) -> None:
+        """Run the methods on a batch, in order: those that share one pass from one explain_many
+        (if it fails, one by one), the others one by one (:meth:`_explain`, which isolates the
+        culprit)."""
+        compute = self.compute
+        sharing = [m for m in methods if get_method(m).shares_pass()]
+        explanations: dict[str, Explanation] = {}
+        if len(sharing) > 1:
+            started = time.perf_counter()
+            try:
+                explanations = explain_many(
+                    compute.model,
+                    inputs,
+                    {method: compute.methods[method] for method in sharing},
+                    compute.target,
+                    batch_size=compute.chunk_size,
+                    precision=compute.precision,
+                    compile=compute.compile,
+                    memory_budget=compute.memory_budget,
+                )
+                if compute.device.type == "cuda":
+                    torch.cuda.synchronize(compute.device)
+            except Exception:
+                explanations = {}
+            # The pass is shared: each method is charged an equal part of its time.
+            seconds = (time.perf_counter() - started) / len(items) / len(sharing)
+        for method in methods:
+            if method in explanations:
+                self._emit(method, items, explanations[method], seconds)
+            else:
+                self._explain(method, items, inputs)
 
     def _explain(self, method: str, items: list[_Item], inputs: Tensor) -> None:
         """Run one method on a batch; on failure, retry image by image to isolate the culprit."""
@@ -318,6 +356,12 @@ class Pipeline:
             self._resolve(items[0])
             return
         seconds = (time.perf_counter() - started) / len(items)
+        self._emit(method, items, explanation, seconds)
+
+    def _emit(
+        self, method: str, items: list[_Item], explanation: Explanation, seconds: float
+    ) -> None:
+        """Record the predictions, render the overlays and queue their writing."""
         self._record_predictions(items, explanation.outputs, explanation.targets)
         for index, item in enumerate(items):
             attributions = explanation.attributions[index : index + 1]

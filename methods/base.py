@@ -15,7 +15,7 @@ from saliency.errors import InvalidOptionError, accepted
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from saliency.engine import Engine
+    from saliency.engine import Engine, Share
     from saliency.targets import Target
 
 OutputSpace = Literal["input", "layer"]
@@ -42,6 +42,17 @@ class Method(ABC):
             they must run eagerly, e.g. propagation rules that a compiled graph would bypass).
         needs_module: the method hooks or inspects the model's layers, so the model must be an
             ``nn.Module`` (layer methods need one too, whatever this flag says).
+
+    Sharing a pass: a *one-pass* method, whose attributions come from a single forward and
+    backward of the inputs themselves, opts into sharing that pass with other methods
+    (:func:`saliency.explain_many`) by returning a :class:`~saliency.engine.Share` from
+    :meth:`share`: what it needs from the pass (``layer=None``: ∂score/∂inputs; a module: that
+    layer's activations and ∂score/∂activations), a ``contribution`` turning its view of an
+    evaluated chunk into per-sample values, and a ``finish`` turning their sums into the
+    attributions. Its :meth:`attribute` is then ``engine.share_pass(inputs, target,
+    [self.share(engine, inputs)])[0]``, so that the shared and the separate results are the
+    same computation. Methods that do not opt in (the default: ``share`` returns ``None``) run
+    their own :meth:`attribute`, also inside :func:`~saliency.explain_many`.
     """
 
     output: ClassVar[OutputSpace] = "input"
@@ -91,6 +102,26 @@ class Method(ABC):
     @abstractmethod
     def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
         """Raw, signed attributions for ``inputs`` (see :attr:`output` for the shape)."""
+
+    @classmethod
+    def shares_pass(cls) -> bool:
+        """Whether the method opts into a shared pass: it defines :meth:`share`, and no subclass
+        replaced :meth:`attribute` without replacing ``share`` (the inherited share would
+        describe the parent's attributions)."""
+        owners = [
+            next(c for c in cls.__mro__ if attribute in vars(c))
+            for attribute in ("share", "attribute")
+        ]
+        return owners[0] is not Method and issubclass(owners[0], owners[1])
+
+    def share(self, engine: Engine, inputs: Tensor) -> Share | None:
+        """What this method takes from a single pass shared with other one-pass methods, or
+        ``None`` (the default) when it runs its own passes (see the class docstring).
+
+        Called inside the evaluation (model in eval mode) before the shared pass; it may
+        resolve what the pass needs (e.g. an automatic layer), but runs no gradient pass.
+        """
+        return None
 
     def extras(
         self, engine: Engine, inputs: Tensor, target: Target, attributions: Tensor

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saliency.engine import Chunk, Engine, Points
+from saliency.engine import Chunk, Engine, Points, Share
 from saliency.errors import LayerNotFoundError
 from saliency.layers import find_layer
 from saliency.methods.base import Method
@@ -60,19 +60,35 @@ class GradCAM(Method):
         """Whether :meth:`channel_weights` differentiates the gradients again."""
         return False
 
-    def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
+    def share(self, engine: Engine, inputs: Tensor) -> Share | None:
+        # Weights from higher derivatives need the graph of the gradients even when the caller
+        # does not ask for one: such a call runs its own pass (see :meth:`attribute`).
+        if self.needs_graph() and not engine.create_graph:
+            return None
         layer = self.resolve_layer(engine, inputs)
         size = inputs.shape[-2:]
-        # Weights from higher derivatives need the graph of the gradients even when the caller
-        # does not ask for one; the maps are then detached chunk by chunk (memory stays bounded).
-        own_graph = self.needs_graph() and not engine.create_graph
-        runner = engine.with_options(create_graph=True) if own_graph else engine
 
         def cam(chunk: Chunk) -> Tensor:
             assert chunk.activations is not None
-            maps = self.finish(self.combine(self.channel_weights(chunk), chunk.activations), size)
-            return maps.detach() if own_graph else maps
+            return self.finish(self.combine(self.channel_weights(chunk), chunk.activations), size)
 
+        return Share(layer, cam, finish=lambda maps: maps.to(inputs.dtype))
+
+    def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
+        share = self.share(engine, inputs)
+        if share is not None:
+            return engine.share_pass(inputs, target, [share])[0]
+        # A pass of its own with the graph of the gradients; the maps are detached chunk by
+        # chunk, so memory stays bounded.
+        layer = self.resolve_layer(engine, inputs)
+        size = inputs.shape[-2:]
+
+        def cam(chunk: Chunk) -> Tensor:
+            assert chunk.activations is not None
+            weights = self.channel_weights(chunk)
+            return self.finish(self.combine(weights, chunk.activations), size).detach()
+
+        runner = engine.with_options(create_graph=True)
         maps = runner.accumulate(Points.of(inputs), target, cam, layer=layer)
         return maps.to(inputs.dtype)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from saliency.engine import Engine, Points
+from saliency.engine import Engine, Share
 from saliency.methods.base import Method
 from saliency.targets import Target
 
@@ -24,5 +24,8 @@ class Gradient(Method):
 
     paper = "Simonyan et al. 2014, arXiv:1312.6034"
 
+    def share(self, engine: Engine, inputs: Tensor) -> Share:
+        return Share()
+
     def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
-        return engine.accumulate(Points.of(inputs), target)
+        return engine.share_pass(inputs, target, [self.share(engine, inputs)])[0]

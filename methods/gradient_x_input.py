@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from saliency.engine import Engine, Points
+from saliency.engine import Engine, Share
 from saliency.methods.base import Method
 from saliency.targets import Target
 
@@ -24,5 +24,8 @@ class GradientXInput(Method):
 
     paper = "Shrikumar et al. 2016, arXiv:1605.01713"
 
+    def share(self, engine: Engine, inputs: Tensor) -> Share:
+        return Share(finish=lambda gradients: inputs * gradients)
+
     def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
-        return inputs * engine.accumulate(Points.of(inputs), target)
+        return engine.share_pass(inputs, target, [self.share(engine, inputs)])[0]

@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from saliency import errors, installation
 from saliency.engine import Engine, EngineOptions, Precision
-from saliency.explain import explain
+from saliency.explain import explain, explain_many
 from saliency.explanation import Explanation
 from saliency.hvp import hvp
 from saliency.images import ImageBatch, Preprocess, load_images, open_image
@@ -42,6 +42,7 @@ __all__ = [
     "__version__",
     "errors",
     "explain",
+    "explain_many",
     "get_method",
     "hvp",
     "list_methods",

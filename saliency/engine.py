@@ -23,8 +23,8 @@ indices are made on the device.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Literal, TypeVar, get_args
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from saliency import compiled as compiled_forwards
 from saliency.errors import InvalidOptionError, LayerNotFoundError, ModelOutputError
-from saliency.layers import capture_output
+from saliency.layers import Capture, capture_output
 from saliency.memory import CostMeter, default_memory_budget
 from saliency.targets import PendingTarget, Target, pending_base
 from saliency.validation import check_choice, require_bool, require_int
@@ -110,6 +110,28 @@ class Chunk:
     """∂score/∂points, or ∂score/∂activations when a layer is hooked."""
     activations: Tensor | None
     """The hooked layer's output, when a layer is hooked."""
+
+
+@dataclass(frozen=True)
+class Share:
+    """What one method takes from a pass that it may share with other methods.
+
+    A one-pass method (its attributions come from a single forward and backward of the inputs
+    themselves) returns one from :meth:`Method.share <saliency.methods.Method.share>`;
+    :meth:`Engine.share_pass` evaluates each chunk once for all the shares given to it.
+
+    Attributes:
+        layer: differentiate with respect to this module's output (the share's chunks hold the
+            layer's ``activations`` and ``grads`` = ∂score/∂activations), or ``None`` for the
+            input gradient (``grads`` = ∂score/∂points, ``activations`` None).
+        contribution: maps the share's view of an evaluated chunk to per-point tensors
+            ``(m, ...)``, summed per sample; default the gradients.
+        finish: turns the ``(N, ...)`` sums into the attributions; default: the sums.
+    """
+
+    layer: nn.Module | None = None
+    contribution: Callable[[Chunk], Tensor] | None = None
+    finish: Callable[[Tensor], Tensor] | None = None
 
 
 @dataclass
@@ -346,46 +368,104 @@ class Engine:
         A pending target (classes from the model outputs at the inputs) is completed by this
         pass when the points are those inputs, else by a no-grad forward first.
         """
-        capture = (
-            capture_output(layer, as_leaf=not self.create_graph) if layer is not None else None
-        )
-        total: Tensor | None = None
-        with (
-            self._completing(target, points) as observer,
-            capture if capture is not None else nullcontext(None) as captured,
-        ):
-
-            def step(index: Tensor) -> tuple[Tensor, Tensor]:
-                chunk = self._evaluate(points, index, target, captured, observer)
-                part = contribution(chunk) if contribution is not None else chunk.grads
-                return chunk.samples, part
-
-            for samples, part in self._map_chunks(points, step, gradients=True):
-                if total is None:
-                    dtype = torch.promote_types(part.dtype, torch.float32)
-                    total = part.new_zeros((points.samples, *part.shape[1:]), dtype=dtype)
-                total = total.index_add(0, samples, part.to(total.dtype))
-            assert total is not None, "Points with zero samples"
+        (total,) = self._accumulate_shares(points, target, [Share(layer, contribution)])
         return total
+
+    def share_pass(self, inputs: Tensor, target: Target, shares: Sequence[Share]) -> list[Tensor]:
+        """The attributions of several one-pass methods from ONE forward and ONE backward per
+        chunk of ``inputs`` (the entry point of :func:`saliency.explain_many`).
+
+        The chunk is evaluated once with the union of what the shares need: every distinct
+        ``share.layer`` is hooked (its output kept in the graph when the input gradient is also
+        needed), and a single ``torch.autograd.grad(scores.sum(), [points, *layer outputs])``
+        gives ∂score/∂points and each layer's ∂score/∂activations. Each share sees its own view
+        of the chunk (the one :meth:`accumulate` with its ``layer`` would give), its
+        contributions are summed per sample and ``share.finish`` makes the attributions; so
+        each result equals the method's own :meth:`~saliency.methods.Method.attribute`.
+
+        Args:
+            inputs: the ``(N, ...)`` inputs, one point each.
+            target: selects each point's score; a pending target is completed by this pass.
+            shares: what each method takes from the pass (:meth:`Method.share
+                <saliency.methods.Method.share>`).
+
+        Returns:
+            One attributions tensor per share, in order.
+        """
+        totals = self._accumulate_shares(Points.of(inputs), target, shares)
+        return [
+            total if share.finish is None else share.finish(total)
+            for share, total in zip(shares, totals, strict=True)
+        ]
+
+    def _accumulate_shares(
+        self, points: Points, target: Target, shares: Sequence[Share]
+    ) -> list[Tensor]:
+        """Per-sample sums of each share's contributions, one forward + backward per chunk."""
+        layers: list[nn.Module] = []
+        for share in shares:
+            if share.layer is not None and not any(share.layer is known for known in layers):
+                layers.append(share.layer)
+        wants_points = any(share.layer is None for share in shares)
+        # Backward may stop at the hooked layers (a detached leaf) only when nothing before them
+        # is differentiated: no input gradient, no second-order graph.
+        as_leaf = not (wants_points or self.create_graph)
+        views = [
+            0 if share.layer is None else int(wants_points) + _position(layers, share.layer)
+            for share in shares
+        ]
+        totals: list[Tensor | None] = [None] * len(shares)
+        with ExitStack() as stack:
+            observer = stack.enter_context(self._completing(target, points))
+            captures = [stack.enter_context(capture_output(m, as_leaf=as_leaf)) for m in layers]
+
+            def step(index: Tensor) -> tuple[Tensor, list[Tensor]]:
+                chunks = self._evaluate(points, index, target, captures, wants_points, observer)
+                parts = [
+                    chunks[view].grads
+                    if share.contribution is None
+                    else share.contribution(chunks[view])
+                    for share, view in zip(shares, views, strict=True)
+                ]
+                return chunks[0].samples, parts
+
+            for samples, parts in self._map_chunks(points, step, gradients=True):
+                for position, part in enumerate(parts):
+                    total = totals[position]
+                    if total is None:
+                        dtype = torch.promote_types(part.dtype, torch.float32)
+                        total = part.new_zeros((points.samples, *part.shape[1:]), dtype=dtype)
+                    totals[position] = total.index_add(0, samples, part.to(total.dtype))
+        result = [total for total in totals if total is not None]
+        assert len(result) == len(shares), "Points with zero samples"
+        return result
 
     def _evaluate(
         self,
         points: Points,
         index: Tensor,
         target: Target,
-        captured: Any,
+        captures: Sequence[Capture],
+        wants_points: bool,
         observer: PendingTarget | None = None,
-    ) -> Chunk:
+    ) -> list[Chunk]:
         samples = index // points.repeats
         values = points.make(index)
         if not (self.create_graph and values.requires_grad):
-            values = values.detach().requires_grad_(captured is None or self.create_graph)
+            values = values.detach().requires_grad_(wants_points or self.create_graph)
         if self._meter is not None:
             self._meter.note_points(values)
         differentiate = partial(
-            self._differentiate, values, samples, index, target, captured, observer=observer
+            self._differentiate,
+            values,
+            samples,
+            index,
+            target,
+            captures,
+            wants_points,
+            observer=observer,
         )
-        compiled = self._compiled_forward(points, values, captured)
+        compiled = self._compiled_forward(points, values, hooked=bool(captures))
         if compiled is None:
             return differentiate(self.forward)
         run = partial(self._run_compiled, compiled)
@@ -394,7 +474,7 @@ class Engine:
         # The first forward + backward compiles (the backward lazily): a failure here falls
         # back to eager. An error of the model itself is raised again by the eager run.
         try:
-            chunk = differentiate(run)
+            chunks = differentiate(run)
         except Exception as error:
             out_of_memory = _out_of_memory(error)
             if out_of_memory is not None:
@@ -402,11 +482,11 @@ class Engine:
             message = compiled_forwards.describe(error)
         else:
             compiled.verified = True
-            return chunk
-        chunk = differentiate(self.forward)
+            return chunks
+        chunks = differentiate(self.forward)
         assert self._compiled is not None
         self._compiled.fail(compiled, self.model, message)
-        return chunk
+        return chunks
 
     def _differentiate(
         self,
@@ -414,32 +494,41 @@ class Engine:
         samples: Tensor,
         index: Tensor,
         target: Target,
-        captured: Any,
+        captures: Sequence[Capture],
+        wants_points: bool,
         forward: Callable[[Tensor], Any],
         *,
         observer: PendingTarget | None,
-    ) -> Chunk:
+    ) -> list[Chunk]:
+        """One forward and one backward: a chunk per differentiated tensor (the points first
+        when ``wants_points``, then each captured layer output)."""
         outputs = forward(values)
         if observer is not None:
             observer.observe(outputs, samples)
         scores = target.scores(outputs, samples).float()
-        wrt = values if captured is None else captured.value
-        if not scores.requires_grad or wrt is None:
+        layer_outputs = [capture.value for capture in captures]
+        if not scores.requires_grad or any(value is None for value in layer_outputs):
             raise ModelOutputError(
                 "the target scores do not depend on the model input through autograd; the model "
                 "must be differentiable (no torch.no_grad, .detach() or numpy inside forward)"
             )
-        (grads,) = torch.autograd.grad(
+        wrt = [values] if wants_points else []
+        wrt += [value for value in layer_outputs if value is not None]
+        grads = torch.autograd.grad(
             scores.sum(), wrt, create_graph=self.create_graph, materialize_grads=True
         )
-        activations = None if captured is None else wrt
         if not self.create_graph:
             scores = scores.detach()
-            activations = None if activations is None else activations.detach()
-        return Chunk(index, samples, values, scores, grads, activations)
+        chunks = []
+        for position, (tensor, grad) in enumerate(zip(wrt, grads, strict=True)):
+            activations = None if wants_points and position == 0 else tensor
+            if activations is not None and not self.create_graph:
+                activations = activations.detach()
+            chunks.append(Chunk(index, samples, values, scores, grad, activations))
+        return chunks
 
     def _compiled_forward(
-        self, points: Points, values: Tensor, captured: Any
+        self, points: Points, values: Tensor, hooked: bool
     ) -> compiled_forwards.CompiledForward | None:
         """The compiled forward for a first-order, input-space chunk, if ``compile`` is on.
 
@@ -448,7 +537,7 @@ class Engine:
         probe chunk, whose saved tensors are measured, and a last chunk of a single point
         (dynamo specialises size 1: it would compile a graph for that one point).
         """
-        if not self.compile or self.create_graph or captured is not None:
+        if not self.compile or self.create_graph or hooked:
             return None
         if self._meter is not None:
             return None
@@ -614,3 +703,9 @@ def _out_of_memory(error: BaseException) -> torch.OutOfMemoryError | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def _position(modules: Sequence[nn.Module], module: nn.Module) -> int:
+    """The index of ``module`` in ``modules``, by identity (modules compare by identity, but
+    a user's module may define ``__eq__``)."""
+    return next(i for i, known in enumerate(modules) if known is module)

@@ -1,22 +1,24 @@
-"""``saliency.explain``: the one entry point that runs any registered method."""
+"""``saliency.explain`` and ``saliency.explain_many``: the entry points that run registered
+methods (``explain_many`` shares one pass among the one-pass methods)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import PIL.Image
 from torch import Tensor, nn
 
-from saliency.engine import Engine, EngineOptions, Precision
-from saliency.errors import InvalidOptionError, LayerNotFoundError
+from saliency.engine import Engine, EngineOptions, Precision, Share
+from saliency.errors import InvalidOptionError, LayerNotFoundError, accepted
 from saliency.explanation import Explanation
-from saliency.methods.base import Method
+from saliency.methods.base import COMMON_OPTIONS, Method
 from saliency.methods.registry import get_method, list_methods
 from saliency.model_state import evaluation_state
-from saliency.targets import PendingTarget, TargetSpec, pending_target
+from saliency.targets import PendingTarget, Target, TargetSpec, pending_target
 
 Images = Tensor | Sequence[Tensor | PIL.Image.Image]
+Methods = Sequence[str | Method] | Mapping[str, Mapping[str, Any]]
 
 
 def explain(
@@ -61,33 +63,146 @@ def explain(
         device: ``(N, C, H, W)`` for input-space methods, ``(N, 1, H, W)`` for layer methods.
     """
     name, instance = _method(method, options)
-    check_inputs(inputs)
-    _check_capabilities(name, instance, model, create_graph)
-    check_model_fits(model, inputs, precision)
-    check_images(images, inputs)
-    engine = Engine(
-        model,
-        EngineOptions(
-            batch_size=batch_size,
-            create_graph=create_graph,
-            precision=precision,
-            compile=compile,
-            memory_budget=memory_budget,
-        ),
+    engine_options = EngineOptions(
+        batch_size=batch_size,
+        create_graph=create_graph,
+        precision=precision,
+        compile=compile,
+        memory_budget=memory_budget,
     )
+    return _explain_all(model, inputs, [(name, instance)], target, engine_options, images)[name]
+
+
+def explain_many(
+    model: Callable[[Tensor], Any],
+    inputs: Tensor,
+    methods: Methods,
+    target: TargetSpec = None,
+    *,
+    batch_size: int | None = None,
+    create_graph: bool = False,
+    precision: Precision = "fp32",
+    compile: bool = False,
+    memory_budget: int | None = None,
+    images: Images | None = None,
+    **options: Any,
+) -> dict[str, Explanation]:
+    """Explain the same inputs with several methods, sharing every pass that can be shared.
+
+    The one-pass methods (those whose :meth:`~saliency.methods.Method.share` says what they
+    take from a single forward and backward of the inputs: ``gradient``, ``gradient_x_input``,
+    ``gradcam``, ...) are evaluated together, one forward and one backward per chunk for all of
+    them; the others run their own passes as in :func:`explain`. A target given as ``None`` is
+    resolved once, by the first pass over the inputs. Each result equals a separate
+    :func:`explain` call with the same arguments.
+
+    Args:
+        model, inputs, target, batch_size, create_graph, precision, compile, memory_budget,
+            images: as in :func:`explain`, for every method.
+        methods: registered names or Method instances (``["gradient", "gradcam"]``), or a
+            mapping from names to each method's own options
+            (``{"gradcam": {"layer": "layer4"}, "gradient": {}}``).
+        **options: method options; each applies to every method given by name that accepts
+            it (``steps=8`` reaches ``integrated_gradients`` but not ``gradient``). An option
+            that none of them accepts is an error, as are options a mapping gives a method that
+            it does not accept.
+
+    Returns:
+        The explanations by method name, in the order of ``methods``. With
+        ``create_graph=True`` the shared methods' attributions hang on one autograd graph:
+        differentiate them together, or pass ``retain_graph=True`` to all but the last.
+    """
+    chosen = _methods(methods, options)
+    engine_options = EngineOptions(
+        batch_size=batch_size,
+        create_graph=create_graph,
+        precision=precision,
+        compile=compile,
+        memory_budget=memory_budget,
+    )
+    return _explain_all(model, inputs, chosen, target, engine_options, images)
+
+
+def _explain_all(
+    model: Callable[[Tensor], Any],
+    inputs: Tensor,
+    chosen: list[tuple[str, Method]],
+    target: TargetSpec,
+    engine_options: EngineOptions,
+    images: Images | None,
+) -> dict[str, Explanation]:
+    """Run the methods on ``inputs``: the one-pass ones in one shared pass, the others as they
+    are, each with an engine of its own (chunk sizes measured as in a separate call)."""
+    check_inputs(inputs)
+    for name, instance in chosen:
+        _check_capabilities(name, instance, model, engine_options.create_graph)
+    check_model_fits(model, inputs, engine_options.precision)
+    check_images(images, inputs)
     resolved = pending_target(target, inputs)
+    create_graph = engine_options.create_graph
+    results: dict[str, tuple[Tensor, dict[str, Tensor], dict[str, Any]]] = {}
     with evaluation_state(model, keep_parameter_grads=create_graph):
-        attributions = instance.attribute(engine, inputs, resolved)
-        extras = instance.extras(engine, inputs, resolved, attributions)
-        options = instance.resolved_options(engine, inputs)
+        shared = Engine(model, engine_options)
+        shares = {
+            name: share
+            for name, instance in chosen
+            if (share := _share(instance, shared, inputs)) is not None
+        }
+        if shares:
+            computed = shared.share_pass(inputs, resolved, list(shares.values()))
+            attributions = dict(zip(shares, computed, strict=True))
+        for name, instance in chosen:
+            if name in shares:
+                engine, attribution = shared, attributions[name]
+            else:
+                engine = Engine(model, engine_options)
+                attribution = instance.attribute(engine, inputs, resolved)
+            results[name] = (
+                attribution,
+                instance.extras(engine, inputs, resolved, attribution),
+                instance.resolved_options(engine, inputs),
+            )
         # Methods that evaluate the inputs themselves observed the outputs on the way.
-        engine.complete(resolved)
+        shared.complete(resolved)
     outputs = resolved.outputs if isinstance(resolved, PendingTarget) else None
+    return {
+        name: _explanation(
+            name,
+            instance,
+            inputs,
+            resolved,
+            outputs,
+            images,
+            *results[name],
+            create_graph=create_graph,
+        )
+        for name, instance in chosen
+    }
+
+
+def _share(instance: Method, engine: Engine, inputs: Tensor) -> Share | None:
+    """The method's part of a shared pass, if it opts into one (:meth:`Method.shares_pass`)."""
+    return instance.share(engine, inputs) if instance.shares_pass() else None
+
+
+def _explanation(
+    name: str,
+    instance: Method,
+    inputs: Tensor,
+    target: Target,
+    outputs: Tensor | None,
+    images: Images | None,
+    attributions: Tensor,
+    extras: dict[str, Tensor],
+    options: dict[str, Any],
+    *,
+    create_graph: bool,
+) -> Explanation:
     if not create_graph:
         attributions = attributions.detach()
     return Explanation(
         attributions=attributions.to(inputs.dtype),
-        targets=resolved.indices,
+        targets=target.indices,
         method=name,
         options=options,
         inputs=inputs,
@@ -95,6 +210,53 @@ def explain(
         outputs=outputs,
         extras=extras,
     )
+
+
+def _methods(methods: Methods, options: dict[str, Any]) -> list[tuple[str, Method]]:
+    """The named methods with the options that apply to each, and the given instances."""
+    if isinstance(methods, str | Method):
+        methods = [methods]
+    own: Mapping[str, Mapping[str, Any]] = methods if isinstance(methods, Mapping) else {}
+    given = list(methods)
+    if not given:
+        raise InvalidOptionError("methods is empty; give at least one method name")
+    chosen: list[tuple[str, Method]] = []
+    used: set[str] = set()
+    for method in given:
+        if isinstance(method, Method):
+            chosen.append(_method(method, {}))
+            continue
+        if not isinstance(method, str):
+            raise InvalidOptionError(
+                f"methods holds a {type(method).__name__}; accepted: method names (see "
+                "saliency.list_methods()) or Method instances"
+            )
+        names = get_method(method).option_names()
+        shared = {key: value for key, value in options.items() if key in names}
+        if len(given) == 1 and not own:
+            shared = options  # one method: its own error for an unknown option
+        used.update(shared)
+        chosen.append(_method(method, {**shared, **own.get(method, {})}))
+    unknown = sorted(set(options) - used)
+    if unknown:
+        by_name = [n for n in given if isinstance(n, str)]
+        if not by_name:
+            raise InvalidOptionError(
+                f"options {unknown} were given with Method instances only; set them on the "
+                "instances instead"
+            )
+        known = sorted({o for n in by_name for o in get_method(n).option_names()})
+        raise InvalidOptionError(
+            f"no method among {by_name} accepts the option {unknown[0]!r}; accepted: "
+            f"{accepted(known) if known else 'none of their own'} and the common options "
+            f"{accepted(COMMON_OPTIONS)}"
+        )
+    seen: set[str] = set()
+    for name, _ in chosen:
+        if name in seen:
+            raise InvalidOptionError(f"method {name!r} is given twice in methods")
+        seen.add(name)
+    return chosen
 
 
 def _method(method: str | Method, options: dict[str, Any]) -> tuple[str, Method]:
