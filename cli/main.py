@@ -17,7 +17,6 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import saliency
-from saliency.cli.progress import say
 
 ENTRY_POINT_GROUP = "saliency.methods"
 """The registry's entry-point group (``saliency.methods.registry.ENTRY_POINT_GROUP``, whose
@@ -127,6 +126,7 @@ def _gallery_arguments(parser: argparse.ArgumentParser) -> Run:
 
 def _run_gallery(arguments: argparse.Namespace) -> int:
     """Build the gallery; print the page's path. Exit code 0, or 2 for an unusable run folder."""
+    from saliency.cli.progress import say
     from saliency.gallery import GalleryError, build_gallery
 
     started = time.perf_counter()
@@ -196,7 +196,7 @@ def _run_demo(arguments: argparse.Namespace) -> int:
     """Run the demo; print the metrics table and where everything went. Exit 0, or 2."""
     from saliency.cli import UsageError
     from saliency.cli.model import resolve_device
-    from saliency.cli.progress import Progress, format_duration
+    from saliency.cli.progress import Progress, format_duration, say
     from saliency.demo import DemoSettings, run_demo
     from saliency.demo.models import installed_demo_models
     from saliency.errors import SaliencyError
