@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 
 OutputSpace = Literal["input", "layer"]
 
+_ATTACHED: dict[int, dict[str, Tensor]] = {}
+
 
 @dataclass(frozen=True)
 class Method(ABC):
@@ -31,11 +34,14 @@ class Method(ABC):
         derivative_order: the highest derivative of the model one attribution needs (1 for
             gradient methods, 2 for Integrated Hessians); differentiating the attributions
             again (``create_graph``, e.g. explanation fragility) needs one more.
+        supports_create_graph: False for methods whose attributions have no useful derivative
+            (e.g. a path chosen by ranking gradients); they refuse ``create_graph=True``.
     """
 
     output: ClassVar[OutputSpace] = "input"
     paper: ClassVar[str] = ""
     derivative_order: ClassVar[int] = 1
+    supports_create_graph: ClassVar[bool] = True
 
     @classmethod
     def create(cls, **options: Any) -> Self:
@@ -71,3 +77,20 @@ class Method(ABC):
     ) -> dict[str, Tensor]:
         """Optional per-sample diagnostics computed after :meth:`attribute` (none by default)."""
         return {}
+
+
+def attach_extras(attributions: Tensor, extras: dict[str, Tensor]) -> Tensor:
+    """Keep diagnostics computed together with ``attributions`` (e.g. the passes an adaptive
+    rule used) for :meth:`Method.extras`, which receives the same tensor; returns it.
+
+    Kept by the tensor's identity until :func:`attached_extras` takes them or the tensor is freed.
+    """
+    key = id(attributions)
+    _ATTACHED[key] = extras
+    weakref.finalize(attributions, _ATTACHED.pop, key, None)
+    return attributions
+
+
+def attached_extras(attributions: Tensor) -> dict[str, Tensor]:
+    """The diagnostics :func:`attach_extras` kept for ``attributions`` (empty if none)."""
+    return _ATTACHED.pop(id(attributions), {})

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as module_globals
 
 import saliency
-from saliency.errors import InvalidTargetError, LayerNotFoundError
+from saliency.errors import InvalidOptionError, InvalidTargetError, LayerNotFoundError
 
 METHODS = saliency.list_methods()
 NUM_CLASSES = 5
@@ -27,6 +27,9 @@ NUM_CLASSES = 5
 FAST_OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"steps": 3},
     "smoothgrad": {"samples": 2, "seed": 0},
+    "expected_gradients": {"samples": 2, "seed": 0},
+    "blur_ig": {"steps": 3, "max_sigma": 2.0},
+    "guided_ig": {"steps": 3},
 }
 MODULE_HOOK_DICTS = (
     "_forward_hooks",
@@ -50,6 +53,10 @@ FAILURES = ("first", "later", "grad", "backward")
 
 def options_for(name: str) -> dict[str, Any]:
     return dict(FAST_OPTIONS.get(name, {}))
+
+
+def refuses_create_graph(name: str) -> bool:
+    return not saliency.get_method(name).supports_create_graph
 
 
 class _RaiseInBackward(torch.autograd.Function):
@@ -233,6 +240,12 @@ def test_normal_call_leaves_model_and_inputs_as_before(
     model = prepared_model()
     inputs = make_inputs(inputs_require_grad)
     before = snapshot(model, inputs)
+    if create_graph and refuses_create_graph(method):
+        with pytest.raises(InvalidOptionError, match="create_graph"):
+            saliency.explain(model, inputs, method, target=[1, 3], create_graph=True)
+        assert_same_state(before, snapshot(model, inputs))
+        assert not model.modes, "the refusal must come before any work"
+        return
 
     ex = saliency.explain(
         model, inputs, method, target=[1, 3], create_graph=create_graph, **options_for(method)
@@ -274,6 +287,11 @@ def test_model_failure_leaves_model_as_before(
     inputs = make_inputs(create_graph)
     before = snapshot(model, inputs)
     model.trip.mode = failure
+    if create_graph and refuses_create_graph(method):
+        with pytest.raises(InvalidOptionError, match="create_graph"):
+            saliency.explain(model, inputs, method, target=[1, 3], create_graph=True)
+        assert_same_state(before, snapshot(model, inputs))
+        return
 
     # One point per chunk: a method that needs a single forward still fails in a later one.
     with pytest.raises(
