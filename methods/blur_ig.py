@@ -42,6 +42,9 @@ class BlurIG(Method):
             (``Explanation.extras["completeness_error"]``).
         tolerance: the relative completeness error ``steps="auto"`` stops at.
         max_steps: at most this many gradient passes per sample with ``steps="auto"``.
+        attribution_tolerance: with ``steps="auto"``, also refine until the estimated relative
+            attribution error ‖a − a_exact‖₂ / ‖a‖₂ (``extras["attribution_error"]``) is
+            within it; ``None``: completeness only.
     """
 
     steps: Steps = 50
@@ -49,11 +52,12 @@ class BlurIG(Method):
     return_error: bool = False
     tolerance: float = 1e-2
     max_steps: int = 256
+    attribution_tolerance: float | None = None
 
     paper = "Xu et al. 2020, arXiv:2004.03383"
 
     def __post_init__(self) -> None:
-        check_steps(self.steps, self.tolerance, self.max_steps)
+        check_steps(self.steps, self.tolerance, self.max_steps, self.attribution_tolerance)
         require_float("max_sigma", self.max_sigma, 0.0, exclusive=True)
         require_bool("return_error", self.return_error)
 
@@ -77,7 +81,7 @@ class BlurIG(Method):
         path = self.path(inputs)
         if self.steps == "auto":
             totals, extras = integrate_adaptive(
-                engine, target, path, self.tolerance, self.max_steps
+                engine, target, path, self.tolerance, self.max_steps, self.attribution_tolerance
             )
             return attach_extras(totals, extras)
         return integrate(engine, target, path, self.steps)

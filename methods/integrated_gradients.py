@@ -36,7 +36,8 @@ class IntegratedGradients(Method):
     ``steps="auto"`` places the nodes per sample instead, until the relative completeness error
     |Σa − (f(x) − f(x′))| / |f(x) − f(x′)| is within ``tolerance``
     (:mod:`saliency.methods.adaptive_quadrature`); ``Explanation.extras`` then holds ``passes``,
-    ``completeness_error``, ``relative_error``, ``error_bound`` and ``converged`` per sample.
+    ``completeness_error``, ``relative_error``, ``error_bound``, ``attribution_error`` (an
+    estimate) and ``converged`` per sample.
 
     Options:
         steps: quadrature nodes m, or ``"auto"``.
@@ -47,6 +48,9 @@ class IntegratedGradients(Method):
             steps, none with ``"auto"``).
         tolerance: the relative completeness error ``steps="auto"`` stops at.
         max_steps: at most this many gradient passes per sample with ``steps="auto"``.
+        attribution_tolerance: with ``steps="auto"``, also refine until the estimated relative
+            attribution error ‖a − a_exact‖₂ / ‖a‖₂ (``extras["attribution_error"]``) is
+            within it; ``None``: completeness only.
     """
 
     steps: Steps = 50
@@ -55,11 +59,12 @@ class IntegratedGradients(Method):
     return_error: bool = False
     tolerance: float = 1e-2
     max_steps: int = 256
+    attribution_tolerance: float | None = None
 
     paper = "Sundararajan et al. 2017, arXiv:1703.01365"
 
     def __post_init__(self) -> None:
-        check_steps(self.steps, self.tolerance, self.max_steps)
+        check_steps(self.steps, self.tolerance, self.max_steps, self.attribution_tolerance)
         require_int("seed", self.seed, 0)
         require_bool("return_error", self.return_error)
         if isinstance(self.baseline, str) and self.baseline not in BASELINE_NAMES:
@@ -76,7 +81,7 @@ class IntegratedGradients(Method):
         path = self.path(inputs)
         if self.steps == "auto":
             totals, extras = integrate_adaptive(
-                engine, target, path, self.tolerance, self.max_steps
+                engine, target, path, self.tolerance, self.max_steps, self.attribution_tolerance
             )
             return attach_extras(totals, extras)
         return integrate(engine, target, path, self.steps)
@@ -94,9 +99,12 @@ class IntegratedGradients(Method):
         return {"completeness_error": total - gap}
 
 
-def check_steps(steps: object, tolerance: object, max_steps: object) -> None:
-    """Validate a path method's ``steps`` (an int ≥ 1 or ``"auto"``), ``tolerance`` (> 0) and
-    ``max_steps`` (an int ≥ 5: ``"auto"`` starts with 5 nodes)."""
+def check_steps(
+    steps: object, tolerance: object, max_steps: object, attribution_tolerance: object = None
+) -> None:
+    """Validate a path method's ``steps`` (an int ≥ 1 or ``"auto"``), ``tolerance`` (> 0),
+    ``max_steps`` (an int ≥ 5: ``"auto"`` starts with 5 nodes) and ``attribution_tolerance``
+    (None or > 0)."""
     if steps != "auto":
         try:
             require_int("steps", steps, 1)
@@ -104,3 +112,5 @@ def check_steps(steps: object, tolerance: object, max_steps: object) -> None:
             raise InvalidOptionError(f"{error} or 'auto'") from None
     require_float("tolerance", tolerance, 0.0, exclusive=True)
     require_int("max_steps", max_steps, 5)
+    if attribution_tolerance is not None:
+        require_float("attribution_tolerance", attribution_tolerance, 0.0, exclusive=True)

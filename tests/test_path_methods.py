@@ -10,7 +10,11 @@ differences, and completeness.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -470,6 +474,25 @@ def test_auto_attribution_error_falls_with_the_tolerance_on_a_relu_network() -> 
     assert errors[0] > errors[1] > errors[2]
 
 
+def test_auto_attribution_error_estimate_and_tolerance() -> None:
+    # The Brownian estimate of the attribution error tracks the error against a fine reference,
+    # and attribution_tolerance refines until it is met.
+    model, x, target = relu_cnn(), inputs_for(3, 15, 15, seed=6), torch.tensor([0, 1, 3])
+    reference = gauss_legendre_ig(model, x, target, 512)
+    loose = auto(model, x, target=target, tolerance=1e-2)
+    tight = auto(model, x, target=target, tolerance=1e-2, attribution_tolerance=5e-3)
+    for ex in (loose, tight):
+        actual = (ex.attributions - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(
+            dim=1
+        )
+        estimate = ex.extras["attribution_error"].double()
+        print(f"attribution error {actual.tolist()}, estimated {estimate.tolist()}")
+        assert ((estimate / actual) > 1 / 3).all() and ((estimate / actual) < 3).all()
+    assert bool(tight.extras["converged"].all())
+    assert (tight.extras["attribution_error"] <= 5e-3).all()
+    assert (tight.extras["passes"] >= loose.extras["passes"]).all()
+
+
 def test_auto_stops_at_max_steps_and_says_so() -> None:
     model, x = relu_cnn(), inputs_for(2)
     ex = auto(model, x, target=1, tolerance=1e-9, max_steps=12)
@@ -549,6 +572,7 @@ def test_auto_under_smoothgrad() -> None:
         ({"tolerance": 0.0}, "tolerance=0.0"),
         ({"tolerance": math.nan}, "tolerance=nan"),
         ({"max_steps": 4}, "max_steps=4"),
+        ({"attribution_tolerance": -1.0}, "attribution_tolerance=-1.0"),
     ],
 )
 def test_auto_bad_options(options: dict[str, Any], named: str) -> None:
@@ -565,3 +589,21 @@ def test_auto_on_the_command_line_parses() -> None:
         "tolerance": 0.001,
     }
     assert options_for("blur_ig", {"steps": "16"}) == {"steps": 16}
+
+
+def test_ig_auto_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/ig_auto.py at smoke size: every rule runs and the tables are written."""
+    out = tmp_path / "IG_AUTO.md"
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "benchmarks/ig_auto.py", "--smoke", "--out", str(out)],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    text = out.read_text()
+    assert "captum IG, Gauss–Legendre | 50 steps" in text
+    assert "captum IG-50's mean completeness error" in text
+    assert "| demo:shapes |" in text
