@@ -14,8 +14,8 @@ from saliency.targets import Target
 from saliency.validation import is_real, require_int
 
 _ACCEPTED = (
-    "None (the batch being explained), a number (a constant image), or a tensor of reference "
-    "images (R, C, H, W) or one image (C, H, W) of the inputs' C, H, W"
+    "a tensor of reference images (R, C, H, W) or one image (C, H, W) of the inputs' C, H, W, or "
+    "a number (a constant image)"
 )
 
 
@@ -35,15 +35,18 @@ class ExpectedGradients(Method):
     "Improving performance of deep learning models with axiomatic attribution priors and
     expected gradients", Nature Machine Intelligence 3, arXiv:1906.10670.
 
+    Give reference images that stand for the data (e.g. a few hundred training images): the
+    default, one black (zero) image, makes it a Monte Carlo estimate of integrated gradients.
+
     Options:
-        baselines: the reference images (R, C, H, W) or one image (C, H, W); a number (a constant
-            image); ``None``: the batch being explained (each input's references are the inputs).
+        baselines: the reference images (R, C, H, W) or one image (C, H, W), or a number (a
+            constant image).
         samples: draws n per input.
         seed: seed of the draws (the same whatever ``batch_size``); ``None`` uses torch's global
             generator.
     """
 
-    baselines: Tensor | float | None = None
+    baselines: Tensor | float = 0.0
     samples: int = 50
     seed: int | None = None
 
@@ -54,13 +57,11 @@ class ExpectedGradients(Method):
         if self.seed is not None:
             require_int("seed", self.seed, 0)
         references = self.baselines
-        if not (references is None or is_real(references) or isinstance(references, Tensor)):
+        if not (is_real(references) or isinstance(references, Tensor)):
             raise InvalidOptionError(f"baselines={references!r}; accepted: {_ACCEPTED}")
 
     def references(self, inputs: Tensor) -> Tensor:
         """The reference images ``(R, C, H, W)`` on the inputs' device and dtype."""
-        if self.baselines is None:
-            return inputs
         if not isinstance(self.baselines, Tensor):
             return torch.full_like(inputs[:1], float(self.baselines))
         references = self.baselines.to(device=inputs.device, dtype=inputs.dtype)

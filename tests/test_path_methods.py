@@ -393,13 +393,23 @@ def test_expected_gradients_draws_depend_on_the_seed_not_the_batch_size() -> Non
     assert (other_seed.attributions - results[0]).abs().max() > 1e-3
 
 
-def test_expected_gradients_references_default_to_the_batch() -> None:
+def test_expected_gradients_default_reference_is_a_zero_image() -> None:
     model, x = relu_cnn(), inputs_for(4)
     default = saliency.explain(model, x, "expected_gradients", target=2, samples=4, seed=0)
     explicit = saliency.explain(
-        model, x, "expected_gradients", target=2, samples=4, seed=0, baselines=x.clone()
+        model,
+        x,
+        "expected_gradients",
+        target=2,
+        samples=4,
+        seed=0,
+        baselines=torch.zeros_like(x[0]),
     )
     torch.testing.assert_close(default.attributions, explicit.attributions, rtol=0, atol=0)
+    batch = saliency.explain(
+        model, x, "expected_gradients", target=2, samples=4, seed=0, baselines=x.clone()
+    )
+    assert (batch.attributions - default.attributions).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize(
@@ -408,6 +418,7 @@ def test_expected_gradients_references_default_to_the_batch() -> None:
         ({"samples": 0}, "samples=0"),
         ({"seed": -1}, "seed=-1"),
         ({"baselines": "blur"}, "'blur'"),
+        ({"baselines": None}, "None"),
         ({"baselines": torch.zeros(2, 3, 4, 4)}, "(2, 3, 4, 4)"),
     ],
 )
