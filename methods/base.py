@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -22,6 +23,8 @@ OutputSpace = Literal["input", "layer"]
 # Options every method takes, handled by explain() and the engine rather than the method.
 COMMON_OPTIONS = ("batch_size", "create_graph", "precision", "compile", "memory_budget")
 
+_ATTACHED: dict[int, dict[str, Tensor]] = {}
+
 
 @dataclass(frozen=True)
 class Method(ABC):
@@ -36,8 +39,8 @@ class Method(ABC):
             differentiating the attributions again (``create_graph``, e.g. explanation
             fragility) needs one more.
         supports_create_graph: whether the attributions can be differentiated
-            (``create_graph=True``); :func:`saliency.explain` refuses it before any work
-            otherwise.
+            (``create_graph=True``; not for e.g. a path chosen by ranking gradients);
+            :func:`saliency.explain` refuses it before any work otherwise.
         compiles: whether ``compile=True`` compiles the method's gradient passes (False where
             they must run eagerly, e.g. propagation rules that a compiled graph would bypass).
         needs_module: the method hooks or inspects the model's layers, so the model must be an
@@ -128,3 +131,20 @@ class Method(ABC):
     ) -> dict[str, Tensor]:
         """Optional per-sample diagnostics computed after :meth:`attribute` (none by default)."""
         return {}
+
+
+def attach_extras(attributions: Tensor, extras: dict[str, Tensor]) -> Tensor:
+    """Keep diagnostics computed together with ``attributions`` (e.g. the passes an adaptive
+    rule used) for :meth:`Method.extras`, which receives the same tensor; returns it.
+
+    Kept by the tensor's identity until :func:`attached_extras` takes them or the tensor is freed.
+    """
+    key = id(attributions)
+    _ATTACHED[key] = extras
+    weakref.finalize(attributions, _ATTACHED.pop, key, None)
+    return attributions
+
+
+def attached_extras(attributions: Tensor) -> dict[str, Tensor]:
+    """The diagnostics :func:`attach_extras` kept for ``attributions`` (empty if none)."""
+    return _ATTACHED.pop(id(attributions), {})

@@ -15,7 +15,8 @@ from saliency.engine import Chunk, Engine, Points
 from saliency.errors import InvalidOptionError
 from saliency.hvp import hessian_vector_product
 from saliency.methods.base import Method
-from saliency.methods.integrated_gradients import IntegratedGradients, gauss_legendre
+from saliency.methods.integrated_gradients import IntegratedGradients
+from saliency.methods.path_integral import gauss_legendre
 from saliency.targets import Target
 from saliency.validation import is_int, require_bool, require_int
 

@@ -233,8 +233,10 @@ def _robustness(
     count = min(settings.robustness_samples, len(inputs))
     if count == 0:
         return {}
-    if get_method(method).derivative_order > 1:
-        # the attack differentiates the attributions: third derivatives, too slow for a demo
+    chosen = get_method(method)
+    if chosen.derivative_order > 1 or not chosen.supports_create_graph:
+        # the attack differentiates the attributions: third derivatives, too slow for a demo, or
+        # a method without a derivative (guided_ig)
         return dict.fromkeys(("robustness", "robustness_top_k", "random_robustness"), None)
     result = fragility(
         model,

@@ -70,6 +70,9 @@ DEMO_METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "smoothgrad": {"samples": 6, "seed": 0},
     "vargrad": {"samples": 6, "seed": 0},
     "integrated_hessians": {"inner_steps": 2, "outer_steps": 2},
+    "expected_gradients": {"samples": 8, "seed": 0},
+    "blur_ig": {"steps": 8},
+    "guided_ig": {"steps": 16},
 }
 """Deterministic, cheaper options of built-in methods for the 2-core CPU demo (any method not
 listed runs with its defaults)."""
