@@ -19,7 +19,8 @@ import contextlib
 import os
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ from saliency.cli.settings import (
     render_options,
 )
 from saliency.explanation import versions
-from saliency.methods.registry import list_methods
+from saliency.methods.registry import get_method, list_methods
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _LABEL = "saliency explain"
@@ -173,7 +174,11 @@ def _set_up(
     )
     out = prepare_out(arguments.out)
     found = _discover(arguments, out, main)
-    ready = _load_model(arguments, methods, group)
+    ready = _load_model(arguments, group)
+    methods = _applicable(methods, ready, arguments.method, main)
+    ready = replace(
+        ready, layers=check_layers(ready, {n: c.instance for n, c in methods.items()})
+    )
     target = parse_target(arguments.target, ready)
     run_section = _run_section(arguments, ready, methods, target, started_at)
     plan = _plan(arguments, out, found, run_section, main)
@@ -223,11 +228,29 @@ def _plan(
         raise UsageError(str(exc)) from None
 
 
-def _load_model(
-    arguments: argparse.Namespace,
+def _applicable(
     methods: dict[str, ChosenMethod],
-    group: distributed.Group | None,
-) -> ReadyModel:
+    ready: ReadyModel,
+    requested: Sequence[str] | None,
+    main: bool,
+) -> dict[str, ChosenMethod]:
+    """With ``--method all``, the methods that apply to the model (attention methods need a
+    transformer); methods named one by one always run."""
+    named = {part.strip() for value in requested or () for part in value.split(",")}
+    if "all" not in named:
+        return methods
+    kept = {n: c for n, c in methods.items() if n in named or get_method(n).applies_to(ready.model)}
+    skipped = [n for n in methods if n not in kept]
+    if skipped and main:
+        print(
+            f"{_LABEL}: note: --method all skips {', '.join(skipped)}: they do not apply to this "
+            "model (attention methods need a vision transformer)",
+            file=sys.stderr,
+        )
+    return kept
+
+
+def _load_model(arguments: argparse.Namespace, group: distributed.Group | None) -> ReadyModel:
     """The checked model, on this process's device."""
     torch.set_num_threads(_torch_threads(arguments.threads))
     if group is None:
@@ -235,9 +258,7 @@ def _load_model(
     else:
         device = distributed.rank_device(arguments.device, group.ranks)
     weights = None if arguments.weights.lower() == "none" else arguments.weights
-    ready = load_ready_model(arguments.model, weights, device, arguments.input_size)
-    check_layers(ready, {name: chosen.instance for name, chosen in methods.items()})
-    return ready
+    return load_ready_model(arguments.model, weights, device, arguments.input_size)
 
 
 def _run_section(
@@ -253,6 +274,7 @@ def _run_section(
         "weights": ready.weights,
         "methods": list(methods),
         "method_options": {name: chosen.recorded for name, chosen in methods.items()},
+        "layers": ready.layers,
         "target": "predicted" if target is None else target,
         "device": str(ready.device),
         "precision": arguments.precision,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,11 @@ from torch import Tensor, nn
 
 from saliency.cli.model_input import ModelInput
 from saliency.cli.settings import UsageError
-from saliency.errors import LayerNotFoundError, ModelLoadError
-from saliency.layers import find_layer
+from saliency.errors import LayerNotFoundError, ModelLoadError, ModelOutputError
+from saliency.layers import find_layer, layer_name
 from saliency.methods.base import Method
 from saliency.models import list_model_sources, load_model
+from saliency.targets import check_outputs
 
 DEMO_HINT = "--model demo:shapes"
 _NO_LAYER = object()
@@ -42,6 +43,7 @@ class ReadyModel:
         device: Where it runs.
         name: The model as recorded in the manifest (a file: its absolute path).
         weights: The weights as recorded (a file: its absolute path; None: random).
+        layers: The resolved layer of each layer method, by dotted name (:func:`check_layers`).
     """
 
     model: nn.Module
@@ -51,6 +53,7 @@ class ReadyModel:
     device: torch.device
     name: str
     weights: str | None
+    layers: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_device(text: str) -> torch.device:
@@ -152,12 +155,18 @@ def _probe(model: nn.Module, model_input: ModelInput, device: torch.device) -> T
             f"the model fails on a {model_input.describe()} input ({type(exc).__name__}: {exc}); "
             "if it needs another input size, pass --input-size N"
         ) from None
-    if not isinstance(outputs, Tensor) or outputs.ndim != 2 or outputs.shape[0] != 1:
-        shape = tuple(outputs.shape) if isinstance(outputs, Tensor) else type(outputs).__name__
+    try:
+        return check_outputs(outputs, 1)
+    except ModelOutputError:
         raise UsageError(
-            f"the model returns {shape} for one image; saliency explain needs (N, K) class scores"
-        )
-    return outputs
+            f"the model returns {_shape(outputs)} for one image; saliency explain needs (N, K) "
+            "class scores (a tensor, an output with .logits, a dict with 'logits', or a tuple "
+            "whose first element holds them)"
+        ) from None
+
+
+def _shape(outputs: Any) -> object:
+    return tuple(outputs.shape) if isinstance(outputs, Tensor) else type(outputs).__name__
 
 
 def parse_target(text: str, ready: ReadyModel) -> int | None:
@@ -200,8 +209,11 @@ def _class_by_name(text: str, names: Sequence[str] | None, classes: int) -> int:
     )
 
 
-def check_layers(ready: ReadyModel, methods: Mapping[str, Method]) -> None:
+def check_layers(ready: ReadyModel, methods: Mapping[str, Method]) -> dict[str, str]:
     """Resolve the layer of every chosen method that has a ``layer`` option.
+
+    Returns:
+        The dotted name of each method's layer (the automatic choice resolved), for the manifest.
 
     Raises:
         UsageError: A named layer that does not exist, or no automatic layer.
@@ -210,11 +222,13 @@ def check_layers(ready: ReadyModel, methods: Mapping[str, Method]) -> None:
     def probe() -> Any:
         return ready.model(blank_batch(ready.model_input, ready.device))
 
+    layers = {}
     for name, method in methods.items():
         spec = method.options().get("layer", _NO_LAYER)
         if spec is not None and not isinstance(spec, str):
             continue  # no layer option, or a module object (not from the command line)
         try:
-            find_layer(ready.model, spec, probe)
+            layers[name] = layer_name(ready.model, find_layer(ready.model, spec, probe))
         except LayerNotFoundError as exc:
             raise UsageError(f"{name}: {exc} (choose one with --layer NAME)") from None
+    return layers

@@ -28,9 +28,10 @@ class Method(ABC):
         output: ``"input"`` for maps shaped like the inputs ``(N, C, H, W)``; ``"layer"`` for
             maps of a hooked layer upsampled to ``(N, 1, H, W)`` (Grad-CAM family).
         paper: the reference, shown by the CLI and the gallery.
-        derivative_order: the highest derivative of the model one attribution needs (1 for
-            gradient methods, 2 for Integrated Hessians); differentiating the attributions
-            again (``create_graph``, e.g. explanation fragility) needs one more.
+        derivative_order: the highest derivative of the model one attribution needs (0 for
+            forward-only methods such as attention rollout, 1 for gradient methods, 2 for
+            Integrated Hessians); differentiating the attributions again (``create_graph``,
+            e.g. explanation fragility) needs one more.
     """
 
     output: ClassVar[OutputSpace] = "input"
@@ -52,6 +53,12 @@ class Method(ABC):
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls) if f.init)
+
+    @classmethod
+    def applies_to(cls, model: object) -> bool:
+        """Whether the method can explain ``model``, from its structure without running it
+        (attention methods need attention layers). Runs over "every method" skip the rest."""
+        return True
 
     @classmethod
     def summary(cls) -> str:

@@ -23,20 +23,21 @@ indices are made on the device.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
 import torch
 from torch import Tensor, nn
 
 from saliency import compiled as compiled_forwards
+from saliency.attention import differentiable_attention
 from saliency.errors import InvalidOptionError, ModelOutputError, accepted
 from saliency.layers import capture_output
 from saliency.memory import CostMeter, default_memory_budget
-from saliency.targets import PendingTarget, Target, pending_base
+from saliency.targets import PendingTarget, Target, class_scores, pending_base
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -109,6 +110,31 @@ class Chunk:
     """∂score/∂points, or ∂score/∂activations when a layer is hooked."""
     activations: Tensor | None
     """The hooked layer's output, when a layer is hooked."""
+    recorded: tuple[Tensor, ...] = ()
+    """What a :class:`Recorder` recorded in the chunk's forward (e.g. attention maps)."""
+    recorded_grads: tuple[Tensor, ...] = ()
+    """∂score/∂ each recorded tensor."""
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One chunk of points evaluated without gradients (:meth:`Engine.accumulate_forward`)."""
+
+    index: Tensor
+    samples: Tensor
+    points: Tensor
+    outputs: Any
+    """The model's raw outputs for the points."""
+    recorded: tuple[Tensor, ...] = ()
+    """What a :class:`Recorder` recorded in the forward."""
+
+
+class Recorder(Protocol):
+    """Records tensors during forward passes (e.g. :class:`saliency.attention.AttentionRecord`)."""
+
+    def take(self) -> Sequence[Tensor]:
+        """What was recorded since the last call."""
+        ...
 
 
 @dataclass
@@ -180,12 +206,17 @@ class Engine:
     def predict(self, inputs: Tensor) -> Tensor:
         """Float32 model outputs at ``inputs``, without gradients, in chunks."""
         points = Points.of(inputs)
+
+        def scores(index: Tensor) -> Any:
+            return class_scores(self.forward(points.make(index)))
+
         with torch.no_grad():
-            outputs = list(self._map_chunks(points, lambda i: self.forward(points.make(i))))
+            outputs = list(self._map_chunks(points, scores))
         if not all(isinstance(o, Tensor) for o in outputs):
             raise ModelOutputError(
-                f"the model returned a {type(outputs[0]).__name__}; a class target needs an "
-                "(N, K) tensor of scores. For other outputs pass a callable target"
+                f"the model returned a {type(outputs[0]).__name__}; a class target needs (N, K) "
+                "scores: a tensor, an output with .logits, a dict with 'logits' or a tuple whose "
+                "first element holds them. For other outputs pass a callable target"
             )
         return torch.cat(outputs).float()
 
@@ -208,6 +239,7 @@ class Engine:
         target: Target,
         contribution: Callable[[Chunk], Tensor] | None = None,
         layer: nn.Module | None = None,
+        recorder: Recorder | None = None,
     ) -> Tensor:
         """Sum each point's contribution into its sample: ``out[i] = Σ_{p ∈ i} c(p)``.
 
@@ -217,7 +249,10 @@ class Engine:
             contribution: maps an evaluated chunk to per-point tensors ``(m, ...)``; default the
                 gradients themselves.
             layer: hook this module and differentiate with respect to its output instead of the
-                points (``Chunk.activations`` holds the output).
+                points (``Chunk.activations`` holds the output as an ``(m, D, h, w)`` map, also
+                for token layers: see :func:`saliency.layers.capture_output`).
+            recorder: what it records during each forward is differentiated too
+                (``Chunk.recorded`` and ``Chunk.recorded_grads``), in the same backward pass.
 
         Returns:
             ``(N, ...)`` sums, float32 at least (float64 stays float64).
@@ -236,7 +271,7 @@ class Engine:
         with capture if capture is not None else nullcontext(None) as captured:
 
             def step(index: Tensor) -> tuple[Tensor, Tensor]:
-                chunk = self._evaluate(points, index, target, captured, observer)
+                chunk = self._evaluate(points, index, target, captured, observer, recorder)
                 part = contribution(chunk) if contribution is not None else chunk.grads
                 return chunk.samples, part
 
@@ -257,6 +292,7 @@ class Engine:
         target: Target,
         captured: Any,
         observer: PendingTarget | None = None,
+        recorder: Recorder | None = None,
     ) -> Chunk:
         samples = index // points.repeats
         values = points.make(index)
@@ -265,9 +301,18 @@ class Engine:
         if self._meter is not None:
             self._meter.note_points(values)
         differentiate = partial(
-            self._differentiate, values, samples, index, target, captured, observer=observer
+            self._differentiate,
+            values,
+            samples,
+            index,
+            target,
+            captured,
+            observer=observer,
+            recorder=recorder,
         )
-        compiled = self._compiled_forward(points, values, captured)
+        compiled = (
+            None if recorder is not None else self._compiled_forward(points, values, captured)
+        )
         if compiled is None:
             return differentiate(self.forward)
         if compiled.verified:
@@ -296,10 +341,13 @@ class Engine:
         forward: Callable[[Tensor], Any],
         *,
         observer: PendingTarget | None,
+        recorder: Recorder | None = None,
     ) -> Chunk:
-        outputs = forward(values)
+        with self._second_order():
+            outputs = forward(values)
         if observer is not None:
             observer.observe(outputs, samples)
+        recorded = tuple(recorder.take()) if recorder is not None else ()
         scores = target.scores(outputs, samples).float()
         wrt = values if captured is None else captured.value
         if not scores.requires_grad or wrt is None:
@@ -307,14 +355,60 @@ class Engine:
                 "the target scores do not depend on the model input through autograd; the model "
                 "must be differentiable (no torch.no_grad, .detach() or numpy inside forward)"
             )
-        (grads,) = torch.autograd.grad(
-            scores.sum(), wrt, create_graph=self.create_graph, materialize_grads=True
+        grads, *recorded_grads = torch.autograd.grad(
+            scores.sum(), (wrt, *recorded), create_graph=self.create_graph, materialize_grads=True
         )
         activations = None if captured is None else wrt
         if not self.create_graph:
             scores = scores.detach()
             activations = None if activations is None else activations.detach()
-        return Chunk(index, samples, values, scores, grads, activations)
+            recorded = tuple(r.detach() for r in recorded)
+        return Chunk(
+            index, samples, values, scores, grads, activations, recorded, tuple(recorded_grads)
+        )
+
+    def accumulate_forward(
+        self,
+        points: Points,
+        target: Target,
+        contribution: Callable[[Pass], Tensor],
+        recorder: Recorder | None = None,
+    ) -> Tensor:
+        """Like :meth:`accumulate` for contributions that need no gradients: forward passes
+        only (with their graph when ``create_graph``), in the same memory-bounded chunks.
+
+        A pending target is completed on the way when the points are the inputs.
+        """
+        pending = pending_base(target)
+        observer = pending if pending is not None and pending.observes(points.source) else None
+        total: Tensor | None = None
+
+        def step(index: Tensor) -> tuple[Tensor, Tensor]:
+            samples = index // points.repeats
+            values = points.make(index)
+            if not self.create_graph:
+                values = values.detach()
+            with self._second_order():
+                outputs = self.forward(values)
+            if observer is not None:
+                observer.observe(outputs, samples)
+            recorded = tuple(recorder.take()) if recorder is not None else ()
+            return samples, contribution(Pass(index, samples, values, outputs, recorded))
+
+        with torch.enable_grad() if self.create_graph else torch.no_grad():
+            for samples, part in self._map_chunks(points, step):
+                if total is None:
+                    dtype = torch.promote_types(part.dtype, torch.float32)
+                    total = part.new_zeros((points.samples, *part.shape[1:]), dtype=dtype)
+                total = total.index_add(0, samples, part.to(total.dtype))
+        assert total is not None, "Points with zero samples"
+        if observer is not None:
+            observer.finish()
+        return total
+
+    def _second_order(self) -> AbstractContextManager[Any]:
+        """Attention through a twice-differentiable kernel when the graph is kept."""
+        return differentiable_attention() if self.create_graph else nullcontext()
 
     def _compiled_forward(self, points: Points, values: Tensor, captured: Any) -> _Compiled | None:
         """The compiled forward for a first-order, input-space chunk, if ``compile`` is on.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,6 +12,7 @@ from torch import Tensor
 from saliency.engine import Engine, Precision
 from saliency.errors import InvalidOptionError
 from saliency.explanation import Explanation
+from saliency.layers import resolved_layers
 from saliency.methods.base import Method
 from saliency.methods.registry import get_method, list_methods
 from saliency.model_state import evaluation_state
@@ -71,7 +73,7 @@ def explain(
         memory_budget=memory_budget,
     )
     resolved = pending_target(target, inputs)
-    with evaluation_state(model, keep_parameter_grads=create_graph):
+    with evaluation_state(model, keep_parameter_grads=create_graph), resolved_layers() as layers:
         attributions = instance.attribute(engine, inputs, resolved)
         extras = instance.extras(engine, inputs, resolved, attributions)
         if isinstance(resolved, PendingTarget):
@@ -80,11 +82,16 @@ def explain(
     outputs = resolved.outputs if isinstance(resolved, PendingTarget) else None
     if not create_graph:
         attributions = attributions.detach()
+    recorded = instance.options()
+    if layers and "layer" in recorded:
+        recorded["layer"] = layers[-1]  # the resolved layer, by its dotted name
+    if instance.output == "layer":
+        _warn_if_blank(name, attributions, recorded.get("layer"))
     return Explanation(
         attributions=attributions.to(inputs.dtype),
         targets=resolved.indices,
         method=name,
-        options=instance.options(),
+        options=recorded,
         inputs=inputs,
         images=images,
         outputs=outputs,
@@ -102,6 +109,24 @@ def _method(method: str | Method, options: dict[str, Any]) -> tuple[str, Method]
         name = next((n for n in list_methods() if type(method) is get_method(n)), None)
         return name or type(method).__name__, method
     return method, get_method(method).create(**options)
+
+
+def _warn_if_blank(name: str, attributions: Tensor, layer: object) -> None:
+    """Warn when layer maps are all zeros: usually a layer that carries no gradient to the
+    target (e.g. the patch tokens of a ViT's last block), not an explanation."""
+    blank = attributions.detach().flatten(1).eq(0).all(1)
+    count = int(blank.sum())
+    if count == 0:
+        return
+    where = f"of layer {layer!r} " if isinstance(layer, str) else ""
+    warnings.warn(
+        f"{name}: the maps {where}are all zeros for {count} of {len(blank)} inputs: the layer "
+        "carries no gradient to the target (for a vision transformer's last block only the class "
+        "token does), or there is no positive evidence; try layer=None (automatic) or another "
+        "layer",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _check_inputs(inputs: object) -> None:

@@ -1,11 +1,14 @@
 """Models by name or file: torchvision classifiers (weights through torchvision's own cache),
-local state-dict files (``torch.load(weights_only=True)``), TorchScript files, and models from a
-registered ``"prefix:name"`` source.
+local state-dict files (``torch.load(weights_only=True)``, or ``.safetensors``), TorchScript
+files, and models from a ``"prefix:name"`` source: the built-in ``timm:NAME``
+(:mod:`saliency.timm_models`) and ``hf:PATH`` (:mod:`saliency.hf_models`), whose libraries are
+optional and imported only when used, and any registered one.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import re
 import zipfile
@@ -55,6 +58,9 @@ mode; the loader raises :class:`~saliency.errors.ModelLoadError` for names it do
 """
 
 _SOURCES: dict[str, ModelSourceLoader] = {}
+# Built-in sources on optional libraries: their module is imported on first use (never by
+# ``import saliency``) and provides ``load(name, weights)``.
+_BUILTIN_SOURCES = {"timm": "saliency.timm_models", "hf": "saliency.hf_models"}
 _PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_-]+")
 _SOURCE_NAME = re.compile(r"([A-Za-z][A-Za-z0-9_-]+):(.*)", re.DOTALL)
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
@@ -87,8 +93,8 @@ def unregister_model_source(prefix: str) -> None:
 
 
 def list_model_sources() -> tuple[str, ...]:
-    """The registered ``"prefix:"`` model sources, sorted."""
-    return tuple(sorted(_SOURCES))
+    """The ``"prefix:"`` model sources (built-in and registered), sorted."""
+    return tuple(sorted(set(_SOURCES) | set(_BUILTIN_SOURCES)))
 
 
 def load_model(
@@ -102,12 +108,17 @@ def load_model(
 
     Args:
         name_or_path: A torchvision classification model name (``"resnet18"``), a TorchScript
-            file (or, with ``trust_pickle``, a pickled ``nn.Module``), or ``"prefix:name"`` for
-            a registered model source.
+            file (or, with ``trust_pickle``, a pickled ``nn.Module``), ``"timm:NAME"`` (a timm
+            model; ``pip install saliency-kit[timm]``), ``"hf:PATH"`` (a Hugging Face image
+            classifier: a ``save_pretrained`` folder, or a hub id; ``saliency-kit[hf]``), or
+            ``"prefix:name"`` for a registered model source.
         weights: For a torchvision name: ``"DEFAULT"``, a weights enum member name
             (``"IMAGENET1K_V1"`` or ``"ResNet18_Weights.IMAGENET1K_V1"``; fetched through
             torchvision's cache under ``torch.hub.get_dir()``), a path to a local state-dict
-            file, or None for random initialisation. Ignored for files.
+            file (``.pth``, ``.safetensors``, ...), or None for random initialisation. For
+            ``timm:``, ``"DEFAULT"`` (timm's pretrained weights, through the Hugging Face
+            cache), a state-dict file or None; for ``hf:``, ``"DEFAULT"`` (the folder's own),
+            a state-dict file or None. Ignored for files.
         device: Where to move the model (None: stay on CPU).
         trust_pickle: Allow full unpickling of files (arbitrary code: trusted files only).
 
@@ -151,8 +162,10 @@ def _dispatch(name_or_path: PathArg, weights: WeightsArg, trust_pickle: bool) ->
 
 
 def _load_from_source(prefix: str, rest: str, weights: WeightsArg) -> LoadedModel:
-    """Call the loader registered for ``prefix``."""
+    """Call the loader registered for ``prefix`` (a built-in one is imported now)."""
     loader = _SOURCES.get(prefix)
+    if loader is None and prefix in _BUILTIN_SOURCES:
+        loader = importlib.import_module(_BUILTIN_SOURCES[prefix]).load
     if loader is None:
         registered = accepted(f"{p}:" for p in list_model_sources()) or "none"
         raise ModelLoadError(
@@ -290,12 +303,12 @@ def _download_failed_message(name: str, member: Any, exc: BaseException) -> str:
 
 def _load_state_dict_weights(name: str, path: Path, trust_pickle: bool) -> LoadedModel:
     """torchvision architecture + a local state-dict file."""
-    state = _read_state_dict(path, trust_pickle)
+    state = read_state_dict(path, trust_pickle)
     model = torchvision.models.get_model(name, weights=None)
-    num_classes = _infer_num_classes(model.state_dict(), state)
+    num_classes = infer_num_classes(model.state_dict(), state)
     if num_classes is not None:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    _load_strict(model, state, path)
+    load_strict(model, state, path)
     categories = _default_categories(name)
     outputs = num_classes if num_classes is not None else len(categories or ())
     class_names = categories if categories is not None and len(categories) == outputs else None
@@ -326,9 +339,12 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
         ) from exc
 
 
-def _read_state_dict(path: Path, trust_pickle: bool) -> dict[str, Tensor]:
-    """A state dict from a file: plain, wrapped, DataParallel-prefixed or a pickled module."""
-    obj = _torch_load(path, trust_pickle)
+def read_state_dict(path: Path, trust_pickle: bool) -> dict[str, Tensor]:
+    """A state dict from a file: plain, wrapped, DataParallel-prefixed or a pickled module, or
+    a ``.safetensors`` file."""
+    obj = _load_safetensors(path) if path.suffix.lower() == ".safetensors" else None
+    if obj is None:
+        obj = _torch_load(path, trust_pickle)
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, Mapping):
@@ -355,7 +371,26 @@ def _read_state_dict(path: Path, trust_pickle: bool) -> dict[str, Tensor]:
     return state
 
 
-def _infer_num_classes(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> int | None:
+def _load_safetensors(path: Path) -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` file (no code runs while reading it)."""
+    if not path.is_file():
+        raise ModelLoadError(f"weights file not found: {path}")
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"{path} is a .safetensors file: reading it needs the safetensors package "
+            "(pip install safetensors)"
+        ) from exc
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def infer_num_classes(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> int | None:
     """The class count of ``state`` when only its classifier's output size differs, else None."""
     counts = set()
     for key, tensor in expected.items():
@@ -368,7 +403,7 @@ def _infer_num_classes(expected: Mapping[str, Tensor], state: Mapping[str, Tenso
     return counts.pop() if len(counts) == 1 else None
 
 
-def _load_strict(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> None:
+def load_strict(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> None:
     """``load_state_dict(strict=True)``, with a readable error naming keys that do not fit."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from smooth_models import smooth_cnn
+from smooth_models import smooth_cnn, smooth_vit
 from torch import Tensor, nn
 
 import saliency
@@ -27,11 +27,24 @@ RTOL = 1e-4
 FAST_OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"steps": 4},
     "smoothgrad": {"samples": 3, "seed": 0},
+    "attention_rollout": {},
+    "transformer_attribution": {},
 }
 
 
 def options_for(name: str) -> dict[str, Any]:
     return dict(FAST_OPTIONS.get(name, {}))
+
+
+def model_for(method: str) -> nn.Module:
+    """The smooth CNN, or a smooth ViT for the methods that need attention."""
+    cnn = smooth_cnn()
+    return cnn if saliency.get_method(method).applies_to(cnn) else smooth_vit()
+
+
+def first_weight(model: nn.Module) -> Tensor:
+    """The first weight tensor of the model (a convolution's)."""
+    return next(p for p in model.parameters() if p.ndim == 4)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -78,7 +91,7 @@ def assert_close_derivative(autograd: float, finite: float) -> None:
 @pytest.mark.parametrize("kind", ["random", "range_preserving"])
 @pytest.mark.parametrize("method", METHODS)
 def test_derivative_with_respect_to_inputs(method: str, kind: str) -> None:
-    model = smooth_cnn()
+    model = model_for(method)
     inputs = make_inputs()
     weights = torch.randn(
         inputs.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
@@ -99,12 +112,12 @@ def test_derivative_with_respect_to_inputs(method: str, kind: str) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_derivative_with_respect_to_a_parameter(method: str) -> None:
-    model = smooth_cnn()
+    model = model_for(method)
     inputs = make_inputs()
     weights = torch.randn(
         inputs.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
     )
-    parameter = model[0].weight
+    parameter = first_weight(model)
     v = torch.randn(
         parameter.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4)
     )
@@ -132,7 +145,7 @@ def test_derivative_with_respect_to_a_parameter(method: str) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_create_graph_true_attributions_require_grad(method: str) -> None:
-    model = smooth_cnn()
+    model = model_for(method)
     inputs = make_inputs()
     # Even with inputs that do not require grad, the graph reaches the parameters.
     ex = saliency.explain(
@@ -147,7 +160,7 @@ def test_create_graph_true_attributions_require_grad(method: str) -> None:
 @pytest.mark.parametrize("inputs_require_grad", [False, True])
 @pytest.mark.parametrize("method", METHODS)
 def test_create_graph_false_gives_plain_tensors(method: str, inputs_require_grad: bool) -> None:
-    model = smooth_cnn()
+    model = model_for(method)
     inputs = make_inputs().requires_grad_(inputs_require_grad)
     ex = saliency.explain(model, inputs, method, target=TARGET, **options_for(method))
     assert not ex.attributions.requires_grad
@@ -159,7 +172,7 @@ def test_create_graph_false_gives_plain_tensors(method: str, inputs_require_grad
 
 @pytest.mark.parametrize("method", METHODS)
 def test_create_graph_does_not_change_values(method: str) -> None:
-    model = smooth_cnn()
+    model = model_for(method)
     inputs = make_inputs()
     first = saliency.explain(model, inputs, method, target=TARGET, **options_for(method))
     second = saliency.explain(

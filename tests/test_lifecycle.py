@@ -27,6 +27,8 @@ NUM_CLASSES = 5
 FAST_OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"steps": 3},
     "smoothgrad": {"samples": 2, "seed": 0},
+    "attention_rollout": {},
+    "transformer_attribution": {},
 }
 MODULE_HOOK_DICTS = (
     "_forward_hooks",
@@ -89,10 +91,17 @@ class Trip(nn.Module):
 
 
 class Net(nn.Module):
-    """A small CNN with BatchNorm and Dropout; records every module's mode in each forward."""
+    """A small CNN with BatchNorm and Dropout; records every module's mode in each forward.
 
-    def __init__(self) -> None:
+    With ``attention``, the feature map becomes tokens behind a class token, through one
+    ``nn.MultiheadAttention`` (fused fast path in no-grad forwards) and one hand-written
+    attention through ``F.scaled_dot_product_attention`` whose timm-style ``fused_attn`` switch
+    is off; the class token is classified.
+    """
+
+    def __init__(self, attention: bool = False) -> None:
         super().__init__()
+        self.attention = attention
         self.features = nn.Sequential(
             nn.Conv2d(3, 6, 3, padding=1),
             nn.BatchNorm2d(6),
@@ -106,22 +115,50 @@ class Net(nn.Module):
         self.trip = Trip()
         self.dropout = nn.Dropout(0.5)
         self.head = nn.Linear(8, NUM_CLASSES)
+        if attention:
+            self.class_token = nn.Parameter(torch.randn(1, 1, 8))
+            self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.mixer = TokenAttention()
         self.modes: list[tuple[bool, ...]] = []
 
     def forward(self, x: Tensor) -> Tensor:
         self.modes.append(tuple(m.training for m in self.modules()))
-        x = self.pool(self.features(x)).flatten(1)
+        if self.attention:
+            tokens = self.features(x).flatten(2).transpose(1, 2)
+            tokens = torch.cat([self.class_token.expand(len(x), -1, -1), tokens], 1)
+            tokens = tokens + self.mha(tokens, tokens, tokens, need_weights=False)[0]
+            x = self.mixer(tokens)[:, 0]
+        else:
+            x = self.pool(self.features(x)).flatten(1)
         return self.head(self.dropout(self.trip(x)))
+
+
+class TokenAttention(nn.Module):
+    """Self-attention on (N, L, 8) tokens computed by hand unless ``fused_attn`` (as in timm)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+        self.fused_attn = False
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        q, k, v = self.qkv(tokens).view(len(tokens), -1, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        if self.fused_attn:
+            mixed = F.scaled_dot_product_attention(q, k, v)
+        else:
+            mixed = (q @ k.transpose(-2, -1) / 2.0).softmax(-1) @ v
+        return tokens + mixed.transpose(1, 2).flatten(2)
 
 
 def _noop_hook(*args: Any, **kwargs: Any) -> None:
     return None
 
 
-def prepared_model() -> Net:
-    """A model in a deliberately unusual state that explain must leave alone."""
+def prepared_model(method: str) -> Net:
+    """A model in a deliberately unusual state that explain must leave alone (with attention
+    for the methods that need it)."""
     torch.manual_seed(0)
-    model = Net()
+    model = Net(attention=not saliency.get_method(method).applies_to(Net()))
     for bn in (model.features[1], model.features[5]):
         assert isinstance(bn, nn.BatchNorm2d)
         bn.running_mean.normal_()
@@ -177,8 +214,18 @@ def _tensor_state(t: Tensor) -> dict[str, Any]:
     }
 
 
+def _switches(model: nn.Module) -> dict[str, Any]:
+    """Implementation switches an attention method may flip for a call."""
+    return {
+        "fused_attn": [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")],
+        "mha_fast_path": torch.backends.mha.get_fastpath_enabled(),
+        "sdpa": F.scaled_dot_product_attention,
+    }
+
+
 def snapshot(model: nn.Module, inputs: Tensor) -> dict[str, Any]:
     return {
+        "switches": _switches(model),
         "global_hooks": {
             name: tuple(getattr(module_globals, name).keys()) for name in GLOBAL_HOOK_DICTS
         },
@@ -196,6 +243,7 @@ def snapshot(model: nn.Module, inputs: Tensor) -> dict[str, Any]:
 
 
 def assert_same_state(before: dict[str, Any], after: dict[str, Any]) -> None:
+    assert after["switches"] == before["switches"], "attention switches were not restored"
     assert after["global_hooks"] == before["global_hooks"], "global module hooks changed"
     assert after["modules"] == before["modules"], "module hooks or training flags changed"
     for kind in ("parameters", "buffers"):
@@ -230,7 +278,7 @@ def _seeded() -> Iterator[None]:
 def test_normal_call_leaves_model_and_inputs_as_before(
     method: str, create_graph: bool, inputs_require_grad: bool
 ) -> None:
-    model = prepared_model()
+    model = prepared_model(method)
     inputs = make_inputs(inputs_require_grad)
     before = snapshot(model, inputs)
 
@@ -253,7 +301,7 @@ def test_normal_call_leaves_model_and_inputs_as_before(
 @pytest.mark.parametrize("target", [NUM_CLASSES, -1, [0, NUM_CLASSES + 3]])
 @pytest.mark.parametrize("method", METHODS)
 def test_bad_target_leaves_model_as_before(method: str, target: Any) -> None:
-    model = prepared_model()
+    model = prepared_model(method)
     inputs = make_inputs(False)
     before = snapshot(model, inputs)
 
@@ -270,24 +318,27 @@ def test_bad_target_leaves_model_as_before(method: str, target: Any) -> None:
 def test_model_failure_leaves_model_as_before(
     method: str, failure: str, create_graph: bool
 ) -> None:
-    model = prepared_model()
+    model = prepared_model(method)
     inputs = make_inputs(create_graph)
     before = snapshot(model, inputs)
     model.trip.mode = failure
+    call = {
+        "target": [1, 3],
+        "create_graph": create_graph,
+        "batch_size": 1,  # one point per chunk: a single-forward method fails in a later one
+        **options_for(method),
+    }
 
-    # One point per chunk: a method that needs a single forward still fails in a later one.
-    with pytest.raises(
-        RuntimeError, match=f"tripped in {'backward' if failure == 'backward' else 'forward'}"
-    ):
-        saliency.explain(
-            model,
-            inputs,
-            method,
-            target=[1, 3],
-            create_graph=create_graph,
-            batch_size=1,
-            **options_for(method),
-        )
+    # A forward-only method runs no backward pass, and without create_graph no forward with
+    # gradients: those failures never trip, and the call must still leave everything as it was.
+    forward_only = saliency.get_method(method).derivative_order == 0
+    if forward_only and (failure == "backward" or (failure == "grad" and not create_graph)):
+        saliency.explain(model, inputs, method, **call)
+    else:
+        with pytest.raises(
+            RuntimeError, match=f"tripped in {'backward' if failure == 'backward' else 'forward'}"
+        ):
+            saliency.explain(model, inputs, method, **call)
 
     if failure == "later":
         assert model.trip.calls >= 2, "the failure should happen after a successful forward"
