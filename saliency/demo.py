@@ -229,10 +229,12 @@ def _evaluate_model(
     metric_settings = MetricSettings(sanity_samples=settings.sanity_samples, step=settings.step)
     evaluations = []
     for method in methods:
+        if not get_method(method).applies_to(loaded.model):
+            continue  # e.g. attention methods on a CNN
         options = DEMO_METHOD_OPTIONS.get(method, {})
         # the query pixels dominate an interaction map, so randomising weights cannot move its
         # ranking: the sanity check says nothing about second-order methods and costs the most
-        first_order = get_method(method).derivative_order == 1
+        first_order = get_method(method).derivative_order <= 1
         evaluation = evaluate_method(
             loaded.model,
             inputs,
