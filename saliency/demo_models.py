@@ -3,7 +3,9 @@
 ``saliency.load_model("demo:shapes")`` gives the clean model, ``"demo:shapes-shortcut"`` the
 model trained with class-coded markers (it learns the marker, not the shape) and
 ``"demo:shapes-rrr"`` the same architecture trained on the same marker scenes with the
-Right-for-the-Right-Reasons penalty on the marker (:mod:`saliency.rrr`). All load offline
+Right-for-the-Right-Reasons penalty on the marker (:mod:`saliency.rrr`), and
+``"demo:shapes-vit"`` a small vision transformer trained on the clean scenes
+(:mod:`saliency.demo_vit`). All load offline
 from ``saliency/weights/``: the file's SHA-256 is checked against ``manifest.json`` and the state
 dict is read with ``torch.load(weights_only=True)``. ``weights=None`` gives the untrained
 architecture and ``weights=PATH`` a state dict of your own (e.g. from :mod:`saliency.training`).
@@ -21,6 +23,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
+from saliency.demo_vit import ShapesViT
 from saliency.errors import InvalidOptionError, ModelLoadError, accepted
 from saliency.images import Preprocess
 from saliency.models import LoadedModel, WeightsArg, list_model_sources, register_model_source
@@ -120,6 +123,10 @@ class DemoModel:
         penalty_form: ``"features"`` (squared gradient per input feature, Ross et al.) or
             ``"direction"`` (squared derivative along the marker's change).
         penalty_score: The differentiated score: ``"all"`` (Σ_k log p̂_k) or ``"label"``.
+        architecture: ``"shapesnet"`` (:class:`ShapesNet` with ``widths``) or ``"vit"``
+            (:class:`~saliency.demo_vit.ShapesViT`).
+        learning_rate: Peak learning rate of its training recipe (AdamW, one cycle).
+        weight_decay: AdamW weight decay of its training recipe.
     """
 
     name: str
@@ -133,6 +140,21 @@ class DemoModel:
     penalty_samples: int | None = None
     penalty_form: PenaltyForm = "direction"
     penalty_score: PenaltyScore = "label"
+    architecture: Literal["shapesnet", "vit"] = "shapesnet"
+    learning_rate: float = 4e-3
+    weight_decay: float = 5e-4
+
+    def build(self) -> nn.Module:
+        """The untrained architecture."""
+        if self.architecture == "vit":
+            return ShapesViT(len(CLASS_NAMES), image_size=self.config.size)
+        return ShapesNet(len(CLASS_NAMES), self.widths)
+
+    def describe(self) -> str:
+        """The architecture in one line (for the manifest)."""
+        if self.architecture == "vit":
+            return "ShapesViT(patch 8, depth 4, width 64, heads 4, mlp 128)"
+        return f"ShapesNet(widths={list(self.widths)})"
 
 
 DEMO_MODELS: dict[str, DemoModel] = {
@@ -154,6 +176,17 @@ DEMO_MODELS: dict[str, DemoModel] = {
         epochs=5,
         penalty=10.0,
         penalty_samples=16,
+    ),
+    "shapes-vit": DemoModel(
+        "shapes-vit",
+        "shapes-vit.pt",
+        CLEAN,
+        None,
+        train_images=20_480,
+        epochs=10,
+        architecture="vit",
+        learning_rate=1e-3,
+        weight_decay=0.05,
     ),
 }
 """The demo models by name (``load_model("demo:NAME")``)."""
@@ -262,7 +295,7 @@ def load_demo(name: str, weights: WeightsArg = "DEFAULT") -> LoadedModel:
         raise ModelLoadError(
             f"unknown demo model {name!r}; accepted: {accepted(f'demo:{n}' for n in DEMO_MODELS)}"
         )
-    model = ShapesNet(len(CLASS_NAMES), spec.widths)
+    model = spec.build()
     if weights is not None:
         if isinstance(weights, str) and weights.upper() == "DEFAULT":
             path = _shipped_weights(spec)

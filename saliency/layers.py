@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -422,7 +423,7 @@ def _automatic(model: nn.Module, probe: Callable[[], Any]) -> _Resolution:
                 value.shape[1:],
                 size,
                 metadata,
-                lambda module=module: structural.output(module),  # type: ignore[misc]
+                partial(structural.output, module),
                 explicit=False,
             )
         if layout is None:

@@ -7,8 +7,10 @@ hour)::
     python -m saliency.training --model shapes --out saliency/weights/
     python -m saliency.training --model shapes-shortcut --out saliency/weights/
     python -m saliency.training --model shapes-rrr --out saliency/weights/
+    python -m saliency.training --model shapes-vit --threads 1 --out saliency/weights/
 
-It draws ``--images`` training scenes of the model's seed, trains :class:`ShapesNet` for
+It draws ``--images`` training scenes of the model's seed, trains the model's architecture
+(:class:`ShapesNet`, or :class:`~saliency.demo_vit.ShapesViT` for ``shapes-vit``) for
 ``--epochs`` passes with random dihedral augmentation (flips and 90° rotations; every class is
 invariant to them, and the marker stays in a corner) and Gaussian pixel noise (so that the
 model stays stable under SmoothGrad's noise), AdamW and a one-cycle learning rate,
@@ -34,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saliency.demo_models import DEMO_MODELS, ShapesNet, demo_preprocess, sha256_file
+from saliency.demo_models import DEMO_MODELS, demo_preprocess, sha256_file
 from saliency.errors import InvalidOptionError, accepted
 from saliency.output_files import write_atomic, write_text_atomic
 from saliency.shapes import CLASS_NAMES, GENERATOR_VERSION, TEST_SEED, Scenes, generate_scenes
@@ -117,7 +119,7 @@ class TrainResult:
             on a shared machine ``cpu_seconds / threads`` estimates the wall time on idle cores.
     """
 
-    model: ShapesNet
+    model: nn.Module
     config: TrainConfig
     seconds: float
     accuracy: dict[str, float]
@@ -226,7 +228,7 @@ class TrainingStart(NamedTuple):
 
     Attributes:
         scenes: The training scenes of the model's seed.
-        model: The freshly initialised ShapesNet.
+        model: The freshly initialised architecture (:meth:`DemoModel.build`).
         optimiser: AdamW over its parameters.
         schedule: The one-cycle learning-rate schedule over every step.
         normalize: The demo input normalisation.
@@ -234,7 +236,7 @@ class TrainingStart(NamedTuple):
     """
 
     scenes: Scenes
-    model: ShapesNet
+    model: nn.Module
     optimiser: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LambdaLR
     normalize: Callable[[Tensor], Tensor]
@@ -246,7 +248,7 @@ def start_training(config: TrainConfig) -> TrainingStart:
     spec = DEMO_MODELS[config.model]
     scenes = generate_scenes(config.images, seed=config.seed, config=spec.config)
     torch.manual_seed(config.seed)
-    model = ShapesNet(len(CLASS_NAMES), spec.widths)
+    model = spec.build()
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -286,7 +288,7 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> Trai
 
 
 def finish_training(
-    model: ShapesNet,
+    model: nn.Module,
     config: TrainConfig,
     started: tuple[float, float],
     losses: list[float],
@@ -329,7 +331,7 @@ def save_weights(result: TrainResult, out: str | Path) -> Path:
         "file": spec.file,
         "sha256": sha256_file(path),
         "bytes": path.stat().st_size,
-        "architecture": f"ShapesNet(widths={list(spec.widths)})",
+        "architecture": spec.describe(),
         "class_names": list(CLASS_NAMES),
         "seed": result.config.seed,
         "generator_version": GENERATOR_VERSION,
@@ -379,10 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     spec = DEMO_MODELS[args.model]
-    config = (
+    config = replace(
         smoke_config(args.model, args.seed)
         if args.smoke
-        else TrainConfig(args.model, args.seed, spec.train_images, spec.epochs)
+        else TrainConfig(args.model, args.seed, spec.train_images, spec.epochs),
+        learning_rate=spec.learning_rate,
+        weight_decay=spec.weight_decay,
     )
     overrides = {
         name: getattr(args, name)

@@ -16,8 +16,8 @@ from saliency.demo import DemoSettings, mask_outlines, outlined_pictures, run_de
 from saliency.demo_models import DEMO_MODELS, installed_demo_models
 from saliency.errors import InvalidOptionError
 from saliency.methods.registry import get_method, list_methods
-from saliency.models import load_model
 from saliency.metrics.report import METRIC_NAMES
+from saliency.models import load_model
 from saliency.shapes import SHORTCUT, generate_scenes
 
 

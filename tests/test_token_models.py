@@ -573,6 +573,54 @@ def test_attention_switches_are_restored_even_when_the_model_raises() -> None:
         assert all(not m._forward_hooks for m in model.modules())
 
 
+def _state(model: nn.Module) -> dict[str, Any]:
+    return {
+        "hooks": [
+            (name, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+            for name, m in model.named_modules()
+        ],
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grads": [p.grad is None for p in model.parameters()],
+        "fused": [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")],
+        "sdpa": F.scaled_dot_product_attention,
+        "fast_path": torch.backends.mha.get_fastpath_enabled(),
+    }
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_lifecycle_on_token_models(name: str) -> None:
+    model = CASES[name].make().train()  # in train mode: explain must run it in eval mode
+    next(iter(model.parameters())).requires_grad_(False)
+    before = _state(model)
+    methods = ["gradcam", *(["attention_rollout", "transformer_attribution"] * (name in ATTENTION))]
+    x = inputs_for(name, n=2)
+    for method in methods:
+        for create_graph in (False, True):
+            ex = saliency.explain(model, x, method, target=1, create_graph=create_graph)
+            assert torch.isfinite(ex.attributions).all()
+            assert _state(model) == before, (method, create_graph)
+    calls = 0
+
+    def fail_on_the_second_forward(module: nn.Module, args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("the model failed")
+
+    for method in methods:
+        fresh = CASES[name].make().train()  # no layer remembered: the search is the first call
+        before = _state(fresh)
+        handle = fresh.register_forward_pre_hook(fail_on_the_second_forward)
+        calls = 0
+        try:
+            with pytest.raises(RuntimeError, match="the model failed"):
+                saliency.explain(fresh, x, method, target=1, batch_size=1)
+        finally:
+            handle.remove()
+        assert _state(fresh) == before, method
+
+
 # -------------------------------------------------------------------------------- second order
 
 

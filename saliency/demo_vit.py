@@ -1,0 +1,49 @@
+"""The token model of the demo: a small vision transformer for the 96² shapes scenes.
+
+``saliency.load_model("demo:shapes-vit")`` gives it, trained on the same clean scenes as
+``demo:shapes`` (reproduced on a 2-core CPU by ``python -m saliency.training --model shapes-vit
+--threads 1``) and measured by the same metrics. It is torchvision's ``VisionTransformer``, so its
+token layout comes from torchvision's metadata (a class token, then a 12×12 grid of 8-pixel
+patches) and its attention runs through ``nn.MultiheadAttention``: Grad-CAM picks the last
+layer's first normalisation, and attention rollout and transformer attribution apply.
+"""
+
+from __future__ import annotations
+
+from torchvision.models import VisionTransformer
+
+__all__ = ["ShapesViT"]
+
+
+class ShapesViT(VisionTransformer):
+    """A vision transformer: patches → class token + 12×12 patch tokens → 4 layers → head.
+
+    Args:
+        num_classes: Output classes.
+        image_size: Input side in pixels.
+        patch_size: Patch side in pixels.
+        depth: Encoder layers.
+        width: Token width.
+        heads: Attention heads per layer.
+        mlp: Hidden width of each layer's MLP.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 8,
+        image_size: int = 96,
+        patch_size: int = 8,
+        depth: int = 4,
+        width: int = 64,
+        heads: int = 4,
+        mlp: int = 128,
+    ) -> None:
+        super().__init__(
+            image_size=image_size,
+            patch_size=patch_size,
+            num_layers=depth,
+            num_heads=heads,
+            hidden_dim=width,
+            mlp_dim=mlp,
+            num_classes=num_classes,
+        )
