@@ -153,7 +153,7 @@ class DemoModel:
     def describe(self) -> str:
         """The architecture in one line (for the manifest)."""
         if self.architecture == "vit":
-            return "ShapesViT(patch 8, depth 4, width 64, heads 4, mlp 128)"
+            return "ShapesViT(conv stem to 8-px patches, depth 4, width 64, heads 4, mlp 128)"
         return f"ShapesNet(widths={list(self.widths)})"
 
 
@@ -183,7 +183,7 @@ DEMO_MODELS: dict[str, DemoModel] = {
         CLEAN,
         None,
         train_images=20_480,
-        epochs=10,
+        epochs=8,
         architecture="vit",
         learning_rate=1e-3,
         weight_decay=0.05,
