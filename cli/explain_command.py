@@ -23,8 +23,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ from saliency.cli.plan import Job, Plan, ResumeConflict, RunRecorder, make_plan
 from saliency.cli.progress import Progress, format_duration, say
 from saliency.engine import EngineOptions
 from saliency.errors import SaliencyError
-from saliency.methods.registry import list_methods
+from saliency.methods.registry import get_method, list_methods
 from saliency.output_files import remove_stale_temporaries
 from saliency.run_folder import (
     InputRecord,
@@ -205,13 +205,17 @@ def _set_up(arguments: argparse.Namespace, world: Group, held: contextlib.ExitSt
         held.callback(_lock(out).release)
         remove_stale_temporaries(out)  # of killed runs: no other run writes here now
     found = _discover(arguments, out, world.ranks.is_main)
-    ready = _load_model(arguments, methods, world)
+    ready, methods = _load_model(arguments, methods, world)
     target = parse_target(arguments.target, ready)
     run = RunInfo(
         model=ready.name,
         weights=ready.weights,
         methods=list(methods),
-        method_options={name: chosen.recorded for name, chosen in methods.items()},
+        # A layer method's automatic layer is recorded by the dotted name it resolved to.
+        method_options={
+            name: chosen.recorded | ({"layer": ready.layers[name]} if name in ready.layers else {})
+            for name, chosen in methods.items()
+        },
         target="predicted" if target is None else target,
         device=str(ready.device),
         precision=arguments.precision,
@@ -284,16 +288,39 @@ def _plan(
 
 def _load_model(
     arguments: argparse.Namespace, methods: dict[str, ChosenMethod], world: Group
-) -> ReadyModel:
-    """The checked model, on this process's device."""
+) -> tuple[ReadyModel, dict[str, ChosenMethod]]:
+    """The checked model, on this process's device, and the methods that apply to it."""
     torch.set_num_threads(_torch_threads(arguments.threads))
     device = distributed.rank_device(arguments.device, world.ranks)
     weights = None if arguments.weights.lower() == "none" else arguments.weights
     ready = load_ready_model(arguments.model, weights, device, arguments.input_size)
+    methods = _applicable(methods, ready, arguments.method, world.ranks.is_main)
     instances = {name: chosen.instance for name, chosen in methods.items()}
-    check_layers(ready, instances)
+    ready = replace(ready, layers=check_layers(ready, instances))
     check_queries(ready, instances)
-    return ready
+    return ready, methods
+
+
+def _applicable(
+    methods: dict[str, ChosenMethod],
+    ready: ReadyModel,
+    requested: Sequence[str] | None,
+    main: bool,
+) -> dict[str, ChosenMethod]:
+    """With ``--method all``, the methods that apply to the model (attention methods need a
+    transformer); methods named one by one always run."""
+    named = {part.strip() for value in requested or () for part in value.split(",")}
+    if "all" not in named:
+        return methods
+    kept = {n: c for n, c in methods.items() if n in named or get_method(n).applies_to(ready.model)}
+    skipped = [n for n in methods if n not in kept]
+    if skipped and main:
+        say(
+            f"{_LABEL}: note: --method all skips {', '.join(skipped)}: they do not apply to this "
+            "model (attention methods need a vision transformer)",
+            sys.stderr,
+        )
+    return kept
 
 
 @dataclass

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,12 @@ from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode, v2
 
 from saliency.cli import UsageError
-from saliency.errors import LayerNotFoundError, ModelLoadError, SaliencyError
+from saliency.errors import LayerNotFoundError, ModelLoadError, ModelOutputError, SaliencyError
 from saliency.images import ImageTransform, Preprocess
-from saliency.layers import find_layer
+from saliency.layers import find_layer, layer_name
 from saliency.methods.base import Method
 from saliency.models import list_model_sources, load_model, model_file
+from saliency.targets import check_outputs
 
 DEFAULT_SIZE = 224
 
@@ -111,6 +112,7 @@ class ReadyModel:
         device: Where it runs.
         name: The model as recorded in the manifest (a file: its absolute path).
         weights: The weights as recorded (a file: its absolute path; None: random).
+        layers: The resolved layer of each layer method, by dotted name (:func:`check_layers`).
     """
 
     model: nn.Module
@@ -120,6 +122,7 @@ class ReadyModel:
     device: torch.device
     name: str
     weights: str | None
+    layers: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_device(text: str) -> torch.device:
@@ -228,12 +231,15 @@ def _probe(model: nn.Module, model_input: ModelInput, device: torch.device) -> T
             f"the model fails on a {model_input.describe()} input ({type(exc).__name__}: {exc}); "
             "if it needs another input size, pass --input-size N"
         ) from None
-    if not isinstance(outputs, Tensor) or outputs.ndim != 2 or outputs.shape[0] != 1:
+    try:
+        return check_outputs(outputs, 1)
+    except ModelOutputError:
         shape = tuple(outputs.shape) if isinstance(outputs, Tensor) else type(outputs).__name__
         raise UsageError(
-            f"the model returns {shape} for one image; saliency explain needs (N, K) class scores"
-        )
-    return outputs
+            f"the model returns {shape} for one image; saliency explain needs (N, K) class "
+            "scores (a tensor, an output with .logits, a dict with 'logits', or a tuple whose "
+            "first element holds them)"
+        ) from None
 
 
 def parse_target(text: str, ready: ReadyModel) -> int | None:
@@ -276,8 +282,11 @@ def _class_by_name(text: str, names: Sequence[str] | None, classes: int) -> int:
     )
 
 
-def check_layers(ready: ReadyModel, methods: Mapping[str, Method]) -> None:
+def check_layers(ready: ReadyModel, methods: Mapping[str, Method]) -> dict[str, str]:
     """Resolve the layer of every chosen method that has a ``layer`` option.
+
+    Returns:
+        The dotted name of each method's layer (the automatic choice resolved).
 
     Raises:
         UsageError: A named layer that does not exist, or no automatic layer.
@@ -286,14 +295,16 @@ def check_layers(ready: ReadyModel, methods: Mapping[str, Method]) -> None:
     def probe() -> Any:
         return ready.model(blank_batch(ready.model_input, ready.device))
 
+    layers = {}
     for name, method in methods.items():
         spec = method.options().get("layer", _NO_LAYER)
         if spec is not None and not isinstance(spec, str):
             continue  # no layer option, or a module object (not from the command line)
         try:
-            find_layer(ready.model, spec, probe)
+            layers[name] = layer_name(ready.model, find_layer(ready.model, spec, probe))
         except LayerNotFoundError as exc:
             raise UsageError(f"{name}: {exc} (choose one with --layer NAME)") from None
+    return layers
 
 
 def check_queries(ready: ReadyModel, methods: Mapping[str, Method]) -> None:

@@ -89,6 +89,12 @@ class Method(ABC):
         return tuple(f.name for f in fields(cls) if f.init)
 
     @classmethod
+    def applies_to(cls, model: object) -> bool:
+        """Whether the method can explain ``model``, from its structure without running it
+        (attention methods need attention layers). Runs over "every method" skip the rest."""
+        return True
+
+    @classmethod
     def summary(cls) -> str:
         """The first line of the class docstring."""
         return (inspect.getdoc(cls) or cls.__name__).splitlines()[0]

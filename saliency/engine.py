@@ -27,16 +27,17 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
 import torch
 from torch import Tensor, nn
 
 from saliency import compiled as compiled_forwards
+from saliency.attention import differentiable_attention
 from saliency.errors import InvalidOptionError, LayerNotFoundError, ModelOutputError
 from saliency.layers import Capture, capture_output
 from saliency.memory import CostMeter, default_memory_budget
-from saliency.targets import PendingTarget, Target, pending_base
+from saliency.targets import PendingTarget, Target, class_scores, pending_base
 from saliency.validation import check_choice, require_bool, require_int
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -110,6 +111,33 @@ class Chunk:
     """∂score/∂points, or ∂score/∂activations when a layer is hooked."""
     activations: Tensor | None
     """The hooked layer's output, when a layer is hooked."""
+    recorded: tuple[Tensor, ...] = ()
+    """What a :class:`Recorder` recorded in the chunk's forward (e.g. attention maps)."""
+    recorded_grads: tuple[Tensor, ...] = ()
+    """∂score/∂ each recorded tensor."""
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One chunk of points evaluated without gradients (:meth:`Engine.accumulate_forward`)."""
+
+    index: Tensor
+    samples: Tensor
+    points: Tensor
+    outputs: Any
+    """The model's raw outputs for the points."""
+    recorded: tuple[Tensor, ...] = ()
+    """What a :class:`Recorder` recorded in the forward."""
+
+
+class Recorder(Protocol):
+    """Records tensors during forward passes (e.g. :class:`saliency.attention.AttentionRecord`)."""
+
+    def take(self) -> Sequence[Tensor]:
+        """What was recorded since the last call."""
+        ...
+
+
 
 
 @dataclass(frozen=True)
@@ -242,12 +270,17 @@ class Engine:
     def predict(self, inputs: Tensor) -> Tensor:
         """Float32 model outputs at ``inputs``, without gradients, in chunks."""
         points = Points.of(inputs)
+
+        def scores(index: Tensor) -> Any:
+            return class_scores(self.forward(points.make(index)))
+
         with torch.no_grad():
-            outputs = list(self._map_chunks(points, lambda i: self.forward(points.make(i))))
+            outputs = list(self._map_chunks(points, scores))
         if not all(isinstance(o, Tensor) for o in outputs):
             raise ModelOutputError(
-                f"the model returned a {type(outputs[0]).__name__}; a class target needs an "
-                "(N, K) tensor of scores. For other outputs pass a callable target"
+                f"the model returned a {type(outputs[0]).__name__}; a class target needs (N, K) "
+                "scores: a tensor, an output with .logits, a dict with 'logits' or a tuple whose "
+                "first element holds them. For other outputs pass a callable target"
             )
         return torch.cat(outputs).float()
 
@@ -351,6 +384,7 @@ class Engine:
         target: Target,
         contribution: Callable[[Chunk], Tensor] | None = None,
         layer: nn.Module | None = None,
+        recorder: Recorder | None = None,
     ) -> Tensor:
         """Sum each point's contribution into its sample: ``out[i] = Σ_{p ∈ i} c(p)``.
 
@@ -360,7 +394,10 @@ class Engine:
             contribution: maps an evaluated chunk to per-point tensors ``(m, ...)``; default the
                 gradients themselves.
             layer: hook this module and differentiate with respect to its output instead of the
-                points (``Chunk.activations`` holds the output).
+                points (``Chunk.activations`` holds the output as an ``(m, D, h, w)`` map, also
+                for token layers: see :func:`saliency.layers.capture_output`).
+            recorder: what it records during each forward is differentiated too
+                (``Chunk.recorded`` and ``Chunk.recorded_grads``), in the same backward pass.
 
         Returns:
             ``(N, ...)`` sums, float32 at least (float64 stays float64).
@@ -368,7 +405,9 @@ class Engine:
         A pending target (classes from the model outputs at the inputs) is completed by this
         pass when the points are those inputs, else by a no-grad forward first.
         """
-        (total,) = self._accumulate_shares(points, target, [Share(layer, contribution)])
+        (total,) = self._accumulate_shares(
+            points, target, [Share(layer, contribution)], recorder=recorder
+        )
         return total
 
     def share_pass(self, inputs: Tensor, target: Target, shares: Sequence[Share]) -> list[Tensor]:
@@ -399,7 +438,11 @@ class Engine:
         ]
 
     def _accumulate_shares(
-        self, points: Points, target: Target, shares: Sequence[Share]
+        self,
+        points: Points,
+        target: Target,
+        shares: Sequence[Share],
+        recorder: Recorder | None = None,
     ) -> list[Tensor]:
         """Per-sample sums of each share's contributions, one forward + backward per chunk."""
         layers: list[nn.Module] = []
@@ -420,7 +463,9 @@ class Engine:
             captures = [stack.enter_context(capture_output(m, as_leaf=as_leaf)) for m in layers]
 
             def step(index: Tensor) -> tuple[Tensor, list[Tensor]]:
-                chunks = self._evaluate(points, index, target, captures, wants_points, observer)
+                chunks = self._evaluate(
+                    points, index, target, captures, wants_points, observer, recorder
+                )
                 parts = [
                     chunks[view].grads
                     if share.contribution is None
@@ -448,6 +493,7 @@ class Engine:
         captures: Sequence[Capture],
         wants_points: bool,
         observer: PendingTarget | None = None,
+        recorder: Recorder | None = None,
     ) -> list[Chunk]:
         samples = index // points.repeats
         values = points.make(index)
@@ -464,8 +510,14 @@ class Engine:
             captures,
             wants_points,
             observer=observer,
+            recorder=recorder,
         )
-        compiled = self._compiled_forward(points, values, hooked=bool(captures))
+        # A recorder's tensors come from the eager forward (a compiled graph would hide them).
+        compiled = (
+            None
+            if recorder is not None
+            else self._compiled_forward(points, values, hooked=bool(captures))
+        )
         if compiled is None:
             return differentiate(self.forward)
         run = partial(self._run_compiled, compiled)
@@ -499,12 +551,16 @@ class Engine:
         forward: Callable[[Tensor], Any],
         *,
         observer: PendingTarget | None,
+        recorder: Recorder | None = None,
     ) -> list[Chunk]:
         """One forward and one backward: a chunk per differentiated tensor (the points first
-        when ``wants_points``, then each captured layer output)."""
-        outputs = forward(values)
+        when ``wants_points``, then each captured layer output); a recorder's tensors are
+        differentiated in the same backward and given to every chunk."""
+        with self._second_order():
+            outputs = forward(values)
         if observer is not None:
             observer.observe(outputs, samples)
+        recorded = tuple(recorder.take()) if recorder is not None else ()
         scores = target.scores(outputs, samples).float()
         layer_outputs = [capture.value for capture in captures]
         if not scores.requires_grad or any(value is None for value in layer_outputs):
@@ -514,18 +570,67 @@ class Engine:
             )
         wrt = [values] if wants_points else []
         wrt += [value for value in layer_outputs if value is not None]
-        grads = torch.autograd.grad(
-            scores.sum(), wrt, create_graph=self.create_graph, materialize_grads=True
+        all_grads = torch.autograd.grad(
+            scores.sum(),
+            [*wrt, *recorded],
+            create_graph=self.create_graph,
+            materialize_grads=True,
         )
+        grads, recorded_grads = all_grads[: len(wrt)], tuple(all_grads[len(wrt) :])
         if not self.create_graph:
             scores = scores.detach()
+            recorded = tuple(r.detach() for r in recorded)
         chunks = []
         for position, (tensor, grad) in enumerate(zip(wrt, grads, strict=True)):
             activations = None if wants_points and position == 0 else tensor
             if activations is not None and not self.create_graph:
                 activations = activations.detach()
-            chunks.append(Chunk(index, samples, values, scores, grad, activations))
+            chunks.append(
+                Chunk(index, samples, values, scores, grad, activations, recorded, recorded_grads)
+            )
         return chunks
+
+    def accumulate_forward(
+        self,
+        points: Points,
+        target: Target,
+        contribution: Callable[[Pass], Tensor],
+        recorder: Recorder | None = None,
+    ) -> Tensor:
+        """Like :meth:`accumulate` for contributions that need no gradients: forward passes
+        only (with their graph when ``create_graph``), in the same memory-bounded chunks.
+
+        A pending target is completed on the way when the points are the inputs.
+        """
+        total: Tensor | None = None
+
+        def step(index: Tensor) -> tuple[Tensor, Tensor]:
+            samples = index // points.repeats
+            values = points.make(index)
+            if not self.create_graph:
+                values = values.detach()
+            with self._second_order():
+                outputs = self.forward(values)
+            if observer is not None:
+                observer.observe(outputs, samples)
+            recorded = tuple(recorder.take()) if recorder is not None else ()
+            return samples, contribution(Pass(index, samples, values, outputs, recorded))
+
+        with (
+            self._completing(target, points) as observer,
+            torch.enable_grad() if self.create_graph else torch.no_grad(),
+        ):
+            for samples, part in self._map_chunks(points, step):
+                if total is None:
+                    dtype = torch.promote_types(part.dtype, torch.float32)
+                    total = part.new_zeros((points.samples, *part.shape[1:]), dtype=dtype)
+                total = total.index_add(0, samples, part.to(total.dtype))
+        assert total is not None, "Points with zero samples"
+        return total
+
+    def _second_order(self) -> AbstractContextManager[Any]:
+        """Attention through a twice-differentiable kernel when the graph is kept."""
+        return differentiable_attention() if self.create_graph else nullcontext()
 
     def _compiled_forward(
         self, points: Points, values: Tensor, hooked: bool

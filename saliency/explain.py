@@ -3,6 +3,7 @@ methods (``explain_many`` shares one pass among the one-pass methods)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -180,6 +181,24 @@ def _explain_all(
     }
 
 
+def _warn_if_blank(name: str, attributions: Tensor, layer: object) -> None:
+    """Warn when layer maps are all zeros: usually a layer that carries no gradient to the
+    target (e.g. the patch tokens of a ViT's last block), not an explanation."""
+    blank = attributions.detach().flatten(1).eq(0).all(1)
+    count = int(blank.sum())
+    if count == 0:
+        return
+    where = f"of layer {layer!r} " if isinstance(layer, str) else ""
+    warnings.warn(
+        f"{name}: the maps {where}are all zeros for {count} of {len(blank)} inputs: the layer "
+        "carries no gradient to the target (for a vision transformer's last block only the class "
+        "token does), or there is no positive evidence; try layer=None (automatic) or another "
+        "layer",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
 def _share(instance: Method, engine: Engine, inputs: Tensor) -> Share | None:
     """The method's part of a shared pass, if it opts into one (:meth:`Method.shares_pass`)."""
     return instance.share(engine, inputs) if instance.shares_pass() else None
@@ -200,6 +219,8 @@ def _explanation(
 ) -> Explanation:
     if not create_graph:
         attributions = attributions.detach()
+    if instance.output == "layer":
+        _warn_if_blank(name, attributions, options.get("layer"))
     return Explanation(
         attributions=attributions.to(inputs.dtype),
         targets=target.indices,

@@ -24,11 +24,13 @@ only through ``|v|``, so weakly: a gradient of small norm aligned with v still m
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
 
+from saliency.attention import differentiable_attention
 from saliency.errors import InvalidOptionError
 from saliency.targets import TargetSpec, check_outputs, resolve_target
 from saliency.validation import check_choice
@@ -120,8 +122,13 @@ def input_gradient_penalty(
     if direction is not None:
         weights = weights * _broadcast("direction", direction, inputs)
     x = inputs if inputs.requires_grad else inputs.detach().requires_grad_(True)
+    # The penalty is differentiated again: attention through its twice-differentiable kernel.
+    second_order: AbstractContextManager[Any] = (
+        differentiable_attention() if create_graph else nullcontext()
+    )
     with torch.enable_grad():
-        outputs = model(x)
+        with second_order:
+            outputs = model(x)
         scores = _scores(outputs, targets, len(inputs))
         (grads,) = torch.autograd.grad(
             scores.sum(), x, create_graph=create_graph, materialize_grads=True

@@ -364,12 +364,12 @@ def _download_failed_message(name: str, member: Any, exc: BaseException) -> str:
 
 def _load_state_dict_weights(name: str, path: Path, trust_pickle: bool) -> LoadedModel:
     """torchvision architecture + a local state-dict file."""
-    state = _read_state_dict(path, trust_pickle)
+    state = read_state_dict(path, trust_pickle)
     model = _torchvision().get_model(name, weights=None)
-    num_classes = _infer_num_classes(model.state_dict(), state)
+    num_classes = infer_num_classes(model.state_dict(), state)
     if num_classes is not None:
         model = _torchvision().get_model(name, weights=None, num_classes=num_classes)
-    _load_strict(model, state, path)
+    load_strict(model, state, path)
     categories = _default_categories(name)
     outputs = num_classes if num_classes is not None else len(categories or ())
     class_names = categories if categories is not None and len(categories) == outputs else None
@@ -408,9 +408,12 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
         ) from exc
 
 
-def _read_state_dict(path: Path, trust_pickle: bool) -> dict[str, Tensor]:
-    """A state dict from a file: plain, wrapped, DataParallel-prefixed or a pickled module."""
-    obj = _torch_load(path, trust_pickle)
+def read_state_dict(path: Path, trust_pickle: bool) -> dict[str, Tensor]:
+    """A state dict from a file: plain, wrapped, DataParallel-prefixed or a pickled module, or
+    a ``.safetensors`` file."""
+    obj = _load_safetensors(path) if path.suffix.lower() == ".safetensors" else None
+    if obj is None:
+        obj = _torch_load(path, trust_pickle)
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, Mapping):
@@ -437,7 +440,27 @@ def _read_state_dict(path: Path, trust_pickle: bool) -> dict[str, Tensor]:
     return state
 
 
-def _infer_num_classes(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> int | None:
+def _load_safetensors(path: Path) -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` file (no code runs while reading it)."""
+    if not path.exists():
+        raise ModelLoadError(f"weights file not found: {path}")
+    _require_regular_file(path, "a weights file")
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"{path} is a .safetensors file: reading it needs the safetensors package "
+            "(pip install safetensors)"
+        ) from exc
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def infer_num_classes(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> int | None:
     """The class count of ``state`` when only its classifier's output size differs, else None."""
     counts = set()
     for key, tensor in expected.items():
@@ -450,7 +473,7 @@ def _infer_num_classes(expected: Mapping[str, Tensor], state: Mapping[str, Tenso
     return counts.pop() if len(counts) == 1 else None
 
 
-def _load_strict(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> None:
+def load_strict(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> None:
     """``load_state_dict(strict=True)``, with a readable error naming keys that do not fit."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]

@@ -7,7 +7,7 @@ evaluated point, whatever chunk of points the engine is evaluating.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
@@ -186,20 +186,48 @@ def pending_target(spec: TargetSpec, inputs: Tensor) -> Target:
     return PendingTarget(inputs, _as_indices(spec, len(inputs), inputs.device))
 
 
+def class_scores(outputs: Any) -> Any:
+    """The class scores inside a model output, by one rule (anything else is returned as is).
+
+    A tensor is the scores; otherwise an object with a tensor ``logits`` attribute (a Hugging
+    Face ``ModelOutput``), a mapping with a tensor ``"logits"`` entry, or a tuple or list whose
+    first element is a tensor gives that tensor. :func:`check_outputs` then requires ``(N, K)``.
+    """
+    if isinstance(outputs, Tensor):
+        return outputs
+    logits = getattr(outputs, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(outputs, Mapping) and isinstance(outputs.get("logits"), Tensor):
+        return outputs["logits"]
+    if isinstance(outputs, tuple | list) and outputs and isinstance(outputs[0], Tensor):
+        return outputs[0]
+    return outputs
+
+
 def check_outputs(outputs: Any, count: int) -> Tensor:
-    """Check that a model output is an ``(count, K)`` tensor of scores and return it."""
-    if not isinstance(outputs, Tensor) or outputs.ndim != 2 or outputs.shape[0] != count:
+    """The ``(count, K)`` class scores of a model output (see :func:`class_scores`).
+
+    Raises:
+        ModelOutputError: the output holds no ``(count, K)`` scores by that rule.
+    """
+    scores = class_scores(outputs)
+    if not isinstance(scores, Tensor) or scores.ndim != 2 or scores.shape[0] != count:
         given = (
-            f"a tensor of shape {tuple(outputs.shape)}"
-            if isinstance(outputs, Tensor)
+            f"a tensor of shape {tuple(scores.shape)}"
+            if isinstance(scores, Tensor)
             else f"a {type(outputs).__name__}"
         )
+        if isinstance(scores, Tensor) and scores is not outputs:
+            given += f" (inside a {type(outputs).__name__})"
         raise ModelOutputError(
             f"the model returned {given} for {count} inputs; a class target needs scores of shape "
-            f"({count}, K). For other outputs (segmentation, detection, dicts) pass a callable "
-            "target that maps the output to one score per input"
+            f"({count}, K): a tensor, an output with .logits (Hugging Face), a dict with "
+            "'logits', or a tuple whose first element holds them. For other outputs "
+            "(segmentation, detection) pass a callable target that maps the output to one score "
+            "per input"
         )
-    return outputs
+    return scores
 
 
 def resolve_target(spec: TargetSpec, outputs: Tensor | None, count: int) -> Target:

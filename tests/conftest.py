@@ -60,7 +60,17 @@ def fast_options(name: str) -> dict[str, Any]:
     return dict(FAST_OPTIONS.get(name, {}))
 
 
-@pytest.fixture(params=saliency.list_methods(families=False))
+def _applies_to_a_cnn(name: str) -> bool:
+    from saliency.testing import checked_model
+
+    return saliency.get_method(name).applies_to(checked_model())
+
+
+# Attention methods need a vision transformer: tests/test_token_models.py covers them.
+CNN_METHODS = [name for name in saliency.list_methods() if _applies_to_a_cnn(name)]
+
+
+@pytest.fixture(params=[name for name in CNN_METHODS if ":" not in name])
 def method(request: pytest.FixtureRequest) -> str:
     """Each method registered one by one (not the members of method families such as
     ``captum:NAME``, which wrap another library: their own tests and the lifecycle contract
@@ -69,7 +79,7 @@ def method(request: pytest.FixtureRequest) -> str:
     return name
 
 
-@pytest.fixture(params=saliency.list_methods())
+@pytest.fixture(params=CNN_METHODS)
 def any_method(request: pytest.FixtureRequest) -> str:
     """Each registered method name in turn, method families included."""
     name: str = request.param

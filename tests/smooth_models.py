@@ -19,3 +19,17 @@ def smooth_cnn() -> nn.Sequential:
         nn.Flatten(),
         nn.Linear(4, 3),
     ).double()
+
+
+def smooth_vit() -> nn.Module:
+    """A torchvision ViT on 5×5 inputs (1-pixel patches + a class token, 2 layers of 2 heads,
+    width 8), 3 classes, float64, seeded: GELU, LayerNorm and softmax are all smooth."""
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        image_size=5, patch_size=1, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=8,
+        num_classes=3,
+    )
+    nn.init.normal_(model.heads.head.weight)  # torchvision starts the head at zero
+    return model.double().eval()

@@ -43,7 +43,8 @@ COMMAND = (sys.executable, "-m", "saliency.cli", "explain")
 FOUR = ("gradient", "integrated_gradients", "smoothgrad", "gradcam")
 SIZE = 32
 RUN_KEYS = {
-    "model", "weights", "methods", "method_options", "target", "device", "precision", "compile",
+    "model", "weights", "methods", "method_options", "layers", "target", "device", "precision",
+    "compile",
     "batch_size", "memory_budget", "format", "class_names", "versions", "started", "finished",
     "totals",
 }  # fmt: skip

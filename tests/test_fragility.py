@@ -114,7 +114,9 @@ def relu_cnn() -> nn.Module:
 FIRST_ORDER = [
     m
     for m in saliency.list_methods()
-    if saliency.get_method(m).derivative_order == 1 and saliency.get_method(m).supports_create_graph
+    if saliency.get_method(m).derivative_order == 1
+    and saliency.get_method(m).supports_create_graph
+    and saliency.get_method(m).applies_to(relu_cnn())
 ]
 """The methods whose robustness the demo measures (differentiating a second-order map needs
 third derivatives)."""
