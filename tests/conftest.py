@@ -60,6 +60,14 @@ def fast_options(name: str) -> dict[str, Any]:
     return dict(FAST_OPTIONS.get(name, {}))
 
 
+DIFFERENTIABLE_METHODS = [
+    name
+    for name in saliency.list_methods(families=False)
+    if saliency.get_method(name).supports_create_graph
+]
+"""The methods of the ``method`` fixture whose attributions can be differentiated."""
+
+
 @pytest.fixture(params=saliency.list_methods(families=False))
 def method(request: pytest.FixtureRequest) -> str:
     """Each method registered one by one (not the members of method families such as
