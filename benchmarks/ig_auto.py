@@ -44,7 +44,7 @@ from saliency.output_files import write_text_atomic
 try:  # the scene generator's public home (saliency.demo after the demo modules moved there)
     from saliency.demo.shapes import CLEAN, SHORTCUT, TEST_SEED, generate_scenes
 except ImportError:
-    from saliency.shapes import CLEAN, SHORTCUT, TEST_SEED, generate_scenes
+    from saliency.demo.scenes import CLEAN, SHORTCUT, TEST_SEED, generate_scenes
 
 # Each demo model's test split: the shortcut and RRR models are tested on marker scenes.
 CONFIGS = {"shapes": CLEAN, "shapes-shortcut": SHORTCUT, "shapes-rrr": SHORTCUT}

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from saliency.attention import is_attention_module
 from saliency.engine import Engine, Points
 from saliency.errors import LayerNotFoundError
 from saliency.methods.gradcam import GradCAM
@@ -38,6 +39,13 @@ class AblationCAM(GradCAM):
 
     derivative_order: ClassVar[int] = 0
     paper = "Desai & Ramaswamy 2020, doi:10.1109/WACV45572.2020.9093360"
+
+    @classmethod
+    def applies_to(cls, model: object) -> bool:
+        # Zeroing channels needs a spatial (N, C, h, w) layer output: not a transformer's tokens.
+        return not (
+            isinstance(model, nn.Module) and any(is_attention_module(m) for m in model.modules())
+        )
 
     def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
         layer = self.resolve_layer(engine, inputs)

@@ -68,6 +68,12 @@ def _applies_to_a_cnn(name: str) -> bool:
 
 # Attention methods need a vision transformer: tests/test_token_models.py covers them.
 CNN_METHODS = [name for name in saliency.list_methods() if _applies_to_a_cnn(name)]
+DIFFERENTIABLE_METHODS = [
+    name
+    for name in CNN_METHODS
+    if ":" not in name and saliency.get_method(name).supports_create_graph
+]
+"""The methods of the ``method`` fixture whose attributions can be differentiated."""
 
 
 @pytest.fixture(params=[name for name in CNN_METHODS if ":" not in name])

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import DIFFERENTIABLE_METHODS
 from torch import Tensor, nn
 
 import saliency
@@ -379,6 +380,7 @@ def test_parameters_frozen_during_first_order_call(
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("method", DIFFERENTIABLE_METHODS)
 def test_parameters_keep_requires_grad_with_create_graph(
     method: str, method_options: dict[str, Any]
 ) -> None:

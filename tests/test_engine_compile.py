@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import DIFFERENTIABLE_METHODS
 from torch import Tensor, nn
 
 import saliency
@@ -206,6 +207,7 @@ def test_engine_without_compile_does_not_compile(monkeypatch: pytest.MonkeyPatch
     assert counter.compiles == []
 
 
+@pytest.mark.parametrize("method", DIFFERENTIABLE_METHODS)
 def test_create_graph_runs_eagerly(
     method: str, method_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

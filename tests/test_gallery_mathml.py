@@ -11,11 +11,17 @@ from saliency.gallery.mathml import tex_to_mathml
 from saliency.method_info import describe_method
 
 
-@pytest.mark.parametrize("name", saliency.list_methods())
+def test_every_method_registered_one_by_one_has_a_formula() -> None:
+    # Family members (captum:NAME) wrap another library's docstring, which has none.
+    missing = [n for n in saliency.list_methods(families=False) if not describe_method(n).formula]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in saliency.list_methods() if describe_method(n).formula]
+)
 def test_every_registered_formula_converts(name: str) -> None:
     formula = describe_method(name).formula
-    if not formula:
-        pytest.skip(f"{name} has no formula in its docstring")
     for block in formula.split("\n\n"):
         markup = tex_to_mathml(block)
         assert markup is not None, block

@@ -546,9 +546,9 @@ def test_auto_with_create_graph_is_differentiable() -> None:
 
 @pytest.mark.parametrize("method", ["integrated_gradients", "blur_ig"])
 def test_auto_leaves_model_and_inputs_as_before(method: str) -> None:
-    from test_lifecycle import assert_same_state, make_inputs, prepared_model, snapshot
+    from saliency.testing import assert_same_state, checked_inputs, checked_model, snapshot
 
-    model, inputs = prepared_model(), make_inputs(True)
+    model, inputs = checked_model(), checked_inputs(True)
     before = snapshot(model, inputs)
     options = {"steps": "auto", "tolerance": 1e-2, "max_steps": 9}
     if method == "blur_ig":
