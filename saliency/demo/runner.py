@@ -56,9 +56,9 @@ DEFAULT_METHODS = (
     "gradcam",
     "integrated_hessians",
 )
-"""What ``saliency demo`` measures by default: about a minute on 2 CPU cores. ``--method all``
-measures every method registered one by one (many minutes: each gets the sanity and robustness
-checks too)."""
+"""What ``saliency demo`` measures by default (the first wave of methods). ``--method all``
+measures every method registered one by one (many times longer: each gets the sanity and
+robustness checks too)."""
 
 
 def demo_methods(chosen: Sequence[str] | None) -> tuple[str, ...]:
