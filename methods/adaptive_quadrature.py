@@ -219,14 +219,15 @@ def _evaluate(
         len(owners), 1, path.end.shape[1:], device, lambda i: path.points(owner[i], alpha[i])
     )
     values = engine.accumulate(points, _OwnedTarget(target, owner), integrand)
-    # One host transfer per round for the bookkeeping (scalars only).
+    # Host transfers once per round, for the bookkeeping (scalars only).
     slopes = values.detach().flatten(1).double().sum(1).tolist()
+    levels = scores.tolist()
     for p, (i, a) in enumerate(zip(owners, alphas, strict=True)):
         state = states[i]
         k = _insert_position(state.alpha, a)
         state.alpha.insert(k, a)
         state.value.insert(k, values[p])
-        state.score.insert(k, float(scores[p]))
+        state.score.insert(k, levels[p])
         state.slope.insert(k, slopes[p])
     _measure_jumps([states[i] for i in new])
     _measure_roughness(states, new)

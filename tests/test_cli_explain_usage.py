@@ -103,7 +103,7 @@ def test_default_model_offline_says_how_to_go_on(
         (["--method", "gradient,nope"], ["unknown method 'nope'", "gradcam", "or all"]),
         (["--method", ","], ["--method is empty"]),
         (["--steps", "0"], ["integrated_gradients", "steps=0", "accepted"]),
-        (["--steps", "many"], ["--steps 'many'", "expected: int"]),
+        (["--steps", "many"], ["steps='many'", "an int ≥ 1 or 'auto'"]),
         (["--noise", "-1"], ["smoothgrad", "noise=-1.0"]),
         (["--base", "gradcam"], ["base='gradcam' is a layer method"]),
         (["--overlay-alpha", "2"], ["--overlay-alpha 2.0", "[0, 1]"]),

@@ -398,6 +398,11 @@ def test_parameters_keep_requires_grad_with_create_graph(method: str) -> None:
     model = Recorder()
     model.conv.bias.requires_grad_(False)
     before = tuple(p.requires_grad for p in model.parameters())
+    if not saliency.get_method(method).supports_create_graph:
+        with pytest.raises(InvalidOptionError, match="create_graph"):
+            saliency.explain(model, make_inputs(2), method, create_graph=True)
+        assert tuple(p.requires_grad for p in model.parameters()) == before
+        return
     saliency.explain(model, make_inputs(2), method, create_graph=True, **_fast(method))
     assert model.requires_grad_seen
     assert all(seen == before for seen in model.requires_grad_seen)
