@@ -150,12 +150,13 @@ def _run_gallery(arguments: argparse.Namespace) -> int:
 def _demo_arguments(parser: argparse.ArgumentParser) -> Run:
     from saliency.cli.explain_options import positive_int
     from saliency.demo.models import DEMO_MODELS
+    from saliency.demo.runner import DEFAULT_METHODS
     from saliency.demo.scenes import TEST_SEED
-    from saliency.methods.registry import list_methods
 
     parser.description = (
         "The project's main job, offline: draws test scenes with exact object (and marker) "
-        "masks, explains them with every registered method on each shipped demo model "
+        "masks, explains them with the default methods (or --method all) on each shipped demo "
+        "model "
         f"({', '.join('demo:' + name for name in DEMO_MODELS)}), measures every metric "
         "(pointing game, relevance mass and rank, deletion/insertion AUC, parameter "
         "randomisation, marker vs object mass, robustness) and writes OUT/metrics.json, "
@@ -183,8 +184,8 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> Run:
         "--method",
         action="append",
         metavar="NAME",
-        help="a registered method (repeatable; default: every method outside method families: "
-        + ", ".join(list_methods(families=False))
+        help="a registered method, or all (repeatable; default: "
+        + ", ".join(DEFAULT_METHODS)
         + ")",
     )
     parser.add_argument("--no-gallery", action="store_true", help="skip the HTML gallery")
@@ -199,8 +200,8 @@ def _run_demo(arguments: argparse.Namespace) -> int:
     from saliency.cli.progress import Progress, format_duration, say
     from saliency.demo import DemoSettings, run_demo
     from saliency.demo.models import installed_demo_models
+    from saliency.demo.runner import demo_methods
     from saliency.errors import SaliencyError
-    from saliency.methods.registry import list_methods
 
     try:
         settings = DemoSettings(
@@ -215,7 +216,7 @@ def _run_demo(arguments: argparse.Namespace) -> int:
         say(f"saliency demo: error: {error}", sys.stderr)
         return 2
     models = settings.models or installed_demo_models()
-    methods = settings.methods or tuple(list_methods(families=False))
+    methods = demo_methods(settings.methods)
     progress = Progress(
         len(models) * len(methods), enabled=not arguments.quiet, label="saliency demo", unit="steps"
     )

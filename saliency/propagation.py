@@ -45,7 +45,7 @@ RELU_FUNCTIONS: frozenset[Callable[..., Any]] = frozenset(
     {F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_}
 )
 """Every Python-level spelling of ReLU (``nn.ReLU.forward`` calls ``F.relu``)."""
-_INPLACE_RELU: frozenset[Callable[..., Any]] = frozenset({F.relu_, torch.relu_, Tensor.relu_})
+INPLACE_RELU: frozenset[Callable[..., Any]] = frozenset({F.relu_, torch.relu_, Tensor.relu_})
 
 
 @runtime_checkable
@@ -83,7 +83,7 @@ class ActivationRule(ABC):
         value = args[0] if args else kwargs.get("input")
         if not isinstance(value, Tensor):
             return function(*args, **kwargs)
-        inplace = function in _INPLACE_RELU or bool(
+        inplace = function in INPLACE_RELU or bool(
             args[1] if function is F.relu and len(args) > 1 else kwargs.get("inplace", False)
         )
         return _RuledActivation.apply(value, self, inplace)

@@ -42,12 +42,11 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from saliency.errors import InvalidOptionError
+
+# The ReLU spellings, listed once: the propagation rules intercept the same calls.
+from saliency.propagation import INPLACE_RELU, RELU_FUNCTIONS
 from saliency.validation import require_float
 
-_RELU_FUNCTIONS: frozenset[Callable[..., Any]] = frozenset(
-    {F.relu, torch.relu, Tensor.relu, torch.relu_, F.relu_, Tensor.relu_}
-)
-_INPLACE_FUNCTIONS: frozenset[Callable[..., Any]] = frozenset({torch.relu_, F.relu_, Tensor.relu_})
 _MISSING = object()
 
 
@@ -88,8 +87,8 @@ class _SoftplusMode(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        if func in _RELU_FUNCTIONS and args and isinstance(args[0], Tensor):
-            inplace = func in _INPLACE_FUNCTIONS or bool(kwargs.get("inplace", False))
+        if func in RELU_FUNCTIONS and args and isinstance(args[0], Tensor):
+            inplace = func in INPLACE_RELU or bool(kwargs.get("inplace", False))
             if func is F.relu and len(args) > 1:
                 inplace = bool(args[1])
             return softplus(args[0], self.beta, inplace)

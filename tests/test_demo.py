@@ -204,6 +204,7 @@ def test_every_registered_method_runs_in_the_demo(tmp_path: Path) -> None:
         robustness_samples=1,
         robustness_steps=1,
         gallery=False,
+        methods=("all",),
     )
     result = run_demo(tmp_path, settings)
     # every method registered one by one (method families such as captum:* are not demoed)

@@ -49,6 +49,28 @@ from saliency.validation import require_int
 
 __all__ = ["DemoResult", "DemoSettings", "run_demo"]
 
+DEFAULT_METHODS = (
+    "gradient",
+    "integrated_gradients",
+    "smoothgrad",
+    "gradcam",
+    "integrated_hessians",
+)
+"""What ``saliency demo`` measures by default (the first wave of methods). ``--method all``
+measures every method registered one by one (many times longer: each gets the sanity and
+robustness checks too)."""
+
+
+def demo_methods(chosen: Sequence[str] | None) -> tuple[str, ...]:
+    """The methods a demo run measures: ``chosen``, the defaults, or with ``"all"`` every method
+    registered one by one (method families such as ``captum:NAME`` are not demoed)."""
+    if chosen is None:
+        return DEFAULT_METHODS
+    if "all" in chosen:
+        return tuple(list_methods(families=False))
+    return tuple(chosen)
+
+
 ROBUSTNESS_EPSILON = 8 / 255
 """L∞ radius of the robustness attack, in pixel units ([0, 1] images)."""
 
@@ -62,7 +84,8 @@ class DemoSettings:
         seed: Seed of the scenes (default: the test split of the weights manifest).
         device: Where to run (None: CPU).
         models: Demo model names (None: every installed one).
-        methods: Registered method names (None: every registered method).
+        methods: Registered method names (None: :data:`DEFAULT_METHODS`; ``("all",)``: every
+            method registered one by one).
         sanity_samples: Scenes of the parameter-randomisation check (0 skips it).
         robustness_samples: Scenes of the robustness attack (0 skips it).
         robustness_steps: Ascent steps of the attack.
@@ -92,7 +115,7 @@ class DemoSettings:
                     f"unknown demo model(s) {unknown}; accepted: {accepted(DEMO_MODELS)}"
                 )
         if self.methods is not None:
-            unknown = [m for m in self.methods if m not in list_methods()]
+            unknown = [m for m in self.methods if m not in (*list_methods(), "all")]
             if unknown:
                 raise InvalidOptionError(
                     f"unknown method(s) {unknown}; accepted: {accepted(list_methods())}"
@@ -140,10 +163,7 @@ def run_demo(
     models = settings.models if settings.models is not None else installed_demo_models()
     if not models:
         raise InvalidOptionError("no demo model weights are installed; reinstall saliency-kit")
-    # The demo measures the methods registered one by one, not method families (captum:NAME).
-    methods = (
-        settings.methods if settings.methods is not None else tuple(list_methods(families=False))
-    )
+    methods = demo_methods(settings.methods)
     rows: list[dict[str, Any]] = []
     entries: list[InputRecord] = []
     accuracy: dict[str, float] = {}
