@@ -35,7 +35,8 @@ class Method(ABC):
             maps of a hooked layer upsampled to ``(N, 1, H, W)`` (Grad-CAM family).
         paper: the reference, shown by the CLI and the gallery.
         derivative_order: the highest derivative of the model one attribution needs (0 for
-            perturbation methods, 1 for gradient methods, 2 for Integrated Hessians);
+            perturbation methods: no backward pass, apart from the one-point gradient probe
+            of an automatic layer search; 1 for gradient methods, 2 for Integrated Hessians);
             differentiating the attributions again (``create_graph``, e.g. explanation
             fragility) needs one more.
         supports_create_graph: whether the attributions can be differentiated
