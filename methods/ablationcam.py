@@ -10,11 +10,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from saliency.attention import is_attention_module
 from saliency.engine import Engine, Points
 from saliency.errors import LayerNotFoundError
+from saliency.layers import layer_layout, primary_output, with_primary_output
 from saliency.methods.gradcam import GradCAM
 from saliency.targets import Target
+from saliency.tokens import Layout
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class AblationCAM(GradCAM):
     each chunk of the N·C ablated passes, which the engine runs memory-bounded and without
     gradients (unless ``create_graph``): C forward passes per sample. pytorch-grad-cam also
     sets ablated channels to 0, except for layers without a zero anywhere in the batch,
-    where it uses min − 10⁷. Desai & Ramaswamy (2020), "Ablation-CAM: Visual Explanations
+    where it uses min − 10⁷. On a token layer channel k is feature k of every token (see
+    :func:`ablating`). Desai & Ramaswamy (2020), "Ablation-CAM: Visual Explanations
     for Deep Convolutional Network via Gradient-free Localization", WACV,
     doi:10.1109/WACV45572.2020.9093360.
 
@@ -40,22 +42,16 @@ class AblationCAM(GradCAM):
     derivative_order: ClassVar[int] = 0
     paper = "Desai & Ramaswamy 2020, doi:10.1109/WACV45572.2020.9093360"
 
-    @classmethod
-    def applies_to(cls, model: object) -> bool:
-        # Zeroing channels needs a spatial (N, C, h, w) layer output: not a transformer's tokens.
-        return not (
-            isinstance(model, nn.Module) and any(is_attention_module(m) for m in model.modules())
-        )
-
     def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
         layer = self.resolve_layer(engine, inputs)
         activations, scores = self.layer_maps(engine, inputs, target)
+        channel_axis = _channel_axis(layer_layout(layer))
         samples, channels = activations.shape[:2]
         points = Points(
             samples, channels, inputs.shape[1:], inputs.device, lambda i: inputs[i // channels]
         )
         ablated = engine.scores(
-            points, target, edit=lambda index: ablating(layer, index % channels)
+            points, target, edit=lambda index: ablating(layer, index % channels, channel_axis)
         ).view(samples, channels)
         base = scores[:, None]
         nonzero = base != 0
@@ -64,20 +60,33 @@ class AblationCAM(GradCAM):
         return self.finish(maps, inputs.shape[-2:]).to(inputs.dtype)
 
 
-@contextmanager
-def ablating(layer: nn.Module, channels: Tensor) -> Iterator[None]:
-    """Inside the block, row i of ``layer``'s ``(m, C, h, w)`` output has channel
-    ``channels[i]`` set to 0."""
+def _channel_axis(layout: Layout | None) -> int:
+    """Where a layer output keeps its channels: ``(N, C, h, w)``; ``(N, h, w, C)`` and token
+    sequences ``(N, L, D)`` last."""
+    return 1 if layout is None or layout.kind == "channels_first" else -1
 
-    def hook(_module: nn.Module, _inputs: Any, output: Any) -> Tensor:
-        if not (isinstance(output, Tensor) and output.ndim == 4 and len(output) == len(channels)):
-            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+
+@contextmanager
+def ablating(layer: nn.Module, channels: Tensor, axis: int = 1) -> Iterator[None]:
+    """Inside the block, row i of ``layer``'s output has channel ``channels[i]`` (along
+    ``axis``) set to 0. For a token layer that is feature ``channels[i]`` of every token,
+    prefix tokens included: the layer's channel is switched off, not only its map's (as
+    pytorch-grad-cam's ``AblationLayerVit`` does)."""
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+        value = primary_output(output)
+        if value is None or value.ndim not in (3, 4) or len(value) != len(channels):
+            shape = tuple(value.shape) if value is not None else type(output).__name__
             raise LayerNotFoundError(
-                f"Ablation-CAM zeroes channels of an (N, C, h, w) layer output; layer "
-                f"{type(layer).__name__} returned {shape} for {len(channels)} inputs"
+                f"Ablation-CAM zeroes channels of an (N, C, h, w), (N, h, w, C) or (N, L, D) "
+                f"layer output; layer {type(layer).__name__} returned {shape} for "
+                f"{len(channels)} inputs"
             )
-        off = torch.arange(output.shape[1], device=output.device) == channels[:, None]
-        return output.masked_fill(off[:, :, None, None], 0)
+        count = value.shape[axis]
+        off = torch.arange(count, device=value.device) == channels[:, None]  # (m, C)
+        shape = [len(channels)] + [1] * (value.ndim - 1)
+        shape[axis] = count
+        return with_primary_output(output, value.masked_fill(off.view(shape), 0))
 
     handle = layer.register_forward_hook(hook)
     try:

@@ -42,7 +42,9 @@ __all__ = [
     "find_layer",
     "layer_layout",
     "layer_name",
+    "primary_output",
     "resolved_layers",
+    "with_primary_output",
 ]
 
 
@@ -124,7 +126,7 @@ def capture_output(
             sizes.append((int(args[0].shape[-2]), int(args[0].shape[-1])))
 
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
-        value = _primary(output)
+        value = primary_output(output)
         if value is None:
             raise LayerNotFoundError(
                 f"layer {type(module).__name__} returns a {type(output).__name__}; a layer method "
@@ -144,7 +146,7 @@ def capture_output(
         capture.value = feature_map
         # The model may modify this output in place later (``out += identity`` in a residual
         # block); hand it a copy so the captured tensor stays the one we differentiate by.
-        return _with_primary(output, current.from_map(feature_map, base))
+        return with_primary_output(output, current.from_map(feature_map, base))
 
     handles = [module.register_forward_hook(hook)]
     try:
@@ -157,7 +159,7 @@ def capture_output(
             handle.remove()
 
 
-def _primary(output: Any) -> Tensor | None:
+def primary_output(output: Any) -> Tensor | None:
     """The tensor of a layer output: itself, or the first element of a tuple or list."""
     if isinstance(output, Tensor):
         return output
@@ -166,7 +168,8 @@ def _primary(output: Any) -> Tensor | None:
     return None
 
 
-def _with_primary(output: Any, value: Tensor) -> Any:
+def with_primary_output(output: Any, value: Tensor) -> Any:
+    """``output`` with its tensor (see :func:`primary_output`) replaced by ``value``."""
     if isinstance(output, Tensor):
         return value
     if isinstance(output, list):
@@ -340,7 +343,7 @@ def _observe(
         return None
 
     def record(module: nn.Module, inputs: Any, output: Any) -> None:
-        value = _primary(output)
+        value = primary_output(output)
         if value is not None:
             seen.outputs[module] = value
             seen.order.append(module)

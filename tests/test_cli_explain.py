@@ -39,11 +39,13 @@ import torch
 import torchvision
 from PIL import Image
 
+import saliency
+
 COMMAND = (sys.executable, "-m", "saliency.cli", "explain")
 FOUR = ("gradient", "integrated_gradients", "smoothgrad", "gradcam")
 SIZE = 32
 RUN_KEYS = {
-    "model", "weights", "methods", "method_options", "layers", "target", "device", "precision",
+    "model", "weights", "methods", "method_options", "target", "device", "precision",
     "compile",
     "batch_size", "memory_budget", "format", "class_names", "versions", "started", "finished",
     "totals",
@@ -342,6 +344,11 @@ def test_main_run_exit_code_and_schema(runs: dict[str, Result]) -> None:
     assert run["methods"] == list(FOUR)
     assert run["method_options"]["integrated_gradients"]["steps"] == 2
     assert run["method_options"]["smoothgrad"]["samples"] == 2
+    # The automatic layer is recorded as the module the library resolves for that model.
+    resolved = saliency.explain(
+        torchvision.models.squeezenet1_1().eval(), torch.rand(1, 3, SIZE, SIZE), "gradcam"
+    ).options["layer"]
+    assert run["method_options"]["gradcam"]["layer"] == resolved == "features.7"
     assert run["model"] == "squeezenet1_1" and run["weights"].endswith("squeezenet1_1.pth")
     assert run["target"] == "predicted" and run["class_names"] is True
     assert run["device"] == "cpu" and run["format"] == "png" and run["batch_size"] is None

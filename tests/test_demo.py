@@ -88,7 +88,7 @@ def test_demo_writes_metrics_for_every_model_and_method(demo_run: Path) -> None:
             assert 0.0 <= row[name] <= 1.0
         assert -1.0 <= row["robustness"] <= 1.0 and -1.0 <= row["random_robustness"] <= 1.0
         assert any(key.startswith("sanity_") for key in row)
-        has_marker = row["model"] != "demo:shapes"
+        has_marker = DEMO_MODELS[row["model"].removeprefix("demo:")].config.marker != "none"
         assert ("marker_mass" in row) == has_marker
         if has_marker:
             assert 0.0 <= row["counterfactual_accuracy"] <= 1.0

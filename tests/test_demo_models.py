@@ -45,7 +45,9 @@ from saliency.demo.training import (
 )
 from saliency.demo.training.__main__ import main
 from saliency.errors import InvalidOptionError, ModelLoadError
-from saliency.layers import find_layer
+from saliency.demo.vit import ShapesViT
+from saliency.layers import find_layer, layer_layout
+from saliency.tokens import Layout
 
 # Accuracy on a fresh 200-scene split may differ from the manifest's 2000-scene value by
 # sampling noise (σ ≈ 1.2 points at 97%, ≈ 2.4 points at 12%).
@@ -226,6 +228,26 @@ def test_smoke_training_command_writes_loadable_weights(tmp_path: Path) -> None:
     save_weights(result, tmp_path)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert set(manifest["models"]) == {"shapes", "shapes-shortcut"}
+
+
+def test_smoke_vit_training_gives_a_token_model(tmp_path: Path) -> None:
+    assert main(["--model", "shapes-vit", "--smoke", "--out", str(tmp_path)]) == 0
+    entry = json.loads((tmp_path / "manifest.json").read_text())["models"]["shapes-vit"]
+    assert entry["architecture"].startswith("ShapesViT")
+    assert entry["training"]["learning_rate"] == DEMO_MODELS["shapes-vit"].learning_rate
+    model = saliency.load_model("demo:shapes-vit", weights=tmp_path / "shapes-vit.pt").model
+    assert isinstance(model, ShapesViT)
+    inputs = demo_preprocess().normalize(generate_scenes(2, seed=TEST_SEED).images)
+    ex = saliency.explain(model, inputs, "gradcam", target=[0, 1])
+    # The last layer's input side: its output tokens other than the class token reach nothing.
+    assert ex.options["layer"] == "encoder.layers.encoder_layer_3.ln_1"
+    assert layer_layout(model.get_submodule(ex.options["layer"])) == Layout(
+        "tokens", 1, (12, 12), "metadata"
+    )
+    for method in ("attention_rollout", "transformer_attribution"):
+        assert saliency.get_method(method).applies_to(model)
+        maps = saliency.explain(model, inputs, method, target=[0, 1]).attributions
+        assert maps.shape == (2, 1, 96, 96) and torch.isfinite(maps).all()
 
 
 def test_smoke_rrr_training_runs_the_penalty_and_records_it(tmp_path: Path) -> None:

@@ -20,7 +20,19 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision
-from pytorch_grad_cam import GradCAM
+import numpy as np
+from pytorch_grad_cam import (
+    AblationCAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.ablation_layer import AblationLayerVit
+from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 from torchvision.models.swin_transformer import SwinTransformer
@@ -323,6 +335,88 @@ def test_automatic_layer_is_remembered_per_model_and_input_shape() -> None:
         handle.remove()
     assert first[-1] == 3 and len(first) >= 2  # the layer search, then the pass
     assert calls == [3]  # remembered: the pass only
+
+
+# ---------------------------------------------------------------- the CAM family on tokens
+
+CAM_REFERENCES: dict[str, type] = {
+    "gradcam_pp": GradCAMPlusPlus,
+    "hirescam": HiResCAM,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "scorecam": ScoreCAM,
+    "ablationcam": AblationCAM,
+    "eigencam": EigenCAM,
+}
+# Grad-CAM++'s reference adds ε = 1e-6 to α's denominator: logits scaled by 1e4 make it
+# negligible (as in test_cam_family).
+GRADCAM_PP_LOGIT_SCALE = 1e4
+
+
+class ZeroAblationVit(AblationLayerVit):
+    """pytorch-grad-cam's token ablation with the paper's value, 0: its own uses min − 10⁷
+    for layers without an exact zero, which a LayerNorm output never has."""
+
+    def __call__(self, x: Tensor) -> Tensor:
+        output = self.activations.transpose(-1, 1).clone()
+        for i in range(output.size(0)):
+            output[i, self.indices[i]] = 0
+        return output.transpose(-1, 1)
+
+
+class ScaledLogits(nn.Module):
+    def __init__(self, model: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.model = model
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return logits(self.model, x) * self.factor
+
+
+def minmax_twice(maps: Tensor) -> np.ndarray:
+    """Our raw maps scaled as pytorch-grad-cam scales its own (min-max at the layer's resolution,
+    resized, min-max again; bilinear resizing commutes with min-max)."""
+    return scale_cam_image(scale_cam_image(maps[:, 0].detach().numpy()))
+
+
+@pytest.mark.parametrize("name", ["timm_vit", "timm_deit", "timm_swin", "torchvision_vit"])
+@pytest.mark.parametrize("method", list(CAM_REFERENCES))
+def test_cam_family_on_token_layers_equals_pytorch_grad_cam(
+    models: dict[str, nn.Module], name: str, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case, model, x = CASES[name], models[name], inputs_for(name, n=2)
+    with torch.no_grad():
+        target = logits(model, x).argmax(1).tolist()  # classes with positive evidence
+    explained = ScaledLogits(model, GRADCAM_PP_LOGIT_SCALE) if method == "gradcam_pp" else model
+    reference_model = explained if method == "gradcam_pp" else Logits(model)
+    layer_name = ("model." if method == "gradcam_pp" else "") + case.layer
+    ours = saliency.explain(explained, x, method, target=target, layer=layer_name).attributions
+    # Score-CAM's reference upsamples its masks with align_corners=True; ours, like the maps,
+    # does not (see test_cam_family): the same interpolation on both sides.
+    monkeypatch.setattr(
+        torch.nn,
+        "UpsamplingBilinear2d",
+        lambda size: nn.Upsample(size=size, mode="bilinear", align_corners=False),
+    )
+    extra = {"ablation_layer": ZeroAblationVit()} if method == "ablationcam" else {}
+    with CAM_REFERENCES[method](
+        model=reference_model,
+        target_layers=[model.get_submodule(case.layer)],
+        reshape_transform=case.reshape,
+        **extra,
+    ) as cam:
+        ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in target])
+    assert (ref.reshape(len(ref), -1).max(1) > 0.99).all(), "a degenerate reference map"
+    if method == "eigencam":  # up to the sign of the component, per image
+        raw = saliency.explain(model, x, method, layer=case.layer, relu=False).attributions
+        candidates = [minmax_twice(m) for m in (ours, ours - raw)]
+        difference = float(
+            np.minimum(*(np.abs(c - ref).reshape(len(ref), -1).max(1) for c in candidates)).max()
+        )
+    else:
+        difference = float(np.abs(minmax_twice(ours) - ref).max())
+    assert difference <= 1e-4, f"{method} on {name}: {difference:.2e}"
 
 
 # ------------------------------------------------------------- a transformer without metadata

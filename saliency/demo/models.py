@@ -4,7 +4,9 @@ package.
 ``saliency.load_model("demo:shapes")`` gives the clean model, ``"demo:shapes-shortcut"`` the
 model trained with class-coded markers (it learns the marker, not the shape) and
 ``"demo:shapes-rrr"`` the same architecture trained on the same marker scenes with the
-Right-for-the-Right-Reasons penalty on the marker (:mod:`saliency.demo.rrr`). All load offline
+Right-for-the-Right-Reasons penalty on the marker (:mod:`saliency.demo.rrr`), and
+``"demo:shapes-vit"`` a small vision transformer trained on the clean scenes
+(:mod:`saliency.demo.vit`). All load offline
 from ``saliency/demo/weights/``: the file's SHA-256 is checked against ``manifest.json`` and the
 state dict is read with ``torch.load(weights_only=True)``. ``weights=None`` gives the untrained
 architecture and ``weights=PATH`` a state dict of your own (e.g. from
@@ -62,6 +64,7 @@ PenaltyForm = Literal["features", "direction"]
 PENALTY_FORMS: tuple[str, ...] = get_args(PenaltyForm)
 PenaltyScore = Literal["all", "label"]
 PENALTY_SCORES: tuple[str, ...] = get_args(PenaltyScore)
+Architecture = Literal["shapesnet", "vit"]
 
 _MEAN = (0.5, 0.5, 0.5)
 _STD = (0.25, 0.25, 0.25)
@@ -123,6 +126,10 @@ class DemoModel:
         penalty_form: ``"features"`` (squared gradient per input feature, Ross et al.) or
             ``"direction"`` (squared derivative along the marker's change).
         penalty_score: The differentiated score: ``"all"`` (Σ_k log p̂_k) or ``"label"``.
+        architecture: ``"shapesnet"`` (:class:`ShapesNet` with ``widths``) or ``"vit"``
+            (:class:`~saliency.demo.vit.ShapesViT`).
+        learning_rate: Peak learning rate of its training recipe (AdamW, one cycle).
+        weight_decay: AdamW weight decay of its training recipe.
     """
 
     name: str
@@ -136,6 +143,23 @@ class DemoModel:
     penalty_samples: int | None = None
     penalty_form: PenaltyForm = "direction"
     penalty_score: PenaltyScore = "label"
+    architecture: Architecture = "shapesnet"
+    learning_rate: float = 4e-3
+    weight_decay: float = 5e-4
+
+    def build(self) -> nn.Module:
+        """The untrained architecture."""
+        if self.architecture == "vit":
+            from saliency.demo.vit import ShapesViT  # torchvision, only for this model
+
+            return ShapesViT(len(CLASS_NAMES), image_size=self.config.size)
+        return ShapesNet(len(CLASS_NAMES), self.widths)
+
+    def describe(self) -> str:
+        """The architecture in one line (for the manifest)."""
+        if self.architecture == "vit":
+            return "ShapesViT(conv stem to 8-px patches, depth 4, width 64, heads 4, mlp 128)"
+        return f"ShapesNet(widths={list(self.widths)})"
 
 
 DEMO_MODELS: dict[str, DemoModel] = {
@@ -157,6 +181,17 @@ DEMO_MODELS: dict[str, DemoModel] = {
         epochs=5,
         penalty=10.0,
         penalty_samples=16,
+    ),
+    "shapes-vit": DemoModel(
+        "shapes-vit",
+        "shapes-vit.pt",
+        CLEAN,
+        None,
+        train_images=20_480,
+        epochs=8,
+        architecture="vit",
+        learning_rate=1e-3,
+        weight_decay=0.05,
     ),
 }
 """The demo models by name (``load_model("demo:NAME")``)."""
@@ -266,7 +301,7 @@ def load_demo(name: str, weights: WeightsArg = "DEFAULT") -> LoadedModel:
         raise ModelLoadError(
             f"unknown demo model {name!r}; accepted: {accepted(f'demo:{n}' for n in DEMO_MODELS)}"
         )
-    model = ShapesNet(len(CLASS_NAMES), spec.widths)
+    model = spec.build()
     if weights is not None:
         if isinstance(weights, str) and weights.upper() == "DEFAULT":
             path = _shipped_weights(spec)

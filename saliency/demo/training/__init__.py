@@ -7,9 +7,11 @@ hour; see :mod:`saliency.demo.training.__main__`)::
     python -m saliency.demo.training --model shapes --out saliency/demo/weights/
     python -m saliency.demo.training --model shapes-shortcut --out saliency/demo/weights/
     python -m saliency.demo.training --model shapes-rrr --out saliency/demo/weights/
+    python -m saliency.demo.training --model shapes-vit --threads 1 --out saliency/demo/weights/
 
 :func:`train` draws ``config.images`` training scenes of the model's seed and trains
-:class:`ShapesNet` for ``config.epochs`` passes with random dihedral augmentation (flips and 90°
+the model's architecture (:class:`ShapesNet`, or :class:`~saliency.demo.vit.ShapesViT` for
+``shapes-vit``) for ``config.epochs`` passes with random dihedral augmentation (flips and 90°
 rotations; every class is invariant to them, and the marker stays in a corner) and Gaussian pixel
 noise (so that the model stays stable under SmoothGrad's noise), AdamW and a one-cycle learning
 rate, then measures the accuracy on the test split (seed
@@ -36,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saliency.demo.models import DEMO_MODELS, ShapesNet, demo_preprocess, sha256_file
+from saliency.demo.models import DEMO_MODELS, demo_preprocess, sha256_file
 from saliency.demo.scenes import CLASS_NAMES, GENERATOR_VERSION, TEST_SEED, Scenes, generate_scenes
 from saliency.errors import InvalidOptionError, accepted
 from saliency.output_files import write_atomic, write_text_atomic
@@ -122,7 +124,7 @@ class TrainResult:
             on a shared machine ``cpu_seconds / threads`` estimates the wall time on idle cores.
     """
 
-    model: ShapesNet
+    model: nn.Module
     config: TrainConfig
     seconds: float
     accuracy: dict[str, float]
@@ -231,7 +233,7 @@ class TrainingStart(NamedTuple):
 
     Attributes:
         scenes: The training scenes of the model's seed.
-        model: The freshly initialised ShapesNet.
+        model: The freshly initialised architecture (:meth:`DemoModel.build`).
         optimiser: AdamW over its parameters.
         schedule: The one-cycle learning-rate schedule over every step.
         normalize: The demo input normalisation.
@@ -239,7 +241,7 @@ class TrainingStart(NamedTuple):
     """
 
     scenes: Scenes
-    model: ShapesNet
+    model: nn.Module
     optimiser: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LambdaLR
     normalize: Callable[[Tensor], Tensor]
@@ -251,7 +253,7 @@ def start_training(config: TrainConfig) -> TrainingStart:
     spec = DEMO_MODELS[config.model]
     scenes = generate_scenes(config.images, seed=config.seed, config=spec.config)
     torch.manual_seed(config.seed)
-    model = ShapesNet(len(CLASS_NAMES), spec.widths)
+    model = spec.build()
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -335,7 +337,7 @@ def train(
 
 
 def finish_training(
-    model: ShapesNet,
+    model: nn.Module,
     config: TrainConfig,
     started: tuple[float, float],
     losses: list[float],
@@ -378,7 +380,7 @@ def save_weights(result: TrainResult, out: str | Path) -> Path:
         "file": spec.file,
         "sha256": sha256_file(path),
         "bytes": path.stat().st_size,
-        "architecture": f"ShapesNet(widths={list(spec.widths)})",
+        "architecture": spec.describe(),
         "class_names": list(CLASS_NAMES),
         "seed": result.config.seed,
         "generator_version": GENERATOR_VERSION,

@@ -41,10 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     spec = DEMO_MODELS[args.model]
-    config = (
+    config = replace(
         smoke_config(args.model, args.seed)
         if args.smoke
-        else TrainConfig(args.model, args.seed, spec.train_images, spec.epochs)
+        else TrainConfig(args.model, args.seed, spec.train_images, spec.epochs),
+        learning_rate=spec.learning_rate,
+        weight_decay=spec.weight_decay,
     )
     overrides = {
         name: getattr(args, name)
