@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from captum.attr._utils.lrp_rules import EpsilonRule
 from reference_models import GRADCAM_LAYERS, NAMES, reference_inputs, reference_model
 from reference_models import relative_error as rel
-from test_lifecycle import CAPTUM_FAST_OPTIONS, assert_same_state, snapshot
+from test_lifecycle import FAST_OPTIONS, assert_same_state, snapshot
 from torch import Tensor, nn
 
 import saliency
@@ -333,7 +333,7 @@ class Tiny(nn.Module):
 
 
 def contract_options(name: str) -> dict[str, Any]:
-    return {**CAPTUM_FAST_OPTIONS.get(name, {}), "seed": 0}
+    return dict(FAST_OPTIONS[name])
 
 
 def direct(name: str, model: nn.Module, x: Tensor, target: Any, options: dict[str, Any]) -> Tensor:

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr._utils.lrp_rules import EpsilonRule
+from fast_options import captum_fast_options
 from torch import Tensor, nn
 from torch.nn.modules import module as module_globals
 
@@ -24,33 +25,13 @@ from saliency.errors import InvalidOptionError, InvalidTargetError, LayerNotFoun
 
 METHODS = saliency.list_methods()
 NUM_CLASSES = 5
-# Feature groups for captum's perturbation methods on the 8×8 inputs: the four 4×4 quadrants.
-QUADRANTS = ((torch.arange(8) // 4)[:, None] * 2 + (torch.arange(8) // 4)[None, :]).view(1, 1, 8, 8)
 # Small option values that keep every call fast; methods not named here use their defaults.
-# Every captum method also gets seed=0: the same call twice must give the same result.
-CAPTUM_FAST_OPTIONS: dict[str, dict[str, Any]] = {
-    "captum:DeepLiftShap": {
-        "baselines": torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(7))
-    },
-    "captum:FeatureAblation": {"feature_mask": QUADRANTS},
-    "captum:FeaturePermutation": {"feature_mask": QUADRANTS},
-    "captum:GradientShap": {"baselines": 0.0, "n_samples": 2},
-    "captum:IntegratedGradients": {"n_steps": 3},
-    "captum:KernelShap": {"feature_mask": QUADRANTS, "n_samples": 8},
-    "captum:Lime": {"feature_mask": QUADRANTS, "n_samples": 8},
-    "captum:Occlusion": {"sliding_window_shapes": (3, 4, 4), "strides": (3, 4, 4)},
-    "captum:ShapleyValueSampling": {"feature_mask": QUADRANTS, "n_samples": 2},
-    "captum:ShapleyValues": {"feature_mask": QUADRANTS},
-}
+# captum's methods: few samples, four feature groups, seed=0 (see fast_options.py).
 FAST_OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"steps": 3},
     "smoothgrad": {"samples": 2, "seed": 0},
     "vargrad": {"samples": 2, "seed": 0},
-    **{
-        name: {**CAPTUM_FAST_OPTIONS.get(name, {}), "seed": 0}
-        for name in METHODS
-        if name.startswith("captum:")
-    },
+    **captum_fast_options(METHODS, (2, 3, 8, 8)),
 }
 MODULE_HOOK_DICTS = (
     "_forward_hooks",
