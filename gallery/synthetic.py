@@ -17,7 +17,7 @@ import PIL.Image
 import torch
 
 from saliency.methods.registry import list_methods
-from saliency.output_files import atomic_path, write_text_atomic
+from saliency.output_files import atomic_path, file_stem, write_text_atomic
 from saliency.rendering import render
 from saliency.run_folder import (
     METRICS_NAME,
@@ -100,11 +100,12 @@ def write_synthetic_run(
             finished = i < first_failure or (i > first_failure and k == 0)
             if not finished:
                 continue
-            files.append((folder / name / f"{method}.png", overlays[i]))
-            output = MethodRecord(f"{name}/{method}.png", None, 0.01 * (k + 1))
+            stem = file_stem(method)
+            files.append((folder / name / f"{stem}.png", overlays[i]))
+            output = MethodRecord(f"{name}/{stem}.png", None, 0.01 * (k + 1))
             if raw:
-                files.append((folder / name / f"{method}.npy", maps[i]))
-                output.raw = f"{name}/{method}.npy"
+                files.append((folder / name / f"{stem}.npy", maps[i]))
+                output.raw = f"{name}/{stem}.npy"
             entries[i].methods[method] = output
     for path, _ in files:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from saliency.engine import Engine
-from saliency.errors import InvalidOptionError, accepted
+from saliency.errors import InvalidOptionError, ModelOutputError, accepted
 from saliency.layers import LayerSpec, find_layer
 from saliency.methods.base import Method
 from saliency.model_state import modules_preserved
@@ -191,9 +191,17 @@ class _Scores(nn.Module):
     def forward(self, points: Tensor) -> Tensor:
         outputs = self.engine.forward(points)
         if self.function is None:
-            return check_outputs(outputs, len(points))
-        samples = torch.arange(len(points), device=points.device)
-        return self.function.scores(outputs, samples)[:, None]
+            scores = check_outputs(outputs, len(points))
+        else:
+            samples = torch.arange(len(points), device=points.device)
+            scores = self.function.scores(outputs, samples)[:, None]
+        if points.requires_grad and torch.is_grad_enabled() and not scores.requires_grad:
+            raise ModelOutputError(
+                "the target scores do not depend on the model input through autograd; a "
+                "gradient method needs a differentiable model (no torch.no_grad, .detach() or "
+                "numpy inside forward)"
+            )
+        return scores
 
 
 @contextmanager

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from saliency.engine import Engine, Points
+from saliency.errors import InvalidOptionError
 from saliency.methods.base import Method
 from saliency.propagation import propagation
 from saliency.targets import Target
@@ -27,6 +28,20 @@ class ModifiedGradient(Method):
     rules: ClassVar[tuple[str, ...]] = ()
 
     def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
+        _refuse_replica_threads(engine.model)
         eager = engine.with_options(compile=False) if engine.compile else engine
         with propagation(*self.rules):
             return eager.accumulate(Points.of(inputs), target)
+
+
+def _refuse_replica_threads(model: object) -> None:
+    """The rules are thread-local: ``nn.DataParallel`` over several devices runs its replicas in
+    other threads, which would silently get the ordinary gradient."""
+    modules = model.modules() if isinstance(model, nn.Module) else ()
+    for module in modules:
+        if isinstance(module, nn.DataParallel) and len(module.device_ids) > 1:
+            raise InvalidOptionError(
+                "propagation rules apply on the calling thread only, and nn.DataParallel runs "
+                f"its replicas on {len(module.device_ids)} devices in other threads; pass "
+                "model.module (one device), or use DistributedDataParallel"
+            )

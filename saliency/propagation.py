@@ -18,9 +18,11 @@ functional ReLUs. Torch function modes are thread-local, so other threads runnin
 at the same time are unaffected. A rule applies to the calls made while the block is active; the
 backward pass may run later (the recorded nodes keep their rule).
 
-Not intercepted: ReLUs written as ``clamp(min=0)``, ``F.threshold`` or ``torch.maximum(x, 0)``,
-ReLU6/Hardtanh (as in captum, whose rules only replace ``nn.ReLU``), raw ``torch.ops.aten`` calls,
-TorchScript modules and ``torch.compile`` graphs (methods using rules run the model eagerly).
+The rules are thread-local: ``nn.DataParallel`` over several GPUs runs its replicas in other
+threads (the propagation methods refuse it). Not intercepted: ReLUs written as ``clamp(min=0)``,
+``F.threshold`` or ``torch.maximum(x, 0)``, ReLU6/Hardtanh (as in captum, whose rules only
+replace ``nn.ReLU``), raw ``torch.ops.aten`` calls, TorchScript modules and ``torch.compile``
+graphs (methods using rules run the model eagerly).
 
 Further rules (e.g. the LRP ε/γ/z⁺ rules of linear layers) implement :class:`Rule`: the torch
 functions they govern and how to evaluate one call with the modified backward;

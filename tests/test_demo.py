@@ -16,7 +16,8 @@ from saliency.demo.models import DEMO_MODELS, installed_demo_models
 from saliency.demo.report import mask_outlines, outlined_pictures
 from saliency.demo.scenes import SHORTCUT, generate_scenes
 from saliency.errors import InvalidOptionError
-from saliency.methods.registry import list_methods
+from saliency.methods.registry import get_method, list_methods
+from saliency.models import load_model
 from saliency.metrics.report import METRIC_NAMES
 
 
@@ -207,5 +208,31 @@ def test_every_registered_method_runs_in_the_demo(tmp_path: Path) -> None:
         methods=("all",),
     )
     result = run_demo(tmp_path, settings)
-    # every method registered one by one (method families such as captum:* are not demoed)
-    assert [row["method"] for row in result.rows] == list(list_methods(families=False))
+    # every method registered one by one that applies to the CNN (method families such as
+    # captum:* are not demoed; attention methods need a transformer)
+    model = load_model("demo:shapes").model
+    expected = [m for m in list_methods(families=False) if get_method(m).applies_to(model)]
+    assert [row["method"] for row in result.rows] == expected
+    assert "attention_rollout" in list_methods() and "attention_rollout" not in expected
+
+
+def test_the_demo_measures_attention_methods_on_the_vit_only(tmp_path: Path) -> None:
+    steps: list[str] = []
+    settings = DemoSettings(
+        images=2,
+        models=("shapes", "shapes-vit"),
+        methods=("gradcam", "attention_rollout"),
+        sanity_samples=0,
+        robustness_samples=1,
+        robustness_steps=1,
+        gallery=False,
+    )
+    result = run_demo(tmp_path, settings, on_step=steps.append)
+    assert [(row["model"], row["method"]) for row in result.rows] == [
+        ("demo:shapes", "gradcam"),
+        ("demo:shapes-vit", "gradcam"),
+        ("demo:shapes-vit", "attention_rollout"),
+    ]
+    assert len(steps) == 4 and "demo:shapes attention_rollout (does not apply)" in steps
+    vit = [row for row in result.rows if row["model"] == "demo:shapes-vit"]
+    assert all(0.0 <= row["pointing_game"] <= 1.0 for row in vit)

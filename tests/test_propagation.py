@@ -437,3 +437,11 @@ def test_guided_backprop_works_on_a_plain_function() -> None:
 
     ours = saliency.explain(function, x, "guided_backprop", target=TARGET).attributions
     torch.testing.assert_close(ours, hand_backward(model, x, TARGET, "guided"))
+
+
+def test_data_parallel_over_several_devices_is_refused() -> None:
+    """Its replicas run in other threads, where the (thread-local) rules do not apply."""
+    model = nn.DataParallel(Styled("F.relu"))
+    model.device_ids = [0, 1]  # as on a machine with two GPUs (the forward is never reached)
+    with pytest.raises(InvalidOptionError, match="DataParallel"):
+        saliency.explain(model, small_inputs(), "guided_backprop", target=TARGET)

@@ -282,3 +282,94 @@ def test_unknown_option_of_a_method_without_options_says_it_has_none() -> None:
 def test_misspelt_option_suggests_the_close_name() -> None:
     with pytest.raises(InvalidOptionError, match=r"did you mean 'steps'\?"):
         saliency.get_method("integrated_gradients").create(stepz=5)
+
+
+FAMILY_SOURCE = '''
+"""A third-party method family: toyfam:Double and toyfam:Half scale the gradient."""
+
+from dataclasses import dataclass
+
+from saliency.engine import Points
+from saliency.methods.base import Method
+
+LOADS = []
+
+
+def _scaled(factor):
+    @dataclass(frozen=True)
+    class Scaled(Method):
+        """The gradient times a constant."""
+
+        def attribute(self, engine, inputs, target):
+            return factor * engine.accumulate(Points.of(inputs), target)
+
+    return Scaled
+
+
+class Family:
+    def __init__(self):
+        self.classes = {"Double": _scaled(2.0), "Half": _scaled(0.5)}
+
+    def members(self):
+        return tuple(self.classes)
+
+    def method(self, member):
+        return self.classes[member]
+
+
+LOADS.append(1)
+FAMILY = Family()
+'''
+
+
+def test_method_family_is_loaded_lazily_from_one_entry_point(plugin_path: Path) -> None:
+    install_distribution(
+        plugin_path,
+        "saliency-test-plugin-family",
+        {"toyfam:*": "saliency_test_plugin_family:FAMILY"},
+        {"saliency_test_plugin_family": FAMILY_SOURCE},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = saliency.list_methods(families=False)
+        saliency.get_method("gradient")
+        assert "saliency_test_plugin_family" not in sys.modules  # not needed yet
+        names = saliency.list_methods()
+    assert {"toyfam:Double", "toyfam:Half"} <= set(names)
+    assert not any(name.startswith("toyfam:") for name in plain)
+    family_module = sys.modules["saliency_test_plugin_family"]
+    assert family_module.LOADS == [1]
+    double = saliency.get_method("toyfam:Double")
+    assert saliency.get_method("toyfam:Double") is double  # the same class every time
+    model = tiny_model()
+    inputs = torch.rand(2, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    ex = saliency.explain(model, inputs, method="toyfam:Double", target=1)
+    gradient = saliency.explain(model, inputs, method="gradient", target=1).attributions
+    torch.testing.assert_close(ex.attributions, 2 * gradient)
+    with pytest.raises(UnknownMethodError, match="toyfam:Half"):
+        saliency.get_method("toyfam:Triple")
+    with pytest.raises(DuplicateMethodError, match="toyfam:Half"):
+        saliency.register_method(Doubled, name="toyfam:Half")
+    saliency.unregister_method("toyfam:Half")
+    assert "toyfam:Half" not in saliency.list_methods()
+    saliency.register_method(Doubled, name="toyfam:Half")  # the name is free now
+    assert saliency.get_method("toyfam:Half") is Doubled
+
+
+def test_broken_or_colliding_family_warns_and_is_skipped(plugin_path: Path) -> None:
+    install_distribution(
+        plugin_path,
+        "saliency-test-plugin-badfamily",
+        {
+            "badfam:*": "saliency_test_plugin_badfamily:NOT_A_FAMILY",
+            "captum:*": "saliency_test_plugin_badfamily:NOT_A_FAMILY",
+        },
+        {"saliency_test_plugin_badfamily": "NOT_A_FAMILY = 3\n"},
+    )
+    with pytest.warns(RuntimeWarning) as record:
+        names = saliency.list_methods()
+    messages = "\n".join(str(w.message) for w in record)
+    assert "'badfam:*'" in messages and "MethodFamily" in messages
+    assert "'captum:*'" in messages and "prefix is already taken" in messages
+    assert not any(name.startswith("badfam:") for name in names)
+    assert saliency.get_method("captum:Saliency").__module__ == "saliency.methods.captum_methods"

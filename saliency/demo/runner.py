@@ -55,8 +55,11 @@ DEFAULT_METHODS = (
     "smoothgrad",
     "gradcam",
     "integrated_hessians",
+    "attention_rollout",
+    "transformer_attribution",
 )
-"""What ``saliency demo`` measures by default (the first wave of methods). ``--method all``
+"""What ``saliency demo`` measures by default (the first wave of methods, and on the ViT the
+attention methods; a method runs on the models it applies to). ``--method all``
 measures every method registered one by one (many times longer: each gets the sanity and
 robustness checks too)."""
 
@@ -212,6 +215,10 @@ def _evaluate_model(
     metric_settings = MetricSettings(sanity_samples=settings.sanity_samples, step=settings.step)
     evaluations = []
     for method in methods:
+        if not get_method(method).applies_to(loaded.model):
+            if on_step is not None:  # e.g. attention methods on a CNN: a step done, not run
+                on_step(f"demo:{name} {method} (does not apply)")
+            continue
         options = DEMO_METHOD_OPTIONS.get(method, {})
         # the query pixels dominate an interaction map, so randomising weights cannot move its
         # ranking: the sanity check says nothing about second-order methods and costs the most
