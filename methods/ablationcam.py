@@ -84,9 +84,9 @@ def ablating(layer: nn.Module, channels: Tensor, axis: int = 1) -> Iterator[None
             )
         count = value.shape[axis]
         off = torch.arange(count, device=value.device) == channels[:, None]  # (m, C)
-        shape = [len(channels)] + [1] * (value.ndim - 1)
-        shape[axis] = count
-        return with_primary_output(output, value.masked_fill(off.view(shape), 0))
+        broadcast = [len(channels)] + [1] * (value.ndim - 1)
+        broadcast[axis] = count
+        return with_primary_output(output, value.masked_fill(off.view(broadcast), 0))
 
     handle = layer.register_forward_hook(hook)
     try:

@@ -17,8 +17,8 @@ from saliency.demo.report import mask_outlines, outlined_pictures
 from saliency.demo.scenes import SHORTCUT, generate_scenes
 from saliency.errors import InvalidOptionError
 from saliency.methods.registry import get_method, list_methods
-from saliency.models import load_model
 from saliency.metrics.report import METRIC_NAMES
+from saliency.models import load_model
 
 
 def test_mask_outlines_are_the_inner_boundary() -> None:

@@ -44,8 +44,8 @@ from saliency.demo.training import (
     training_batches,
 )
 from saliency.demo.training.__main__ import main
-from saliency.errors import InvalidOptionError, ModelLoadError
 from saliency.demo.vit import ShapesViT
+from saliency.errors import InvalidOptionError, ModelLoadError
 from saliency.layers import find_layer, layer_layout
 from saliency.tokens import Layout
 

@@ -448,7 +448,8 @@ def test_detached_output_raises_model_output_error(
     # Every registered method, captum's included (a gradient captum method on a model that cuts
     # the graph raises the same error).
     method, method_options = any_method, any_method_options
-    inputs = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))  # the options' size
+    # 8×8 inputs: the size the fast options are made for (captum's feature masks, baselines).
+    inputs = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     model = Detaching()
     if saliency.get_method(method).derivative_order == 0:
         # Forward passes only (Score-CAM, captum:Occlusion, ...): a model without gradients is

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
 import torchvision
-import numpy as np
 from pytorch_grad_cam import (
     AblationCAM,
     EigenCAM,
