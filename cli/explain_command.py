@@ -220,6 +220,7 @@ def _set_up(arguments: argparse.Namespace, world: Group, held: contextlib.ExitSt
         device=str(ready.device),
         precision=arguments.precision,
         compile=arguments.compile,
+        channels_last=arguments.channels_last,
         batch_size=arguments.batch_size,
         memory_budget=arguments.memory_budget,
         format=arguments.format,
@@ -243,6 +244,7 @@ def _engine_options(arguments: argparse.Namespace) -> EngineOptions:
             precision=arguments.precision,
             compile=arguments.compile,
             memory_budget=arguments.memory_budget,
+            channels_last=arguments.channels_last,
         )
     except (SaliencyError, ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
@@ -546,6 +548,7 @@ def _compute(arguments: argparse.Namespace, setup: _Setup) -> Compute:
         images_per_batch=batch,
         compile=arguments.compile,
         memory_budget=arguments.memory_budget,
+        channels_last=arguments.channels_last,
     )
 
 

@@ -105,6 +105,7 @@ class Compute:
         images_per_batch: Images explained together.
         compile: ``torch.compile`` the forward of gradient passes.
         memory_budget: Bytes one automatic pass may use (None: the engine's default).
+        channels_last: Run the model in channels-last memory format.
     """
 
     model: nn.Module
@@ -117,6 +118,7 @@ class Compute:
     images_per_batch: int
     compile: bool = False
     memory_budget: int | None = None
+    channels_last: bool = False
 
 
 @dataclass(eq=False)
@@ -316,6 +318,7 @@ class Pipeline:
                     precision=compute.precision,
                     compile=compute.compile,
                     memory_budget=compute.memory_budget,
+                    channels_last=compute.channels_last,
                 )
                 if compute.device.type == "cuda":
                     torch.cuda.synchronize(compute.device)
@@ -343,6 +346,7 @@ class Pipeline:
                 precision=compute.precision,
                 compile=compute.compile,
                 memory_budget=compute.memory_budget,
+                channels_last=compute.channels_last,
                 **compute.methods[method],
             )
             if compute.device.type == "cuda":

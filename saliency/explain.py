@@ -15,7 +15,7 @@ from saliency.errors import InvalidOptionError, LayerNotFoundError, accepted
 from saliency.explanation import Explanation
 from saliency.methods.base import COMMON_OPTIONS, Method
 from saliency.methods.registry import get_method, list_methods
-from saliency.model_state import evaluation_state
+from saliency.model_state import channels_last_weights, evaluation_state
 from saliency.targets import PendingTarget, Target, TargetSpec, pending_target
 
 Images = Tensor | Sequence[Tensor | PIL.Image.Image]
@@ -33,6 +33,7 @@ def explain(
     precision: Precision = "fp32",
     compile: bool = False,
     memory_budget: int | None = None,
+    channels_last: bool = False,
     images: Images | None = None,
     **options: Any,
 ) -> Explanation:
@@ -55,6 +56,9 @@ def explain(
             run eagerly; a model that fails to compile runs eagerly with one warning.
         memory_budget: bytes one chunk may use when ``batch_size`` is automatic; ``None`` = a
             fraction of the free device memory (CUDA) or of the available RAM (CPU).
+        channels_last: run the model with its 4-D weights and the points in channels-last
+            memory format for the call (faster convolutions on CPU and tensor cores; results
+            differ from the default in the last bits, so not bit-identical to captum's).
         images: what the inputs show, for overlays (``(N, 3, H, W)`` in [0, 1] or uint8, or a
             list of tensors/PIL images of any size); default: the inputs rescaled per sample.
         **options: the method's options (see ``saliency methods``).
@@ -70,6 +74,7 @@ def explain(
         precision=precision,
         compile=compile,
         memory_budget=memory_budget,
+        channels_last=channels_last,
     )
     return _explain_all(model, inputs, [(name, instance)], target, engine_options, images)[name]
 
@@ -85,6 +90,7 @@ def explain_many(
     precision: Precision = "fp32",
     compile: bool = False,
     memory_budget: int | None = None,
+    channels_last: bool = False,
     images: Images | None = None,
     **options: Any,
 ) -> dict[str, Explanation]:
@@ -99,7 +105,7 @@ def explain_many(
 
     Args:
         model, inputs, target, batch_size, create_graph, precision, compile, memory_budget,
-            images: as in :func:`explain`, for every method.
+            channels_last, images: as in :func:`explain`, for every method.
         methods: registered names or Method instances (``["gradient", "gradcam"]``), or a
             mapping from names to each method's own options
             (``{"gradcam": {"layer": "layer4"}, "gradient": {}}``).
@@ -120,6 +126,7 @@ def explain_many(
         precision=precision,
         compile=compile,
         memory_budget=memory_budget,
+        channels_last=channels_last,
     )
     return _explain_all(model, inputs, chosen, target, engine_options, images)
 
@@ -142,7 +149,10 @@ def _explain_all(
     resolved = pending_target(target, inputs)
     create_graph = engine_options.create_graph
     results: dict[str, tuple[Tensor, dict[str, Tensor], dict[str, Any]]] = {}
-    with evaluation_state(model, keep_parameter_grads=create_graph):
+    with (
+        evaluation_state(model, keep_parameter_grads=create_graph),
+        channels_last_weights(model, engine_options.channels_last),
+    ):
         shared = Engine(model, engine_options)
         shares = {
             name: share

@@ -66,6 +66,31 @@ def _module_state(model: nn.Module, keep_parameter_grads: bool) -> Iterator[None
 
 
 @contextmanager
+def channels_last_weights(model: Callable[..., Any], enabled: bool = True) -> Iterator[None]:
+    """The model's 4-D parameters and buffers in channels-last memory format inside the block.
+
+    Their ``.data`` is swapped for channels-last copies and the original tensors are put back in
+    ``finally`` (no in-place write: the same storage, strides and version counter as before).
+    Anything but an ``nn.Module``, or ``enabled=False``, is left alone.
+    """
+    if not enabled or not isinstance(model, nn.Module):
+        yield
+        return
+    originals = [
+        (tensor, tensor.data)
+        for tensor in (*model.parameters(), *model.buffers())
+        if tensor.ndim == 4 and not tensor.is_contiguous(memory_format=torch.channels_last)
+    ]
+    try:
+        for tensor, data in originals:
+            tensor.data = data.contiguous(memory_format=torch.channels_last)
+        yield
+    finally:
+        for tensor, data in originals:
+            tensor.data = data
+
+
+@contextmanager
 def modules_preserved(model: Callable[..., Any]) -> Iterator[None]:
     """Undo, on exit, what code run in the block attached to ``model``'s modules.
 

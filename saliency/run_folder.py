@@ -392,6 +392,7 @@ class RunInfo:
         device: Where it ran.
         precision: The engine's precision.
         compile: Whether the forward was compiled.
+        channels_last: Whether the model ran in channels-last memory format.
         batch_size: ``--batch-size`` (None: automatic).
         memory_budget: ``--memory-budget`` in bytes (None: the engine's default).
         format: The overlays' format.
@@ -413,6 +414,7 @@ class RunInfo:
     device: str | None = None
     precision: str | None = None
     compile: bool | None = None
+    channels_last: bool | None = None
     batch_size: int | None = None
     memory_budget: int | None = None
     format: str = "png"
@@ -462,6 +464,7 @@ _RUN_TYPES: dict[str, tuple[type, ...]] = {
     "device": (str,),
     "precision": (str,),
     "compile": (bool,),
+    "channels_last": (bool,),
     "format": (str,),
     "class_names": (bool,),
     "started": (str,),

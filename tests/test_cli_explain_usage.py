@@ -303,3 +303,22 @@ def test_compile_and_memory_budget_reach_the_engine(
     run = json.loads((out / "manifest.json").read_text())["run"]
     assert run["compile"] is True and run["memory_budget"] == 64 * 2**20
     assert (out / "cat.png" / "integrated_gradients.png").is_file()
+
+
+def test_channels_last_runs_and_is_recorded(
+    capsys: pytest.CaptureFixture[str], photo: Path, weights: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = [photo, *model_args(weights), "--method", "gradient", "--workers", "1", "--quiet"]
+    code, _, err = explain(capsys, *args, "--channels-last", "--save-raw", "--out", out)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["run"]["channels_last"] is True
+    fast = np.load(out / manifest["inputs"][0]["methods"]["gradient"]["raw"])
+    plain_out = tmp_path / "plain"
+    code, _, err = explain(capsys, *args, "--save-raw", "--out", plain_out)
+    assert code == 0, err
+    plain_manifest = json.loads((plain_out / "manifest.json").read_text())
+    assert plain_manifest["run"]["channels_last"] is False
+    plain = np.load(plain_out / plain_manifest["inputs"][0]["methods"]["gradient"]["raw"])
+    np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-5 * np.abs(plain).max())
