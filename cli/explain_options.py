@@ -385,7 +385,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> list[MethodOption]:
         text.lstrip("-").replace("-", "_")
         for action in parser._actions
         for text in action.option_strings
-    } | {"batch_size", "create_graph", "precision", "target", "images", "compile", "memory_budget", "channels_last"}
+    } | {
+        "batch_size", "create_graph", "precision", "target", "images", "compile", "memory_budget",
+        "channels_last",
+    }  # fmt: skip
     generated = method_options.registry_options(reserved)
     group = parser.add_argument_group(
         "method options",

@@ -47,9 +47,14 @@ def test_channels_last_gives_the_same_attributions(
     torch.testing.assert_close(fast.attributions, plain, rtol=1e-4, atol=1e-5 * scale)
 
 
+def layout(model: nn.Module) -> dict[str, tuple[int, tuple[int, ...], int]]:
+    """Where each weight lives, its strides and its version counter."""
+    return {n: (t.data_ptr(), t.stride(), t._version) for n, t in model.state_dict().items()}
+
+
 def test_the_model_runs_channels_last_and_is_put_back_exactly(resnet: nn.Module) -> None:
     x = inputs()
-    before = {name: (t.data_ptr(), t.stride(), t._version) for name, t in resnet.state_dict().items()}
+    before = layout(resnet)
     seen: list[tuple[bool, bool]] = []
 
     def record(module: nn.Module, args: tuple[Tensor, ...]) -> None:
@@ -69,8 +74,7 @@ def test_the_model_runs_channels_last_and_is_put_back_exactly(resnet: nn.Module)
         assert seen and not any(points or weight for points, weight in seen)
     finally:
         handle.remove()
-    after = {name: (t.data_ptr(), t.stride(), t._version) for name, t in resnet.state_dict().items()}
-    assert after == before
+    assert layout(resnet) == before
     assert x.is_contiguous()
 
 
