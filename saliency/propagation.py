@@ -85,10 +85,16 @@ class ActivationRule(ABC):
         value = args[0] if args else kwargs.get("input")
         if not isinstance(value, Tensor):
             return function(*args, **kwargs)
-        inplace = function in INPLACE_RELU or bool(
-            args[1] if function is F.relu and len(args) > 1 else kwargs.get("inplace", False)
-        )
-        return _RuledActivation.apply(value, self, inplace)
+        return _RuledActivation.apply(value, self, relu_is_inplace(function, args, kwargs))
+
+
+def relu_is_inplace(
+    function: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> bool:
+    """Whether a call of one of :data:`RELU_FUNCTIONS` writes into its input."""
+    return function in INPLACE_RELU or bool(
+        args[1] if function is F.relu and len(args) > 1 else kwargs.get("inplace", False)
+    )
 
 
 class _RuledActivation(torch.autograd.Function):

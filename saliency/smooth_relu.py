@@ -15,11 +15,12 @@ What is replaced, while the transform is active:
   ones too) is swapped, by attribute, for a :class:`SoftplusReLU` with the same ``inplace``
   flag; the original module objects are put back on restore;
 * functional uses inside ``forward`` — ``F.relu`` (also ``inplace=True``), ``F.relu_``,
-  ``torch.relu``, ``torch.relu_``, ``Tensor.relu`` and ``Tensor.relu_`` — are intercepted by a
-  ``torch.overrides.TorchFunctionMode``. The mode is entered only around the ``forward`` of the
-  model's modules (each module's ``forward`` is wrapped by an instance attribute, removed on
-  restore), so nothing outside the model changes, and since torch function modes are
-  thread-local, other threads running other code are unaffected.
+  ``torch.relu``, ``torch.relu_``, ``Tensor.relu`` and ``Tensor.relu_`` — are intercepted by the
+  propagation mechanism (:mod:`saliency.propagation`) with :class:`SoftplusRule`. Its torch
+  function mode is entered only around the ``forward`` of the model's modules (each module's
+  ``forward`` is wrapped by an instance attribute, removed on restore), so nothing outside the
+  model changes, and since torch function modes are thread-local, other threads running other
+  code are unaffected.
 
 Limitations: ReLUs written as ``clamp(min=0)``, ``F.threshold``, ``torch.maximum(x, 0)`` or raw
 ``torch.ops.aten.relu`` calls, ReLU6/Hardtanh, TorchScript modules and graphs compiled before the
@@ -39,12 +40,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from saliency.errors import InvalidOptionError
 
-# The ReLU spellings, listed once: the propagation rules intercept the same calls.
-from saliency.propagation import INPLACE_RELU, RELU_FUNCTIONS
+# Functional ReLUs are intercepted by the propagation mechanism, with a Softplus rule.
+from saliency.propagation import RELU_FUNCTIONS, propagation, relu_is_inplace
 from saliency.validation import require_float
 
 _MISSING = object()
@@ -72,27 +72,22 @@ class SoftplusReLU(nn.Softplus):
         return f"beta={self.beta}, inplace={self.inplace}"
 
 
-class _SoftplusMode(TorchFunctionMode):
-    """Replaces functional ReLU calls by Softplus(β) while active (on this thread only)."""
+class SoftplusRule:
+    """The propagation rule (:class:`saliency.propagation.Rule`) that evaluates functional ReLU
+    calls as Softplus(β): forward value and backward both those of Softplus."""
+
+    functions = RELU_FUNCTIONS
 
     def __init__(self, beta: float) -> None:
-        super().__init__()
         self.beta = beta
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
+    def apply(
+        self, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        kwargs = kwargs or {}
-        if func in RELU_FUNCTIONS and args and isinstance(args[0], Tensor):
-            inplace = func in INPLACE_RELU or bool(kwargs.get("inplace", False))
-            if func is F.relu and len(args) > 1:
-                inplace = bool(args[1])
-            return softplus(args[0], self.beta, inplace)
-        return func(*args, **kwargs)
+        value = args[0] if args else kwargs.get("input")
+        if not isinstance(value, Tensor):
+            return function(*args, **kwargs)
+        return softplus(value, self.beta, relu_is_inplace(function, args, kwargs))
 
 
 class SmoothReLU:
@@ -179,7 +174,7 @@ class SmoothReLU:
                 return forward(*args, **kwargs)
             self._local.inside = True
             try:
-                with _SoftplusMode(self.beta):
+                with propagation(SoftplusRule(self.beta)):
                     return forward(*args, **kwargs)
             finally:
                 self._local.inside = False
