@@ -336,7 +336,10 @@ def run_micro(
         context = _autocast(device, precision)
         suffix = "" if precision == "fp32" else f" · {precision}"
         if precision == "fp32":
-            variants: list[tuple[str, dict[str, Any], bool]] = [("defaults", {}, False)]
+            variants: list[tuple[str, dict[str, Any], bool]] = [
+                ("defaults", {}, False),
+                ("channels_last=True", {"channels_last": True}, False),
+            ]
         else:
             variants = [
                 (f'precision="{precision}"', {"precision": precision}, False),
@@ -484,6 +487,8 @@ def _ceiling_cases(config: MicroConfig, model: nn.Module, device: torch.device) 
         with torch.no_grad():
             target = frozen(inputs).argmax(1)
         variants: list[tuple[str, Callable[..., Any]]] = [("eager", frozen)]
+        if batch == max(config.ceiling_batches):
+            variants.append(("eager channels-last", _channels_last(frozen)))
         if compiled is not None:
             variants.append(("torch.compile", compiled))
         for kind, net in variants:
@@ -499,6 +504,16 @@ def _ceiling_cases(config: MicroConfig, model: nn.Module, device: torch.device) 
                     )
                 )
     return cases
+
+
+def _channels_last(model: nn.Module) -> Callable[[Tensor], Any]:
+    """A copy of the model with channels-last weights, fed channels-last inputs."""
+    converted = copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+    def run(points: Tensor) -> Any:
+        return converted(points.contiguous(memory_format=torch.channels_last))
+
+    return run
 
 
 def _forward_backward(net: Callable[..., Any], inputs: Tensor, target: Tensor):

@@ -17,15 +17,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CPU_ROWS = {
-    ("forward+backward", "torch"): 1,
-    ("gradient", "saliency-kit"): 1,
+CPU_ROWS = {  # ours: defaults and channels_last=True
+    ("forward+backward", "torch"): 2,  # eager, and eager channels-last
+    ("gradient", "saliency-kit"): 2,
     ("gradient", "captum"): 1,
-    ("IG-2", "saliency-kit"): 1,
+    ("IG-2", "saliency-kit"): 2,
     ("IG-2", "captum"): 2,  # defaults and best of the internal_batch_size sweep
-    ("SmoothGrad-2", "saliency-kit"): 1,
+    ("SmoothGrad-2", "saliency-kit"): 2,
     ("SmoothGrad-2", "captum"): 2,
-    ("Grad-CAM", "saliency-kit"): 2,  # automatic layer and explicit layer
+    ("Grad-CAM", "saliency-kit"): 3,  # automatic layer (and channels-last) and explicit layer
     ("Grad-CAM", "captum"): 1,
     ("Grad-CAM", "pytorch-grad-cam"): 1,
 }
