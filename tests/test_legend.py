@@ -3,6 +3,7 @@ saliency.class_names and the ``target_scores`` / ``class_names`` of an Explanati
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -297,3 +298,13 @@ def test_reduce_channels_matches_the_legend_input() -> None:
     legend = legend_of(attributions, reduction="max_abs")
     scale = map_scales(reduce_channels(attributions, "max_abs"))
     assert legend.scales == (float(scale[0]),)
+
+
+def test_gallery_from_explanations_names_the_classes(tmp_path: Any) -> None:
+    from saliency.gallery.from_explanations import write_run_folder
+
+    ex = saliency.explain(tiny_model(), inputs(2, 16), "gradient", target=[2, 1], class_names=NAMES)
+    folder = write_run_folder(ex, tmp_path / "run")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [entry["target"]["label"] for entry in manifest["inputs"]] == ["fox", "dog"]
+    assert manifest["run"]["class_names"] is True
