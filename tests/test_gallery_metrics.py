@@ -238,3 +238,17 @@ def test_overview_legend_is_signed_when_the_run_recorded_signed_overlays(tmp_pat
     html = build_gallery(run).read_text()
     assert '<span class="ticks"><span>−</span><span>0</span><span>+</span></span>' in html
     assert "scale/RdBu_r.png" in html.split('class="col-legend-bar"')[1][:200]
+
+
+def test_detail_cards_say_what_the_colours_mean(browser: Any, tmp_path: Path) -> None:
+    run = metrics_run(tmp_path)
+    build_gallery(run)
+    page, watch = open_gallery(browser, (run / "index.html").as_uri() + "#image-0")
+    card = page.locator(".method-cards .card").first
+    assert card.locator(".scale-caption").inner_text() == "|attribution|: low → high relevance"
+    card.locator(".sign-toggle").check()
+    assert "0 · + for the target" in card.locator(".scale-caption").inner_text()
+    ticks = card.locator(".scale .ticks span").all_text_contents()
+    assert len(ticks) == 3 and ticks[1] == "0" and ticks[0].startswith("−")
+    watch.assert_clean(run.as_uri() + "/")
+    page.context.close()
