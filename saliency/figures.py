@@ -148,17 +148,21 @@ def show(
     return figure
 
 
-def _explanations(explanations: Any) -> list[Explanation]:
-    from saliency.explanation import Explanation
+def _is_explanation(value: object) -> bool:
+    """An Explanation, recognised by what figures use of it (importing the class here would
+    make a cycle: Explanation's own display calls this module)."""
+    return all(hasattr(value, name) for name in ("attributions", "head", "pictures", "method"))
 
-    if isinstance(explanations, Explanation):
+
+def _explanations(explanations: Any) -> list[Explanation]:
+    if _is_explanation(explanations):
         return [explanations]
     values = list(explanations.values()) if isinstance(explanations, Mapping) else explanations
     if (
         isinstance(values, str)
         or not isinstance(values, Sequence)
         or not values
-        or not all(isinstance(v, Explanation) for v in values)
+        or not all(_is_explanation(v) for v in values)
     ):
         raise InvalidOptionError(
             f"expected an Explanation, a sequence of them or a dict from explain_many; got "
