@@ -18,6 +18,7 @@ from markupsafe import Markup
 from saliency.errors import InvalidOptionError
 from saliency.gallery.assets import DISPLAY_SIZE, THUMBNAIL_SIZE, Colours, RunInput, build_assets
 from saliency.gallery.imaging import PERCENTILE, colour_bar
+from saliency.gallery.metrics_table import metrics_table
 from saliency.gallery.page import (
     SCRIPT,
     STYLESHEET,
@@ -171,6 +172,7 @@ def _build(
             "summary": run_summary(run),
             "methods": list(zip(infos, anchors, strict=True)),
             "metrics": metrics_table(run.metrics),
+            "overview_legend": overview_legend(run.manifest.run.extra, colour_bars),
             "failed": [(i, item.record) for i, item in enumerate(run.inputs) if item.failed],
             "count": len(run.inputs),
             "thumbnail_size": THUMBNAIL_SIZE,
@@ -225,16 +227,22 @@ def run_summary(run: Run) -> list[tuple[str, str]]:
     return rows
 
 
-def metrics_table(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Columns (every key but ``model``/``method``, in first-seen order), rows and notes."""
-    if not metrics or not isinstance(metrics.get("rows"), list):
-        return None
-    rows = [row for row in metrics["rows"] if isinstance(row, dict)]
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in ("model", "method") and k not in columns)
-    notes = metrics.get("notes")
-    return {"columns": columns, "rows": rows, "notes": notes if isinstance(notes, str) else None}
+def overview_legend(extra: dict[str, Any], colour_bars: dict[str, str]) -> dict[str, Any]:
+    """The colour bar under each method's column: the stored overlays' colours (signed when the
+    run recorded ``run.overlay.sign == "all"``), each overlay scaled to its own map."""
+    overlay = extra.get("overlay")
+    signed = isinstance(overlay, dict) and overlay.get("sign") == "all"
+    return {
+        "url": colour_bars["signed" if signed else "heatmap"],
+        "ticks": ("−", "0", "+") if signed else ("low", "high"),
+        "title": (
+            "Overlay colours: negative (blue) · 0 (white) · positive (red) attribution, each map "
+            "scaled to its own range"
+            if signed
+            else "Overlay colours: low → high relevance (|attribution|), each map scaled to its "
+            "own range; the detail view shows the values"
+        ),
+    }
 
 
 def _colours(extra: dict[str, Any]) -> Colours:

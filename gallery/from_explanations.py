@@ -67,7 +67,8 @@ def build_gallery_from_explanations(
             tensors / PIL images); default: the first explanation's :meth:`backgrounds`.
         names: ``N`` relative names, e.g. ``"cats/tom.jpg"`` (default ``image_0000.png``, ...).
         title: The page title.
-        labels: Class names, indexed by class, for predictions and targets.
+        labels: Class names, indexed by class, for predictions and targets (default: the
+            explanations' ``class_names``).
         model: The model's name for the page header.
         save_raw: Also write raw ``.npy`` maps (enables the signed view and the colour scale's
             values).
@@ -103,7 +104,8 @@ def write_run_folder(
         images: The ``N`` original images (a ``(N, 3, H, W)`` tensor in ``[0, 1]`` or uint8, or
             tensors / PIL images); default: the first explanation's ``backgrounds()``.
         names: ``N`` relative names, e.g. ``"cats/tom.jpg"`` (default ``image_0000.png``, ...).
-        labels: Class names, indexed by class, for predictions and targets.
+        labels: Class names, indexed by class, for predictions and targets (default: the
+            explanations' ``class_names``).
         model: The model's name.
         save_raw: Also write raw ``.npy`` maps.
 
@@ -113,6 +115,8 @@ def write_run_folder(
     """
     results = _explanation_list(explanations)
     count = _check_explanations(results)
+    if labels is None:
+        labels = results[0].class_names
     relpaths = relpaths_of(names, count)
     backgrounds = images if images is not None else results[0].backgrounds()
     pictures = [_to_pil(item) for item in _exactly(backgrounds, count)]

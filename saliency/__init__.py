@@ -15,6 +15,7 @@ from saliency import errors, installation
 from saliency.engine import Engine, EngineOptions, Precision
 from saliency.explain import explain, explain_many
 from saliency.explanation import Explanation
+from saliency.figures import show, strip
 from saliency.hvp import hvp
 from saliency.images import ImageBatch, Preprocess, load_images, open_image
 from saliency.methods.base import Method
@@ -52,6 +53,8 @@ __all__ = [
     "register_method",
     "register_model_source",
     "render",
+    "show",
     "smooth_relu",
+    "strip",
     "unregister_method",
 ]

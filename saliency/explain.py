@@ -10,13 +10,19 @@ from typing import Any
 import PIL.Image
 from torch import Tensor, nn
 
+from saliency.class_names import (
+    ClassNames,
+    check_class_names,
+    class_names_of,
+    fitting_class_names,
+)
 from saliency.engine import Engine, EngineOptions, Precision, Share
 from saliency.errors import InvalidOptionError, LayerNotFoundError, accepted
 from saliency.explanation import Explanation
 from saliency.methods.base import COMMON_OPTIONS, Method
 from saliency.methods.registry import get_method, list_methods
 from saliency.model_state import channels_last_weights, evaluation_state
-from saliency.targets import PendingTarget, Target, TargetSpec, pending_target
+from saliency.targets import FunctionTarget, PendingTarget, Target, TargetSpec, pending_target
 
 Images = Tensor | Sequence[Tensor | PIL.Image.Image]
 Methods = Sequence[str | Method] | Mapping[str, Mapping[str, Any]]
@@ -35,6 +41,7 @@ def explain(
     memory_budget: int | None = None,
     channels_last: bool = False,
     images: Images | None = None,
+    class_names: Sequence[str] | None = None,
     **options: Any,
 ) -> Explanation:
     """Explain a model's predictions on a batch of inputs.
@@ -61,11 +68,17 @@ def explain(
             differ from the default in the last bits, so not bit-identical to captum's).
         images: what the inputs show, for overlays (``(N, 3, H, W)`` in [0, 1] or uint8, or a
             list of tensors/PIL images of any size); default: the inputs rescaled per sample.
+        class_names: one name per model output, for titles and legends; default: the names
+            :func:`saliency.load_model` gave the model, a Hugging Face ``config.id2label``, or
+            timm's ImageNet names (see :mod:`saliency.class_names`).
         **options: the method's options (see ``saliency methods``).
 
     Returns:
         An :class:`Explanation` with raw, signed ``attributions`` in the inputs' dtype and
         device: ``(N, C, H, W)`` for input-space methods, ``(N, 1, H, W)`` for layer methods.
+        ``targets`` holds the explained class of each sample (``None`` for a callable target)
+        and ``target_scores`` the explained score at the inputs: the model output of that
+        class, or the callable's value (one extra forward pass without gradients).
     """
     name, instance = _method(method, options)
     engine_options = EngineOptions(
@@ -76,7 +89,9 @@ def explain(
         memory_budget=memory_budget,
         channels_last=channels_last,
     )
-    return _explain_all(model, inputs, [(name, instance)], target, engine_options, images)[name]
+    return _explain_all(
+        model, inputs, [(name, instance)], target, engine_options, images, class_names
+    )[name]
 
 
 def explain_many(
@@ -92,6 +107,7 @@ def explain_many(
     memory_budget: int | None = None,
     channels_last: bool = False,
     images: Images | None = None,
+    class_names: Sequence[str] | None = None,
     **options: Any,
 ) -> dict[str, Explanation]:
     """Explain the same inputs with several methods, sharing every pass that can be shared.
@@ -105,7 +121,7 @@ def explain_many(
 
     Args:
         model, inputs, target, batch_size, create_graph, precision, compile, memory_budget,
-            channels_last, images: as in :func:`explain`, for every method.
+            channels_last, images, class_names: as in :func:`explain`, for every method.
         methods: registered names or Method instances (``["gradient", "gradcam"]``), or a
             mapping from names to each method's own options
             (``{"gradcam": {"layer": "layer4"}, "gradient": {}}``).
@@ -128,7 +144,7 @@ def explain_many(
         memory_budget=memory_budget,
         channels_last=channels_last,
     )
-    return _explain_all(model, inputs, chosen, target, engine_options, images)
+    return _explain_all(model, inputs, chosen, target, engine_options, images, class_names)
 
 
 def _explain_all(
@@ -138,6 +154,7 @@ def _explain_all(
     target: TargetSpec,
     engine_options: EngineOptions,
     images: Images | None,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Explanation]:
     """Run the methods on ``inputs``: the one-pass ones in one shared pass, the others as they
     are, each with an engine of its own (chunk sizes measured as in a separate call)."""
@@ -146,6 +163,7 @@ def _explain_all(
         _check_capabilities(name, instance, model, engine_options.create_graph)
     check_model_fits(model, inputs, engine_options.precision)
     check_images(images, inputs)
+    given_names = check_class_names(class_names)
     resolved = pending_target(target, inputs)
     create_graph = engine_options.create_graph
     results: dict[str, tuple[Tensor, dict[str, Tensor], dict[str, Any]]] = {}
@@ -175,7 +193,13 @@ def _explain_all(
             )
         # Methods that evaluate the inputs themselves observed the outputs on the way.
         shared.complete(resolved)
+        # A callable's scores are seen by no pass at the inputs alone: one more forward.
+        function_scores = (
+            shared.target_scores(inputs, resolved) if isinstance(resolved, FunctionTarget) else None
+        )
     outputs = resolved.outputs if isinstance(resolved, PendingTarget) else None
+    target_scores = _target_scores(resolved, outputs, function_scores)
+    names = _class_names(model, given_names, outputs)
     return {
         name: _explanation(
             name,
@@ -186,6 +210,8 @@ def _explain_all(
             images,
             *results[name],
             create_graph=create_graph,
+            target_scores=target_scores,
+            class_names=names,
         )
         for name, instance in chosen
     }
@@ -209,6 +235,33 @@ def _warn_if_blank(name: str, attributions: Tensor, layer: object) -> None:
     )
 
 
+def _target_scores(
+    target: Target, outputs: Tensor | None, function_scores: Tensor | None
+) -> Tensor | None:
+    """``(N,)`` float32 explained scores at the inputs: the target class's output, or the
+    callable target's value."""
+    if function_scores is not None:
+        return function_scores.detach().float()
+    if outputs is None or target.indices is None:
+        return None
+    return outputs.gather(1, target.indices.to(outputs.device)[:, None])[:, 0]
+
+
+def _class_names(
+    model: object, given: ClassNames | None, outputs: Tensor | None
+) -> ClassNames | None:
+    """The given class names (checked against the outputs), else those known of the model."""
+    count = None if outputs is None else int(outputs.shape[1])
+    if given is not None:
+        if fitting_class_names(given, count) is None:
+            raise InvalidOptionError(
+                f"class_names holds {len(given)} names but the model has {count} outputs; "
+                "accepted: one name per output, in output order"
+            )
+        return given
+    return fitting_class_names(class_names_of(model), count)
+
+
 def _share(instance: Method, engine: Engine, inputs: Tensor) -> Share | None:
     """The method's part of a shared pass, if it opts into one (:meth:`Method.shares_pass`)."""
     return instance.share(engine, inputs) if instance.shares_pass() else None
@@ -226,6 +279,8 @@ def _explanation(
     options: dict[str, Any],
     *,
     create_graph: bool,
+    target_scores: Tensor | None = None,
+    class_names: ClassNames | None = None,
 ) -> Explanation:
     if not create_graph:
         attributions = attributions.detach()
@@ -240,6 +295,8 @@ def _explanation(
         images=images,
         outputs=outputs,
         extras=extras,
+        target_scores=target_scores,
+        class_names=class_names,
     )
 
 

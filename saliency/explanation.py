@@ -28,13 +28,17 @@ class Explanation:
     Attributes:
         attributions: raw, signed maps on the inputs' device and dtype; ``(N, C, H, W)`` for
             input-space methods, ``(N, 1, H, W)`` for layer methods.
-        targets: ``(N,)`` resolved class indices, or ``None`` for a callable target.
+        targets: ``(N,)`` resolved class indices, or ``None`` for a callable target (its
+            values at the inputs are in ``target_scores``).
         method: the registered method name.
         options: the method's option values.
         inputs: the explained inputs.
         images: what the inputs show, for overlays (see :func:`saliency.explain`).
         outputs: float32 model outputs ``(N, K)`` at the inputs (``None`` for callable targets).
         extras: per-sample diagnostics, e.g. ``completeness_error`` of integrated gradients.
+        target_scores: ``(N,)`` float32 explained scores at the inputs: the output of each
+            sample's target class, or the callable target's value.
+        class_names: one name per model output, when known (titles and legends).
     """
 
     attributions: Tensor
@@ -45,6 +49,8 @@ class Explanation:
     images: Tensor | Sequence[Tensor | PIL.Image.Image] | None = field(default=None, repr=False)
     outputs: Tensor | None = field(default=None, repr=False)
     extras: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    target_scores: Tensor | None = field(default=None, repr=False)
+    class_names: tuple[str, ...] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.attributions)
@@ -133,55 +139,68 @@ class Explanation:
             "method": self.method,
             "options": json_safe(self.options),
             "targets": None if self.targets is None else self.targets.tolist(),
+            "target_names": self.target_names(),
+            "target_scores": None
+            if self.target_scores is None
+            else self.target_scores.detach().float().cpu().tolist(),
             "shape": list(self.attributions.shape),
             "extras": {k: v.tolist() for k, v in self.extras.items()},
             "versions": versions(),
         }
 
-    def show(
-        self, images: Tensor | Sequence[Tensor | PIL.Image.Image] | None = None, **options: Any
-    ) -> Any:
-        """A matplotlib figure: one row per sample, the image beside its overlay."""
-        import matplotlib.pyplot as plt
+    def target_names(self) -> list[str] | None:
+        """The class name of each sample's target, when the targets and names are known."""
+        if self.targets is None or self.class_names is None:
+            return None
+        names = self.class_names
+        return [names[i] if 0 <= i < len(names) else str(i) for i in self.targets.tolist()]
 
-        pictures = self.pictures(images, **options)
-        originals = self._background_pictures(images)
-        figure, axes = plt.subplots(len(pictures), 2, figsize=(6, 3 * len(pictures)), squeeze=False)
-        for row, (original, picture) in enumerate(zip(originals, pictures, strict=True)):
-            axes[row, 0].imshow(original)
-            axes[row, 1].imshow(picture)
-            title = self.method if self.targets is None else f"{self.method} → {self.targets[row]}"
-            axes[row, 1].set_title(title)
-            for axis in axes[row]:
-                axis.axis("off")
-        figure.tight_layout()
-        return figure
+    def head(self, count: int) -> Explanation:
+        """The first ``count`` samples (views of the same tensors; the options are shared)."""
 
-    def _repr_png_(self) -> bytes:
-        """Notebook display: overlays of the first samples side by side."""
-        count = min(len(self), _NOTEBOOK_MAX_IMAGES)
-        head = Explanation(
+        def first(value: Tensor | None) -> Tensor | None:
+            return None if value is None else value[:count]
+
+        return Explanation(
             self.attributions[:count],
-            None,
+            first(self.targets),
             self.method,
             self.options,
-            None,
-            _head(self.backgrounds(), count),
+            first(self.inputs),
+            None if self.images is None else _head(self.images, count),
+            first(self.outputs),
+            {k: v[:count] for k, v in self.extras.items()},
+            first(self.target_scores),
+            self.class_names,
         )
-        pictures = head.pictures()
-        height = max(p.height for p in pictures)
-        strip = PIL.Image.new("RGB", (sum(p.width for p in pictures), height), "white")
-        left = 0
-        for picture in pictures:
-            strip.paste(picture, (left, 0))
-            left += picture.width
+
+    def show(
+        self,
+        images: Tensor | Sequence[Tensor | PIL.Image.Image] | None = None,
+        *,
+        max_samples: int = 8,
+        **options: Any,
+    ) -> Any:
+        """A matplotlib figure: one row per sample, the image beside its overlay, titled with
+        the method and the explained class (name and probability), with a colour bar in
+        attribution units (:func:`saliency.figures.show`)."""
+        from saliency.figures import show
+
+        return show(self, images, max_samples=max_samples, **options)
+
+    def _repr_png_(self) -> bytes:
+        """Notebook display: the first samples' overlays side by side, each with its caption
+        and colour bar (:func:`saliency.figures.strip`)."""
+        from saliency.figures import strip
+
         buffer = io.BytesIO()
-        strip.save(buffer, "PNG")
+        strip(self, max_samples=_NOTEBOOK_MAX_IMAGES).save(buffer, "PNG")
         return buffer.getvalue()
 
-    def _background_pictures(
-        self, images: Tensor | Sequence[Tensor | PIL.Image.Image] | None
+    def background_pictures(
+        self, images: Tensor | Sequence[Tensor | PIL.Image.Image] | None = None
     ) -> list[PIL.Image.Image]:
+        """The backgrounds (``images``, else :meth:`backgrounds`) as PIL RGB images."""
         backgrounds = images if images is not None else self.backgrounds()
         return [_to_pil(b) for b in backgrounds]
 

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from saliency.class_names import remember_class_names
 from saliency.errors import ModelLoadError, accepted
 from saliency.images import ImageTransform, PathArg, Preprocess
 
@@ -161,6 +162,8 @@ def load_model(
             model = model.to(torch.device(device))
         except (RuntimeError, AssertionError, ValueError) as exc:
             raise ModelLoadError(f"cannot move the model to device {device!r}: {exc}") from exc
+    # explain() finds the class names of the model again for titles and legends
+    remember_class_names(model, loaded.class_names)
     return LoadedModel(model.eval(), loaded.transform, loaded.class_names)
 
 

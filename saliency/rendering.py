@@ -28,6 +28,7 @@ __all__ = [
     "Sign",
     "Style",
     "colormap_lut",
+    "map_scales",
     "normalize_maps",
     "reduce_channels",
     "render",
@@ -178,15 +179,45 @@ def normalize_maps(
         got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
         raise InvalidOptionError(f"maps must be a (N, H, W) tensor with H, W > 0; got {got}")
     selected = _select_sign(maps.float(), sign)
+    scale = _scales(selected, normalization, percentile, outlier_perc)
+    normalized = (selected / scale[:, None, None]).clamp(-1.0 if sign == "all" else 0.0, 1.0)
+    return torch.nan_to_num(normalized, nan=0.0)
+
+
+def map_scales(
+    maps: Tensor,
+    sign: Sign = "absolute",
+    normalization: Normalization = "percentile",
+    percentile: float = 99.0,
+    outlier_perc: float = 2.0,
+) -> Tensor:
+    """The ``(N,)`` float32 scales :math:`s` of :func:`normalize_maps`: the value of the selected
+    map that the top of the colour scale stands for (``±s`` for ``sign="all"``).
+
+    Takes the same arguments as :func:`normalize_maps`; ``normalize_maps(maps)`` equals
+    ``clamp(v / map_scales(maps), 0, 1)`` (``-1, 1`` for ``"all"``) for the selected values
+    :math:`v`. Legends read it to label their colour bars in attribution units.
+    """
+    check_choice("sign", sign, Sign)
+    check_choice("normalization", normalization, Normalization)
+    percentile = _check_number("percentile", percentile, lambda v: 0 < v <= 100, "(0, 100]")
+    outlier_perc = _check_number("outlier_perc", outlier_perc, lambda v: 0 <= v < 100, "[0, 100)")
+    if not isinstance(maps, Tensor) or maps.dim() != 3 or 0 in maps.shape[1:]:
+        got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise InvalidOptionError(f"maps must be a (N, H, W) tensor with H, W > 0; got {got}")
+    return _scales(_select_sign(maps.float(), sign), normalization, percentile, outlier_perc)
+
+
+def _scales(
+    selected: Tensor, normalization: Normalization, percentile: float, outlier_perc: float
+) -> Tensor:
     magnitudes = selected.abs().flatten(1)
     if normalization == "percentile":
         scale = _percentile(magnitudes, percentile)
     else:
         scale = _cumulative_mass_of_sorted(magnitudes.sort(dim=1).values, outlier_perc)
     scale = torch.where(scale > 0, scale, magnitudes.amax(dim=1))
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    normalized = (selected / scale[:, None, None]).clamp(-1.0 if sign == "all" else 0.0, 1.0)
-    return torch.nan_to_num(normalized, nan=0.0)
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def colormap_lut(name: str, device: torch.device | str = "cpu") -> Tensor:

@@ -418,8 +418,8 @@
     var ticks = isSigned
       ? [value === null ? "−max" : "−" + value, "0", value === null ? "+max" : "+" + value]
       : [hasRaw ? "0" : "low", value === null ? "high" : "≥ " + value];
-    var caption = isSigned ? "signed attribution (diverging colours)"
-      : hasRaw ? "|attribution|" : "relative importance (stored overlay)";
+    var caption = isSigned ? "signed attribution: − against · 0 · + for the target"
+      : hasRaw ? "|attribution|: low → high relevance" : "relative importance (stored overlay), low → high";
     scale.replaceChildren(
       h("img", { class: "scale-bar", alt: "colour scale", width: 256, height: 1, src: isSigned ? data.colourBars.signed : data.colourBars.heatmap }),
       h("div", { class: "ticks" }, ticks.map(function (t) { return h("span", { text: t }); })),
