@@ -169,7 +169,7 @@ def integrate_adaptive(
 
     extras = {
         "passes": torch.tensor([len(s.alpha) for s in states], device=device),
-        "completeness_error": error.float(),
+        "completeness_error": error.to(torch.promote_types(totals.dtype, torch.float32)),
         "relative_error": (error.abs() / scale).float(),
         "error_bound": per_sample([s.bound for s in states]),
         "attribution_error": per_sample([s.estimate for s in states]),
@@ -210,10 +210,11 @@ def _evaluate(
     device = path.end.device
     owner = torch.tensor(owners, device=device)
     alpha = torch.tensor(alphas, dtype=torch.float64, device=device)
-    scores = torch.empty(len(owners), dtype=torch.float32, device=device)
+    # float64 keeps a float64 model's scores whole (the completeness error is their difference).
+    scores = torch.empty(len(owners), dtype=torch.float64, device=device)
 
     def integrand(chunk: Chunk) -> Tensor:
-        scores[chunk.index] = chunk.scores.detach()
+        scores[chunk.index] = chunk.scores.detach().double()
         return chunk.grads * path.velocities(owner[chunk.index], alpha[chunk.index])
 
     points = Points(

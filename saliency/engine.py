@@ -105,7 +105,7 @@ class Chunk:
     """``(m,)`` sample index of each point."""
     points: Tensor
     scores: Tensor
-    """``(m,)`` float32 target scores."""
+    """``(m,)`` target scores, float32 at least (float64 for a float64 model)."""
     grads: Tensor
     """∂score/∂points, or ∂score/∂activations when a layer is hooked."""
     activations: Tensor | None
@@ -252,11 +252,12 @@ class Engine:
         return torch.cat(outputs).float()
 
     def target_scores(self, inputs: Tensor, target: Target) -> Tensor:
-        """Float32 target scores ``(N,)`` at ``inputs``, without gradients."""
+        """Target scores ``(N,)`` at ``inputs``, without gradients, in float32 at least (float64
+        stays float64: completeness errors are differences of scores)."""
         points = Points.of(inputs)
 
         def step(index: Tensor) -> Tensor:
-            return target.scores(self.forward(points.make(index)), index).float()
+            return _at_least_float32(target.scores(self.forward(points.make(index)), index))
 
         with self._completing(target), torch.no_grad():
             return torch.cat(list(self._map_chunks(points, step)))
@@ -505,7 +506,7 @@ class Engine:
         outputs = forward(values)
         if observer is not None:
             observer.observe(outputs, samples)
-        scores = target.scores(outputs, samples).float()
+        scores = _at_least_float32(target.scores(outputs, samples))
         layer_outputs = [capture.value for capture in captures]
         if not scores.requires_grad or any(value is None for value in layer_outputs):
             raise ModelOutputError(
