@@ -54,7 +54,7 @@ from torch import Tensor
 
 from saliency.engine import Chunk, Engine, Points
 from saliency.methods.path_integral import Path
-from saliency.targets import Target, pending_base
+from saliency.targets import Target
 
 Rule = Literal["trapezoid", "simpson"]
 _START = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -148,9 +148,7 @@ def integrate_adaptive(
         ``attribution_error`` (the Brownian estimate of ‖a − a_exact‖₂ / ‖a‖₂), ``converged``
         (bool: the goal was met within ``max_steps`` passes).
     """
-    pending = pending_base(target)
-    if pending is not None:
-        pending.require(engine.predict)
+    engine.complete(target)
     goal = _Goal(tolerance, max_steps, attribution_tolerance)
     count = path.samples
     # Each sample keeps up to max_steps integrand values: groups fit the memory budget.
@@ -220,7 +218,7 @@ def _evaluate(
     points = Points(
         len(owners), 1, path.end.shape[1:], device, lambda i: path.points(owner[i], alpha[i])
     )
-    values = engine.accumulate(points, _OwnedTarget(target, owner), integrand)
+    values = engine.for_rows(owner).accumulate(points, _OwnedTarget(target, owner), integrand)
     # Host transfers once per round, for the bookkeeping (scalars only).
     slopes = values.detach().flatten(1).double().sum(1).tolist()
     levels = scores.tolist()

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from saliency import compiled as compiled_forwards
 from saliency.errors import InvalidOptionError, LayerNotFoundError, ModelOutputError
+from saliency.forward_args import ForwardArgs
 from saliency.layers import Capture, capture_output
 from saliency.memory import CostMeter, default_memory_budget
 from saliency.targets import PendingTarget, Target, pending_base
@@ -193,14 +194,22 @@ class Engine:
     Attributes:
         model: maps an ``(m, C, H, W)`` tensor to outputs (``(m, K)`` scores for class targets).
         options: how gradients are evaluated (:class:`EngineOptions`).
+        forward_args: extra model arguments with one row per sample, given to the model with
+            the rows of each chunk's points (``model(points, *args, **kwargs)``); see
+            :mod:`saliency.forward_args`.
     """
 
-    model: Callable[[Tensor], Any]
+    model: Callable[..., Any]
     options: EngineOptions = EngineOptions()
+    forward_args: ForwardArgs | None = None
     _sizes: dict[torch.Size, _Sizing] = field(default_factory=dict, init=False, repr=False)
     _budgets: dict[torch.device, int] = field(default_factory=dict, init=False, repr=False)
     _meter: CostMeter | None = field(default=None, init=False, repr=False)
     _compiled: compiled_forwards.ModelCache | None = field(default=None, init=False, repr=False)
+    _samples: Tensor | None = field(default=None, init=False, repr=False)
+    """The sample of each point of the chunk being evaluated (with ``forward_args``)."""
+    _origin: Engine | None = field(default=None, init=False, repr=False)
+    """The engine of the inputs themselves, for an engine of other rows (:meth:`for_rows`)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.options, EngineOptions):
@@ -232,12 +241,35 @@ class Engine:
     def with_options(self, **changes: Any) -> Engine:
         """An engine for the same model with the given options changed (checked again), e.g.
         ``engine.with_options(create_graph=True)`` for a pass that needs a second backward."""
-        return Engine(self.model, replace(self.options, **changes))
+        engine = Engine(self.model, replace(self.options, **changes), self.forward_args)
+        engine._origin = self._origin
+        return engine
 
-    def forward(self, points: Tensor) -> Any:
-        """The model's output at ``points``, under the engine's autocast precision (eager)."""
+    def for_rows(self, index: Tensor) -> Engine:
+        """An engine whose ``forward_args`` row ``j`` is this one's row ``index[j]``: for points
+        of other samples than the inputs' (e.g. noisy copies, sample ``index[j]``'s copy ``j``).
+        Without ``forward_args``, this engine itself."""
+        if self.forward_args is None:
+            return self
+        engine = Engine(self.model, self.options, self.forward_args.select(index))
+        engine._origin = self._origin or self  # targets are completed on the inputs' rows
+        return engine
+
+    def forward(self, points: Tensor, *extra: Any) -> Any:
+        """The model's output at ``points``, under the engine's autocast precision (eager).
+
+        With ``forward_args``, the model also gets the rows of the points' samples: those of
+        the chunk being evaluated, or for a pass outside the chunks (a layer probe of
+        ``inputs[:1]``) those of the first inputs. ``extra`` arguments, if given, are passed
+        instead (a caller that slices them itself, e.g. captum).
+        """
         with self._autocast(points.device):
-            return self.model(points)
+            if extra or self.forward_args is None:
+                return self.model(points, *extra)
+            samples = self._samples
+            if samples is None or len(samples) != len(points):
+                samples = self.forward_args.first(len(points), points.device)
+            return self.forward_args.call(self.model, points, samples)
 
     def predict(self, inputs: Tensor) -> Tensor:
         """Float32 model outputs at ``inputs``, without gradients, in chunks."""
@@ -285,7 +317,7 @@ class Engine:
             yield pending
             pending.finish()
         else:
-            pending.require(self.predict)
+            pending.require((self._origin or self).predict)
             yield None
 
     def scores(
@@ -538,7 +570,7 @@ class Engine:
         probe chunk, whose saved tensors are measured, and a last chunk of a single point
         (dynamo specialises size 1: it would compile a graph for that one point).
         """
-        if not self.compile or self.create_graph or hooked:
+        if not self.compile or self.create_graph or hooked or self.forward_args is not None:
             return None
         if self._meter is not None:
             return None
@@ -566,12 +598,21 @@ class Engine:
         probe whose measured memory sizes the chunks after it, and a CUDA out-of-memory error
         halves the chunk and retries it.
         """
+        extras = self.forward_args
+        if extras is not None and extras.rows != points.samples:
+            raise InvalidOptionError(
+                f"forward_args holds {extras.rows} rows but this pass evaluates points of "
+                f"{points.samples} samples; accepted: methods whose points are the inputs' "
+                "(a method that evaluates other samples must map them with Engine.for_rows)"
+            )
         start = 0
+        outer = self._samples
         while start < points.count:
             size, meter = self._next_size(points, gradients)
             stop = min(points.count, start + size)
             index = torch.arange(start, stop, device=points.device)
             self._meter = meter
+            self._samples = index // points.repeats if extras is not None else None
             try:
                 with meter.measure() if meter is not None else nullcontext():
                     result = step(index)
@@ -585,6 +626,7 @@ class Engine:
                 continue
             finally:
                 self._meter = None
+                self._samples = outer
             if meter is not None:
                 self._settle(points, meter.per_point(stop - start))
             yield result

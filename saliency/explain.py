@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from saliency.engine import Engine, EngineOptions, Precision, Share
 from saliency.errors import InvalidOptionError, LayerNotFoundError, accepted
 from saliency.explanation import Explanation
+from saliency.forward_args import ForwardArgs, ForwardArgsSpec
 from saliency.methods.base import COMMON_OPTIONS, Method
 from saliency.methods.registry import get_method, list_methods
 from saliency.model_state import evaluation_state
@@ -33,6 +34,7 @@ def explain(
     compile: bool = False,
     memory_budget: int | None = None,
     images: Images | None = None,
+    forward_args: ForwardArgsSpec = None,
     **options: Any,
 ) -> Explanation:
     """Explain a model's predictions on a batch of inputs.
@@ -56,6 +58,12 @@ def explain(
             fraction of the free device memory (CUDA) or of the available RAM (CPU).
         images: what the inputs show, for overlays (``(N, 3, H, W)`` in [0, 1] or uint8, or a
             list of tensors/PIL images of any size); default: the inputs rescaled per sample.
+        forward_args: extra inputs of a model ``model(x, *args)`` or ``model(x, **kwargs)``: a
+            tensor, a tuple (positional) or a dict (keyword arguments). Tensors have one row
+            per sample (first dimension N); every method gives the model, with each chunk of
+            points (path points, noisy copies, masked inputs, ...), the rows of the points'
+            samples. Other values are passed as they are. Never differentiated. Captum
+            methods take a tuple only (captum's ``additional_forward_args``).
         **options: the method's options (see ``saliency methods``).
 
     Returns:
@@ -70,7 +78,8 @@ def explain(
         compile=compile,
         memory_budget=memory_budget,
     )
-    return _explain_all(model, inputs, [(name, instance)], target, engine_options, images)[name]
+    chosen = [(name, instance)]
+    return _explain_all(model, inputs, chosen, target, engine_options, images, forward_args)[name]
 
 
 def explain_many(
@@ -85,6 +94,7 @@ def explain_many(
     compile: bool = False,
     memory_budget: int | None = None,
     images: Images | None = None,
+    forward_args: ForwardArgsSpec = None,
     **options: Any,
 ) -> dict[str, Explanation]:
     """Explain the same inputs with several methods, sharing every pass that can be shared.
@@ -98,7 +108,7 @@ def explain_many(
 
     Args:
         model, inputs, target, batch_size, create_graph, precision, compile, memory_budget,
-            images: as in :func:`explain`, for every method.
+            images, forward_args: as in :func:`explain`, for every method.
         methods: registered names or Method instances (``["gradient", "gradcam"]``), or a
             mapping from names to each method's own options
             (``{"gradcam": {"layer": "layer4"}, "gradient": {}}``).
@@ -120,7 +130,7 @@ def explain_many(
         compile=compile,
         memory_budget=memory_budget,
     )
-    return _explain_all(model, inputs, chosen, target, engine_options, images)
+    return _explain_all(model, inputs, chosen, target, engine_options, images, forward_args)
 
 
 def _explain_all(
@@ -130,19 +140,23 @@ def _explain_all(
     target: TargetSpec,
     engine_options: EngineOptions,
     images: Images | None,
+    forward_args: ForwardArgsSpec = None,
 ) -> dict[str, Explanation]:
     """Run the methods on ``inputs``: the one-pass ones in one shared pass, the others as they
     are, each with an engine of its own (chunk sizes measured as in a separate call)."""
     check_inputs(inputs)
+    extras = ForwardArgs.of(forward_args, len(inputs))
     for name, instance in chosen:
         _check_capabilities(name, instance, model, engine_options.create_graph)
+        if extras is not None:
+            instance.check_forward_args(extras)
     check_model_fits(model, inputs, engine_options.precision)
     check_images(images, inputs)
     resolved = pending_target(target, inputs)
     create_graph = engine_options.create_graph
     results: dict[str, tuple[Tensor, dict[str, Tensor], dict[str, Any]]] = {}
     with evaluation_state(model, keep_parameter_grads=create_graph):
-        shared = Engine(model, engine_options)
+        shared = Engine(model, engine_options, extras)
         shares = {
             name: share
             for name, instance in chosen
@@ -155,7 +169,7 @@ def _explain_all(
             if name in shares:
                 engine, attribution = shared, attributions[name]
             else:
-                engine = Engine(model, engine_options)
+                engine = Engine(model, engine_options, extras)
                 attribution = instance.attribute(engine, inputs, resolved)
             results[name] = (
                 attribution,
