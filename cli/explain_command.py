@@ -535,7 +535,7 @@ def _compute(arguments: argparse.Namespace, setup: _Setup) -> Compute:
 def _save(recorder: RunRecorder, label: str) -> Path | None:
     """Save the manifest at the end; None (reported) if it cannot be written."""
     try:
-        return recorder.save()
+        return recorder.save(final=True)
     except OSError as exc:
         say(f"{label}: error: cannot write the manifest: {exc}", sys.stderr)
         return None

@@ -1,11 +1,15 @@
-"""The run journal: the outputs a run finished since it last saved its manifest.
+"""The run journal: every output a run has written, so that a rerun after a kill redoes none.
 
-The manifest is rewritten every few seconds (a whole file, atomically); between two saves, every
-(input, method) pair whose files are written appends one line to ``OUT/.<manifest>.journal``:
-the input's record as the manifest would hold it. Each line is one ``write`` of a whole line
-(no buffer in the process), so a run killed even by SIGKILL leaves every line it wrote, at worst
-a partial last one, which is ignored. A save that succeeds deletes the journal: its lines are in
-the manifest. A rerun folds the journals into the earlier manifest (see
+The manifest is rewritten every few seconds (a whole file, atomically), from the results the
+main process has collected; outputs written by the workers since are not in it. So every
+(input, method) pair appends one line to ``OUT/.<manifest>.journal`` as soon as its files are
+renamed into place, in the process that wrote them: the input's record as the manifest would
+hold it (prepared by the main process, which knows the prediction). Each line is one ``write``
+of a whole line to a file opened with ``O_APPEND`` (no buffer in the process, lines of several
+workers never interleave), so a run killed even by SIGKILL leaves every line it wrote, at worst
+a partial last one, which is ignored. The final save of the manifest deletes the journal (a
+periodic save cannot: a worker may be about to append a pair the save does not hold). A rerun
+folds the journals into the earlier manifest (see
 :func:`saliency.cli.plan.adopt_journals`), and the usual resume checks (the input's size and
 modification time, the outputs' presence and integrity) decide what is really done.
 
@@ -27,7 +31,7 @@ from pathlib import Path
 from saliency.run_folder import InputRecord, RunInfo, valid_text
 
 FORMAT = 1
-MAX_JOURNAL_BYTES = 256 * 1024 * 1024
+MAX_JOURNAL_BYTES = 1024**3  # ~2 M pairs
 _JOURNAL_FILE = re.compile(r"\.manifest(\.rank-\d+)?\.json\.journal")
 
 
@@ -51,9 +55,9 @@ class Journal:
         self._fd: int | None = os.open(self.path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
         self._write({"journal": FORMAT, "run": run.to_json()})
 
-    def record(self, entry: InputRecord) -> None:
-        """Append the input's record (with every method done so far)."""
-        self._write({"input": entry.to_json()})
+    def line(self, entry: InputRecord) -> bytes:
+        """The journal line of the input's record, for :func:`append_line`."""
+        return _line({"input": entry.to_json()})
 
     def remove(self) -> None:
         """Close and delete the journal (its records are in a saved manifest)."""
@@ -65,8 +69,29 @@ class Journal:
 
     def _write(self, data: object) -> None:
         assert self._fd is not None
-        line = json.dumps(valid_text(data), ensure_ascii=True, allow_nan=False) + "\n"
-        os.write(self._fd, line.encode("ascii"))
+        os.write(self._fd, _line(data))
+
+
+def _line(data: object) -> bytes:
+    text = json.dumps(valid_text(data), ensure_ascii=True, allow_nan=False) + "\n"
+    return text.encode("ascii")
+
+
+def append_line(path: str, line: bytes) -> None:
+    """Append one journal line (in a writer: a worker process or thread). Best effort: a
+    journal that is gone (the run saved its final manifest) or cannot be written is left alone,
+    the pair is then redone after a kill."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.write(fd, line)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -128,9 +153,8 @@ def _read_lines(path: Path) -> list[bytes]:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_JOURNAL_BYTES:
             return []
-        data = handle.read(MAX_JOURNAL_BYTES)
-    lines = data.split(b"\n")
-    return lines[:-1]  # the part after the last newline is a line cut short (or empty)
+        # A last line without its newline was cut short by a kill: left out.
+        return [line for line in handle if line.endswith(b"\n")]
 
 
 def _parse(line: bytes) -> object:

@@ -132,8 +132,9 @@ def _changed_methods(previous: RunInfo | None, current: RunInfo) -> set[str]:
 def adopt_journals(
     base: Manifest | None, journals: Sequence[JournalRecords]
 ) -> tuple[Manifest | None, int]:
-    """``base`` with the records that killed runs journaled after their last manifest save
-    (see :mod:`saliency.cli.journal`); and how many (input, method) records were added.
+    """``base`` with the records of the journals that killed runs left (outputs their last
+    manifest save did not hold, see :mod:`saliency.cli.journal`); and how many (input, method)
+    records were added.
 
     A journal whose run differs from ``base``'s in what changes the results is ignored (its work
     is redone). A journaled record of the same source file, size and modification time adds its
@@ -373,15 +374,22 @@ class RunRecorder:
     def method_done(
         self, job: Job, method: str, overlay: str, raw: str | None, seconds: float
     ) -> None:
-        """One method's outputs exist: recorded, and journaled until the next save."""
-        entry = self.entries[job.relpath]
-        entry.methods[method] = MethodRecord(overlay, raw, seconds)
+        """One method's outputs exist."""
+        self.entries[job.relpath].methods[method] = MethodRecord(overlay, raw, seconds)
+
+    def journal_line(
+        self, job: Job, method: str, overlay: str, raw: str | None, seconds: float
+    ) -> tuple[str, bytes] | None:
+        """The journal and the line its writer appends once the pair's files are in place (see
+        :mod:`saliency.cli.journal`); None when there is no journal (it cannot be made)."""
         try:
             if self._journal is None:
                 self._journal = Journal(self.out, self.manifest_name, self.run)
-            self._journal.record(entry)
         except OSError:  # the journal only saves a killed run's work: the run goes on
-            self._close_journal()
+            return None
+        entry = copy.copy(self.entries[job.relpath])
+        entry.methods = {**entry.methods, method: MethodRecord(overlay, raw, seconds)}
+        return str(self._journal.path), self._journal.line(entry)
 
     def method_failed(self, job: Job, method: str, message: str) -> None:
         """One method failed for this input (the others go on)."""
@@ -422,11 +430,13 @@ class RunRecorder:
         entries = dict(self._saved_entries())
         return Manifest(self._run_section(entries), entries)
 
-    def save(self) -> Path:
-        """Write the manifest atomically with what is done now."""
+    def save(self, final: bool = False) -> Path:
+        """Write the manifest atomically with what is done now; the ``final`` save (every
+        result collected) also deletes the journal, whose records are all in it then."""
         started = time.monotonic()
         path = write_manifest(self.out, self.snapshot(), self.manifest_name)
-        self._close_journal()  # its records are in the manifest now
+        if final:
+            self._close_journal()
         self._saved = time.monotonic()
         self._save_seconds = self._saved - started
         return path

@@ -650,13 +650,13 @@ def _journal_record(path: str, method: str, mtime: int = 5) -> InputRecord:
 def test_journals_are_read_back_line_by_line_and_adopted_only_for_the_same_settings(
     tmp_path: Path,
 ) -> None:
-    from saliency.cli.journal import Journal, journal_files, read_journals
+    from saliency.cli.journal import Journal, append_line, journal_files, read_journals
     from saliency.cli.plan import adopt_journals
 
     run = RunInfo(model="demo:shapes", methods=["gradient"], method_options={"gradient": {}})
     journal = Journal(tmp_path, "manifest.json", run)
-    journal.record(_journal_record("a.png", "gradient"))
-    journal.record(_journal_record("b.png", "gradient"))
+    for name in ("a.png", "b.png"):  # as the writers append them
+        append_line(str(journal.path), journal.line(_journal_record(name, "gradient")))
     with open(journal.path, "ab") as handle:
         handle.write(b'{"input": {"path": "c.png", "sou')  # cut short by a kill
     (found,) = read_journals(tmp_path)

@@ -335,8 +335,10 @@ def test_a_killed_run_is_resumed_without_redoing_finished_outputs(
     wait_for(lambda: not any(alive(pid) for pid in workers), timeout=30)
     saved = listed_ok(out)
     journaled = {r.path for j in read_journals(out) for r in j.inputs if "smoothgrad" in r.methods}
-    assert journaled - saved, "outputs finished after the last save are journaled"
     done = saved | journaled
+    # Every output on disk is journaled by its writer, but for one caught between its rename
+    # and its line (at most one per worker).
+    assert len(written() - saved) >= 3 and len(written() - done) <= 2
     stamps = {
         name: (
             os.stat(out / name / "smoothgrad.png").st_ino,
