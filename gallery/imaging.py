@@ -118,7 +118,7 @@ def raw_attributions(path: Path, limit: int | None = None) -> torch.Tensor:
                 raise ValueError(f"a Fortran-ordered map larger than {limit} px is not supported")
             data = np.frombuffer(handle.read(channels * height * width * dtype.itemsize), dtype)
             array = data.reshape(shape, order="F" if fortran else "C")
-            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+            return torch.from_numpy(np.array(array, dtype=np.float32, order="C"))  # writable
         return _shrunk(handle, start, shape, dtype, factor)
 
 

@@ -3,6 +3,11 @@
 Pipeline: reduce channels → normalise each sample (sign, scale, clamp) → upsample bilinearly to
 each background → colour through a 256-entry lookup table → blend → ``uint8``.
 
+The upsampled map, its colours and the blend are made a band of rows at a time
+(``_BAND_PIXELS`` output pixels), so a large image needs little more memory than its ``uint8``
+result; each pixel goes through the same operations whatever the band, so the pixels do not
+depend on it.
+
 Every step is built from correctly rounded element-wise ops, sorts, integer sums and integer
 gathers on ``attributions.device``, so CPU and CUDA give the same pixels. Only the final
 ``uint8`` image leaves the device, and only when PIL output is asked for.
