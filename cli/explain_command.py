@@ -44,6 +44,7 @@ from saliency.cli.explain_options import (
     render_options,
 )
 from saliency.cli.inputs import FoundInput, InputError, discover
+from saliency.cli.journal import read_journals, remove_journals
 from saliency.cli.model import (
     ReadyModel,
     check_layers,
@@ -52,7 +53,7 @@ from saliency.cli.model import (
     parse_target,
 )
 from saliency.cli.pipeline import Compute, OutputSpec, Pipeline
-from saliency.cli.plan import Job, Plan, ResumeConflict, RunRecorder, make_plan
+from saliency.cli.plan import Job, Plan, ResumeConflict, RunRecorder, adopt_journals, make_plan
 from saliency.cli.progress import Progress, format_duration, say
 from saliency.engine import EngineOptions
 from saliency.errors import SaliencyError
@@ -273,9 +274,11 @@ def _plan(
     earlier = read_earlier(out)
     for warning in earlier.warnings if main else []:
         say(f"{_LABEL}: warning: {warning}", sys.stderr)
+    # Outputs a killed run finished after its last manifest save (checked like every record).
+    previous, adopted = adopt_journals(earlier.manifest, read_journals(out))
     try:
-        return make_plan(
-            earlier.manifest,
+        plan = make_plan(
+            previous,
             found,
             run,
             out=out,
@@ -286,6 +289,12 @@ def _plan(
         )
     except ResumeConflict as exc:
         raise UsageError(str(exc)) from None
+    if adopted:
+        plan.notes.append(
+            f"{adopted} output(s) finished after the last manifest save of an interrupted run "
+            "were found in its journal"
+        )
+    return plan
 
 
 def _load_model(
@@ -500,6 +509,7 @@ def _start(setup: _Setup, world: Group) -> None:
         recorder.save()
         for earlier in rank_manifest_files(setup.out).values():
             earlier.unlink(missing_ok=True)
+        remove_journals(setup.out)  # their records are in the manifest just saved
     except OSError as exc:
         say(f"{_LABEL}: warning: cannot write the manifest: {exc}", sys.stderr)
 
@@ -555,7 +565,7 @@ def _compute(arguments: argparse.Namespace, setup: _Setup) -> Compute:
 def _save(recorder: RunRecorder, label: str) -> Path | None:
     """Save the manifest at the end; None (reported) if it cannot be written."""
     try:
-        return recorder.save()
+        return recorder.save(final=True)
     except OSError as exc:
         say(f"{label}: error: cannot write the manifest: {exc}", sys.stderr)
         return None

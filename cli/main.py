@@ -119,7 +119,10 @@ def _gallery_arguments(parser: argparse.ArgumentParser) -> Run:
     parser.add_argument(
         "--single-file",
         action="store_true",
-        help="inline the stylesheet, the script and every image: one HTML file to share",
+        help=(
+            "inline the stylesheet, the script and every image (overlays at the display "
+            "size): one HTML file to share"
+        ),
     )
     return _run_gallery
 

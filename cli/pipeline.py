@@ -52,6 +52,7 @@ import PIL.Image
 import torch
 from torch import Tensor, nn
 
+from saliency.cli.journal import append_line
 from saliency.cli.model import ModelInput
 from saliency.cli.plan import Job
 from saliency.engine import Precision
@@ -85,6 +86,9 @@ class Events(Protocol):
     def method_done(
         self, job: Job, method: str, overlay: str, raw: str | None, seconds: float
     ) -> None: ...
+    def journal_line(
+        self, job: Job, method: str, overlay: str, raw: str | None, seconds: float
+    ) -> tuple[str, bytes] | None: ...
     def method_failed(self, job: Job, method: str, message: str) -> None: ...
     def input_failed(self, job: Job, message: str) -> None: ...
     def finished(self, job: Job) -> None: ...
@@ -376,8 +380,14 @@ class Pipeline:
                 self._resolve(item)
                 continue
             raw = attributions[0].float().cpu().numpy() if self.output.save_raw else None
+            relpath = item.job.relpath
+            names = (
+                output_name(relpath, method, self.output.extension),
+                (output_name(relpath, method, "npy") if raw is not None else None),
+            )
+            journal = self.events.journal_line(item.job, method, *names, seconds)
             self._write_slots.acquire()
-            task = (self.output, item.job.relpath, method, picture, raw)
+            task = (self.output, relpath, method, picture, raw, journal)
             future = self._pool.submit(write_method_outputs, *task)
             future.add_done_callback(lambda _: self._write_slots.release())
             self._writes.append(_Write(future, item, method, seconds, task))
@@ -469,8 +479,9 @@ def write_method_outputs(
     method: str,
     picture: PIL.Image.Image,
     raw: np.ndarray | None,
+    journal: tuple[str, bytes] | None = None,
 ) -> tuple[str, str | None]:
-    """Encode and write one pair's files (runs in writer threads).
+    """Encode and write one pair's files (runs in the writers), then journal them.
 
     Args:
         spec: What to write.
@@ -478,6 +489,8 @@ def write_method_outputs(
         method: The method name (checked to be a safe file name).
         picture: The rendered overlay.
         raw: The raw float32 attributions to save, when asked for.
+        journal: The run journal and the pair's line, appended once the files are in place
+            (see :mod:`saliency.cli.journal`).
 
     Returns:
         The manifest paths of the overlay and of the raw array (None when not asked for).
@@ -488,6 +501,8 @@ def write_method_outputs(
     if raw is not None:
         write_raw(folder / f"{file_stem(method)}.npy", raw)
         raw_path = output_name(relpath, method, "npy")
+    if journal is not None:
+        append_line(*journal)
     return output_name(relpath, method, spec.extension), raw_path
 
 

@@ -19,6 +19,7 @@ is not finished, so a rerun completes it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from saliency.cli.inputs import FoundInput, assign_relpaths
+from saliency.cli.journal import Journal, JournalRecords
 from saliency.cli.progress import Progress
 from saliency.run_folder import (
     MANIFEST_NAME,
@@ -43,6 +45,7 @@ from saliency.run_folder import (
     looks_complete,
     now,
     output_name,
+    without_rank,
     write_manifest,
 )
 
@@ -124,6 +127,42 @@ def _changed_methods(previous: RunInfo | None, current: RunInfo) -> set[str]:
         for method, options in current.method_options.items()
         if method in before and before[method] != options
     }
+
+
+def adopt_journals(
+    base: Manifest | None, journals: Sequence[JournalRecords]
+) -> tuple[Manifest | None, int]:
+    """``base`` with the records of the journals that killed runs left (outputs their last
+    manifest save did not hold, see :mod:`saliency.cli.journal`); and how many (input, method)
+    records were added.
+
+    A journal whose run differs from ``base``'s in what changes the results is ignored (its work
+    is redone). A journaled record of the same source file, size and modification time adds its
+    methods to the manifest's record; any other replaces it (it is the newer). Whether each
+    output really is complete is checked by :func:`make_plan`, as for every earlier record.
+    """
+    adopted = 0
+    for journal in journals:
+        if base is not None and conflicts(base.run, journal.run):
+            continue
+        if base is None:
+            base = Manifest(without_rank(journal.run), {})
+        entries = base.inputs
+        for record in journal.inputs:
+            known = entries.get(record.path)
+            stamp = (record.source, record.size, record.mtime_ns)
+            if known is not None and (known.source, known.size, known.mtime_ns) == stamp:
+                new = [m for m in record.methods if m not in known.methods]
+                known.methods.update({m: record.methods[m] for m in new})
+                known.width, known.height = record.width, record.height
+                known.prediction, known.top5 = record.prediction, record.top5
+                known.target = record.target
+            else:
+                new = list(record.methods)
+                record.status, record.error = "ok", None
+                entries[record.path] = record
+            adopted += len(new)
+    return base, adopted
 
 
 def make_plan(
@@ -314,6 +353,7 @@ class RunRecorder:
         self._save_seconds = 0.0
         self.device_seconds: float | None = None
         self.device_idle: float | None = None
+        self._journal: Journal | None = None
 
     def decoded(self, job: Job, width: int, height: int) -> None:
         """The input was decoded: record its size."""
@@ -336,6 +376,20 @@ class RunRecorder:
     ) -> None:
         """One method's outputs exist."""
         self.entries[job.relpath].methods[method] = MethodRecord(overlay, raw, seconds)
+
+    def journal_line(
+        self, job: Job, method: str, overlay: str, raw: str | None, seconds: float
+    ) -> tuple[str, bytes] | None:
+        """The journal and the line its writer appends once the pair's files are in place (see
+        :mod:`saliency.cli.journal`); None when there is no journal (it cannot be made)."""
+        try:
+            if self._journal is None:
+                self._journal = Journal(self.out, self.manifest_name, self.run)
+        except OSError:  # the journal only saves a killed run's work: the run goes on
+            return None
+        entry = copy.copy(self.entries[job.relpath])
+        entry.methods = {**entry.methods, method: MethodRecord(overlay, raw, seconds)}
+        return str(self._journal.path), self._journal.line(entry)
 
     def method_failed(self, job: Job, method: str, message: str) -> None:
         """One method failed for this input (the others go on)."""
@@ -376,13 +430,22 @@ class RunRecorder:
         entries = dict(self._saved_entries())
         return Manifest(self._run_section(entries), entries)
 
-    def save(self) -> Path:
-        """Write the manifest atomically with what is done now."""
+    def save(self, final: bool = False) -> Path:
+        """Write the manifest atomically with what is done now; the ``final`` save (every
+        result collected) also deletes the journal, whose records are all in it then."""
         started = time.monotonic()
         path = write_manifest(self.out, self.snapshot(), self.manifest_name)
+        if final:
+            self._close_journal()
         self._saved = time.monotonic()
         self._save_seconds = self._saved - started
         return path
+
+    def _close_journal(self) -> None:
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            with contextlib.suppress(OSError):
+                journal.remove()
 
     def _saved_entries(self) -> Iterable[tuple[str, InputRecord]]:
         for relpath, entry in self.entries.items():

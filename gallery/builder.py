@@ -136,7 +136,7 @@ def _build(
     page.parent.mkdir(parents=True, exist_ok=True)
     assets_folder = page.parent / (ASSETS if page.name == INDEX else f"{page.stem}_{ASSETS}")
     folder_sink = None if single_file else FolderSink(page.parent, assets_folder)
-    sink: Sink = folder_sink or InlineSink()
+    sink: Sink = folder_sink or InlineSink(DISPLAY_SIZE)
     colours = _colours(run.manifest.run.extra)
     infos = [describe_method(name) for name in run.methods]
     anchors = [

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import stat
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import PIL.Image
 import torch
+import torch.nn.functional as F
 from PIL import ImageOps
 
 from saliency.images import open_image
@@ -82,18 +86,87 @@ def colour_bar(name: str) -> bytes:
     return png_bytes(PIL.Image.fromarray(lut[None, :, :]))
 
 
-def raw_attributions(path: Path) -> torch.Tensor:
-    """A raw ``.npy`` map as a ``(1, C, H, W)`` float32 tensor; ``(H, W)`` and ``(C, H, W)`` too."""
-    array = np.load(path, allow_pickle=False)
-    while array.ndim > 4 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim == 2:
-        array = array[None, None]
-    elif array.ndim == 3:
-        array = array[None]
-    if array.ndim != 4 or array.shape[0] != 1 or 0 in array.shape:
-        raise ValueError(f"expected a (C, H, W) or (H, W) array, got shape {array.shape}")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+# Raw maps are read this many bytes at a time, so a map of any size (a 16000² float32 map is
+# 1 GB) is shrunk to the display size in bounded memory.
+_RAW_READ_BYTES = 1 << 25
+_RAW_MAX_CHANNELS = 64
+
+
+def raw_attributions(path: Path, limit: int | None = None) -> torch.Tensor:
+    """A raw ``.npy`` map as a ``(1, C, H, W)`` float32 tensor; ``(H, W)`` and ``(C, H, W)`` too.
+
+    A map whose longest side exceeds ``limit`` is shrunk while it is read, band by band, by the
+    mean over ``k × k`` blocks (``k = ⌈side / limit⌉``; blocks at the edges average what they
+    cover): the whole map is never in memory. Only regular files; the header is checked against
+    the file's size before anything is read.
+    """
+    with open(path, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise ValueError("not a regular file")
+        shape, fortran, dtype = _npy_header(handle)
+        start = handle.tell()
+        size = os.fstat(handle.fileno()).st_size
+        shape = _map_shape(shape)
+        _, channels, height, width = shape
+        if channels > _RAW_MAX_CHANNELS:
+            raise ValueError(f"expected at most {_RAW_MAX_CHANNELS} channels, got shape {shape}")
+        if size - start < channels * height * width * dtype.itemsize:
+            raise ValueError(f"the file holds fewer bytes than its header's shape {shape} needs")
+        factor = 1 if limit is None else -(-max(height, width) // limit)
+        if factor == 1 or fortran:
+            if factor > 1:
+                raise ValueError(f"a Fortran-ordered map larger than {limit} px is not supported")
+            data = np.frombuffer(handle.read(channels * height * width * dtype.itemsize), dtype)
+            array = data.reshape(shape, order="F" if fortran else "C")
+            return torch.from_numpy(np.array(array, dtype=np.float32, order="C"))  # writable
+        return _shrunk(handle, start, shape, dtype, factor)
+
+
+def _npy_header(handle: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+    else:
+        raise ValueError(f".npy format version {version} is not supported; accepted: 1.0, 2.0")
+    if dtype.kind not in "biuf" or dtype.hasobject:
+        raise ValueError(f"expected a numeric array, got dtype {dtype}")
+    return tuple(int(n) for n in shape), bool(fortran), dtype
+
+
+def _map_shape(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """``(1, C, H, W)`` from ``(H, W)``, ``(C, H, W)`` or ``(1, ..., 1, C, H, W)``."""
+    while len(shape) > 4 and shape[0] == 1:
+        shape = shape[1:]
+    full = (1, 1, *shape) if len(shape) == 2 else (1, *shape) if len(shape) == 3 else shape
+    if len(full) != 4 or full[0] != 1 or 0 in full:
+        raise ValueError(f"expected a (C, H, W) or (H, W) array, got shape {shape}")
+    return full[0], full[1], full[2], full[3]
+
+
+def _shrunk(
+    handle: BinaryIO,
+    start: int,
+    shape: tuple[int, int, int, int],
+    dtype: np.dtype[Any],
+    factor: int,
+) -> torch.Tensor:
+    """The C-ordered map at ``start`` averaged over ``factor × factor`` blocks, read in bands."""
+    _, channels, height, width = shape
+    row_bytes = width * dtype.itemsize
+    rows = factor * max(1, _RAW_READ_BYTES // (row_bytes * factor))
+    planes = []
+    for channel in range(channels):
+        bands = []
+        for top in range(0, height, rows):
+            count = min(rows, height - top)
+            handle.seek(start + (channel * height + top) * row_bytes)
+            band = np.frombuffer(handle.read(count * row_bytes), dtype).reshape(count, width)
+            values = torch.from_numpy(band.astype(np.float32))[None, None]
+            bands.append(F.avg_pool2d(values, factor, ceil_mode=True)[0, 0])
+        planes.append(torch.cat(bands))
+    return torch.stack(planes)[None]
 
 
 def colour_scale(attributions: torch.Tensor) -> float:

@@ -103,7 +103,7 @@ def _make_sheet(
     problems: dict[str, str] = {}
     for method, path in raws.items():
         try:
-            attributions = raw_attributions(path)
+            attributions = raw_attributions(path, limit)
             scales[method] = colour_scale(attributions)
             pairs[method] = heatmaps(attributions, colormaps[0], colormaps[1], limit)
         except Exception as error:  # one bad file must not stop the gallery

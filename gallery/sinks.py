@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
+import PIL.Image
+
+from saliency.gallery.imaging import contain, jpeg_bytes
 from saliency.output_files import atomic_path, write_text_atomic
 from saliency.run_folder import UnsafePathError, output_folder
 
@@ -189,7 +192,17 @@ class FolderSink:
 
 
 class InlineSink:
-    """Keeps nothing on disk: every asset becomes a ``data:`` URI (``--single-file``)."""
+    """Keeps nothing on disk: every asset becomes a ``data:`` URI (``--single-file``).
+
+    Args:
+        display_size: An existing image (an overlay) larger than this on its longest side is
+            embedded shrunk to it, as a JPEG (quality 90): the page never shows it larger, and
+            a full-resolution PNG of a 24 MP photo alone is ~60 MB of base64. ``None``: embed
+            files as they are.
+    """
+
+    def __init__(self, display_size: int | None = None) -> None:
+        self.display_size = display_size
 
     def cached(self, name: str, sources: Iterable[Path]) -> tuple[str, Facts] | None:
         return None
@@ -198,6 +211,10 @@ class InlineSink:
         return data_uri(data, mime_type(name))
 
     def reference(self, path: Path, name: str) -> str:
+        if self.display_size is not None:
+            shrunk = _display_jpeg(path, self.display_size)
+            if shrunk is not None:
+                return data_uri(shrunk, "image/jpeg")
         return data_uri(path.read_bytes(), mime_type(path))
 
     def close(self) -> None:
@@ -218,3 +235,16 @@ def _load_cache(path: Path) -> dict[str, Facts]:
         return {}
     assets = index.get("assets")
     return assets if isinstance(assets, dict) else {}
+
+
+def _display_jpeg(path: Path, limit: int) -> bytes | None:
+    """The image at ``path`` shrunk to ``limit`` px on its longest side, as JPEG bytes; None
+    when it is not larger than that (or cannot be decoded: it is embedded as it is)."""
+    try:
+        with PIL.Image.open(path) as image:
+            if max(image.size) <= limit:
+                return None
+            image.draft("RGB", (limit, limit))
+            return jpeg_bytes(contain(image.convert("RGB"), limit), 90)
+    except (OSError, ValueError, PIL.Image.DecompressionBombError):
+        return None

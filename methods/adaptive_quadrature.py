@@ -54,7 +54,7 @@ from torch import Tensor
 
 from saliency.engine import Chunk, Engine, Points
 from saliency.methods.path_integral import Path
-from saliency.targets import Target, pending_base
+from saliency.targets import Target
 
 Rule = Literal["trapezoid", "simpson"]
 _START = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -148,9 +148,7 @@ def integrate_adaptive(
         ``attribution_error`` (the Brownian estimate of ‖a − a_exact‖₂ / ‖a‖₂), ``converged``
         (bool: the goal was met within ``max_steps`` passes).
     """
-    pending = pending_base(target)
-    if pending is not None:
-        pending.require(engine.predict)
+    engine.complete(target)
     goal = _Goal(tolerance, max_steps, attribution_tolerance)
     count = path.samples
     # Each sample keeps up to max_steps integrand values: groups fit the memory budget.
@@ -169,7 +167,7 @@ def integrate_adaptive(
 
     extras = {
         "passes": torch.tensor([len(s.alpha) for s in states], device=device),
-        "completeness_error": error.float(),
+        "completeness_error": error.to(torch.promote_types(totals.dtype, torch.float32)),
         "relative_error": (error.abs() / scale).float(),
         "error_bound": per_sample([s.bound for s in states]),
         "attribution_error": per_sample([s.estimate for s in states]),
@@ -210,16 +208,17 @@ def _evaluate(
     device = path.end.device
     owner = torch.tensor(owners, device=device)
     alpha = torch.tensor(alphas, dtype=torch.float64, device=device)
-    scores = torch.empty(len(owners), dtype=torch.float32, device=device)
+    # float64 keeps a float64 model's scores whole (the completeness error is their difference).
+    scores = torch.empty(len(owners), dtype=torch.float64, device=device)
 
     def integrand(chunk: Chunk) -> Tensor:
-        scores[chunk.index] = chunk.scores.detach()
+        scores[chunk.index] = chunk.scores.detach().double()
         return chunk.grads * path.velocities(owner[chunk.index], alpha[chunk.index])
 
     points = Points(
         len(owners), 1, path.end.shape[1:], device, lambda i: path.points(owner[i], alpha[i])
     )
-    values = engine.accumulate(points, _OwnedTarget(target, owner), integrand)
+    values = engine.for_rows(owner).accumulate(points, _OwnedTarget(target, owner), integrand)
     # Host transfers once per round, for the bookkeeping (scalars only).
     slopes = values.detach().flatten(1).double().sum(1).tolist()
     levels = scores.tolist()

@@ -17,11 +17,19 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from saliency.engine import Engine, Share
+    from saliency.forward_args import ForwardArgs
     from saliency.targets import Target
 
 OutputSpace = Literal["input", "layer"]
 # Options every method takes, handled by explain() and the engine rather than the method.
-COMMON_OPTIONS = ("batch_size", "create_graph", "precision", "compile", "memory_budget")
+COMMON_OPTIONS = (
+    "batch_size",
+    "create_graph",
+    "precision",
+    "compile",
+    "memory_budget",
+    "forward_args",
+)
 
 _ATTACHED: dict[int, dict[str, Tensor]] = {}
 
@@ -138,6 +146,11 @@ class Method(ABC):
     ) -> dict[str, Tensor]:
         """Optional per-sample diagnostics computed after :meth:`attribute` (none by default)."""
         return {}
+
+    def check_forward_args(self, forward_args: ForwardArgs) -> None:
+        """Raise, before any work, if the method cannot pass these extra model inputs on. By
+        default every form is fine: the engine slices them with the points."""
+        return None
 
 
 def attach_extras(attributions: Tensor, extras: dict[str, Tensor]) -> Tensor:

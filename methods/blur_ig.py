@@ -13,7 +13,7 @@ from saliency.engine import Engine
 from saliency.methods.adaptive_quadrature import integrate_adaptive
 from saliency.methods.base import Method, attach_extras, attached_extras
 from saliency.methods.integrated_gradients import Steps, check_steps
-from saliency.methods.path_integral import Path, integrate
+from saliency.methods.path_integral import Path, completeness_error, integrate
 from saliency.targets import Target
 from saliency.validation import require_bool, require_float
 
@@ -95,7 +95,7 @@ class BlurIG(Method):
             return {}
         start = self.path(inputs.detach()).start
         gap = engine.target_scores(inputs, target) - engine.target_scores(start, target)
-        return {"completeness_error": attributions.detach().flatten(1).sum(1).float() - gap}
+        return {"completeness_error": completeness_error(attributions, gap)}
 
 
 def blur(images: Tensor, sigmas: Tensor, radius: int) -> tuple[Tensor, Tensor]:

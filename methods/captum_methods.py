@@ -22,8 +22,10 @@ that captum only accepts as a tensor (GradientShap, DeepLiftShap) means a consta
 argument whose captum default is not a plain value (e.g. FeaturePermutation's ``perm_func``)
 defaults to ``None``, meaning captum's default; ``seed`` runs the call under a forked torch
 generator seeded with it (for the methods that sample). ``return_convergence_delta`` and
-``additional_forward_args`` are not options (the result is the attribution tensor; the model
-takes the inputs alone). captum has no ``create_graph``: these methods refuse it.
+``additional_forward_args`` are not options (the result is the attribution tensor); extra model
+inputs come from ``explain(..., forward_args=(...))``, passed as captum's
+``additional_forward_args`` (captum expands them along with its points). captum has no
+``create_graph``: these methods refuse it.
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ from torch import Tensor, nn
 
 from saliency.engine import Engine
 from saliency.errors import InvalidOptionError, ModelOutputError, accepted
+from saliency.forward_args import ForwardArgs
 from saliency.layers import LayerSpec, find_layer
 from saliency.methods.base import Method
 from saliency.model_state import modules_preserved
-from saliency.targets import Target, check_outputs, pending_base
+from saliency.targets import Target, check_outputs
 from saliency.validation import is_int, is_real, require_int
 
 PREFIX = "captum:"
@@ -78,6 +81,7 @@ class CaptumMethod(Method):
     captum_class: ClassVar[type[Any]]
     constructor_options: ClassVar[tuple[str, ...]] = ()
     attribute_options: ClassVar[tuple[str, ...]] = ()
+    takes_forward_args: ClassVar[bool] = False
     captum_defaulted: ClassVar[frozenset[str]] = frozenset()
     number_as_tensor: ClassVar[frozenset[str]] = frozenset()
     renamed: ClassVar[Mapping[str, str]] = {}
@@ -113,10 +117,23 @@ class CaptumMethod(Method):
             if option.name in _BATCHING | {"seed"} and value is not None:
                 require_int(option.name, value, 0 if option.name == "seed" else 1)
 
+    def check_forward_args(self, forward_args: ForwardArgs) -> None:
+        name = self.registered_name()
+        if not self.takes_forward_args:
+            raise InvalidOptionError(
+                f"{name} cannot pass forward_args to the model (captum's "
+                f"{self.captum_class.__name__}.attribute takes no additional_forward_args); "
+                "accepted: forward_args=None"
+            )
+        if forward_args.kwargs:
+            raise InvalidOptionError(
+                f"{name} passes forward_args as captum's additional_forward_args, which are "
+                f"positional: got keyword arguments {sorted(forward_args.kwargs)}; accepted: a "
+                "tensor or a tuple"
+            )
+
     def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
-        pending = pending_base(target)
-        if pending is not None:
-            pending.require(engine.predict)
+        engine.complete(target)
         classes = target.indices
         forward = _Scores(engine, None if classes is not None else target)
         constructor = self._constructor_arguments(engine, inputs)
@@ -142,6 +159,9 @@ class CaptumMethod(Method):
                     arguments["target"] = classes[start : start + size]
                 else:
                     arguments["target"] = 0
+                if engine.forward_args is not None:
+                    rows = torch.arange(start, start + len(chunk), device=inputs.device)
+                    arguments["additional_forward_args"] = engine.forward_args.select(rows).args
                 parts.append(attribution.attribute(chunk, **arguments))
         return torch.cat(parts).detach().to(inputs.dtype)
 
@@ -188,8 +208,8 @@ class _Scores(nn.Module):
         self.engine = engine
         self.function = function
 
-    def forward(self, points: Tensor) -> Tensor:
-        outputs = self.engine.forward(points)
+    def forward(self, points: Tensor, *extra: Any) -> Tensor:
+        outputs = self.engine.forward(points, *extra)
         if self.function is None:
             scores = check_outputs(outputs, len(points))
         else:
@@ -291,6 +311,7 @@ def _make_method(captum_class: type[Any]) -> type[CaptumMethod]:
 
     constructor = _options(captum_class.__init__, 2)  # self, the model
     attribute = _options(captum_class.attribute, 2)  # self, inputs
+    extra = "additional_forward_args" in inspect.signature(captum_class.attribute).parameters
     own = [*constructor, *attribute]
     names = [_field_name(p.name) for p in own]
     if len(set(names)) != len(names) or "seed" in names:
@@ -334,6 +355,7 @@ def _make_method(captum_class: type[Any]) -> type[CaptumMethod]:
             "captum_class": captum_class,
             "constructor_options": tuple(names[: len(constructor)]),
             "attribute_options": tuple(names[len(constructor) :]),
+            "takes_forward_args": extra,
             "captum_defaulted": frozenset(defaulted),
             "number_as_tensor": frozenset(number_as_tensor),
             "renamed": {n: p.name for n, p in zip(names, own, strict=True) if n != p.name},

@@ -12,7 +12,7 @@ from saliency.engine import Engine
 from saliency.errors import InvalidOptionError
 from saliency.methods.adaptive_quadrature import integrate_adaptive
 from saliency.methods.base import Method, attach_extras, attached_extras
-from saliency.methods.path_integral import Path, gauss_legendre, integrate
+from saliency.methods.path_integral import Path, completeness_error, gauss_legendre, integrate
 from saliency.targets import Target
 from saliency.validation import require_bool, require_float, require_int
 
@@ -95,8 +95,7 @@ class IntegratedGradients(Method):
             return {}
         baseline = make_baseline(self.baseline, inputs, self.seed)
         gap = engine.target_scores(inputs, target) - engine.target_scores(baseline, target)
-        total = attributions.detach().flatten(1).sum(1).float()
-        return {"completeness_error": total - gap}
+        return {"completeness_error": completeness_error(attributions, gap)}
 
 
 def check_steps(

@@ -16,7 +16,7 @@ from saliency.errors import InvalidOptionError
 from saliency.hvp import hessian_vector_product
 from saliency.methods.base import Method
 from saliency.methods.integrated_gradients import IntegratedGradients
-from saliency.methods.path_integral import gauss_legendre
+from saliency.methods.path_integral import completeness_error, gauss_legendre
 from saliency.targets import Target
 from saliency.validation import is_int, require_bool, require_int
 
@@ -140,9 +140,8 @@ class IntegratedHessians(Method):
         plain = engine.with_options(create_graph=False)
         gradients = ig.attribute(plain, inputs.detach(), target).detach()
         mask = self.query_mask(inputs)
-        expected = torch.where(mask, gradients, torch.zeros_like(gradients)).flatten(1).sum(1)
-        total = attributions.detach().flatten(1).sum(1)
-        return {"completeness_error": (total - expected).float()}
+        expected = torch.where(mask, gradients, torch.zeros_like(gradients)).flatten(1)
+        return {"completeness_error": completeness_error(attributions, expected.double().sum(1))}
 
 
 def _normalise_query(query: object) -> QuerySpec:

@@ -89,4 +89,6 @@ class NoisyCopies:
                 ]
             )
             noisy = (inputs + sigma * noise).flatten(0, 1)
-            yield base.attribute(engine, noisy, target.repeat(copies)).unflatten(0, (copies, -1))
+            # Row k·N + i is sample i's copy k: so are its targets and extra model inputs.
+            rows = engine.for_rows(torch.arange(len(inputs), device=inputs.device).repeat(copies))
+            yield base.attribute(rows, noisy, target.repeat(copies)).unflatten(0, (copies, -1))

@@ -104,3 +104,12 @@ def gauss_legendre(steps: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Nodes α_k and weights w_k of the ``steps``-point Gauss–Legendre rule on [0, 1] (float64)."""
     nodes, weights = _gauss_legendre_cpu(steps)
     return nodes.to(device), weights.to(device)
+
+
+def completeness_error(attributions: Tensor, gap: Tensor) -> Tensor:
+    """``Σ a − gap`` per sample, summed in float64 and returned in the wider of float32 and
+    the attributions' dtype: a float64 run is not rounded to float32 (near scores of 1e4
+    float32 alone would be off by ~1e-4)."""
+    dtype = torch.promote_types(attributions.dtype, torch.float32)
+    total = attributions.detach().flatten(1).double().sum(1)
+    return (total - gap.double()).to(dtype)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from saliency import compiled as compiled_forwards
 from saliency.attention import differentiable_attention
 from saliency.errors import InvalidOptionError, LayerNotFoundError, ModelOutputError
+from saliency.forward_args import ForwardArgs
 from saliency.layers import Capture, capture_output
 from saliency.memory import CostMeter, default_memory_budget
 from saliency.targets import PendingTarget, Target, class_scores, pending_base
@@ -106,7 +107,7 @@ class Chunk:
     """``(m,)`` sample index of each point."""
     points: Tensor
     scores: Tensor
-    """``(m,)`` float32 target scores."""
+    """``(m,)`` target scores, float32 at least (float64 for a float64 model)."""
     grads: Tensor
     """∂score/∂points, or ∂score/∂activations when a layer is hooked."""
     activations: Tensor | None
@@ -227,14 +228,22 @@ class Engine:
     Attributes:
         model: maps an ``(m, C, H, W)`` tensor to outputs (``(m, K)`` scores for class targets).
         options: how gradients are evaluated (:class:`EngineOptions`).
+        forward_args: extra model arguments with one row per sample, given to the model with
+            the rows of each chunk's points (``model(points, *args, **kwargs)``); see
+            :mod:`saliency.forward_args`.
     """
 
-    model: Callable[[Tensor], Any]
+    model: Callable[..., Any]
     options: EngineOptions = EngineOptions()
+    forward_args: ForwardArgs | None = None
     _sizes: dict[torch.Size, _Sizing] = field(default_factory=dict, init=False, repr=False)
     _budgets: dict[torch.device, int] = field(default_factory=dict, init=False, repr=False)
     _meter: CostMeter | None = field(default=None, init=False, repr=False)
     _compiled: compiled_forwards.ModelCache | None = field(default=None, init=False, repr=False)
+    _samples: Tensor | None = field(default=None, init=False, repr=False)
+    """The sample of each point of the chunk being evaluated (with ``forward_args``)."""
+    _origin: Engine | None = field(default=None, init=False, repr=False)
+    """The engine of the inputs themselves, for an engine of other rows (:meth:`for_rows`)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.options, EngineOptions):
@@ -266,12 +275,36 @@ class Engine:
     def with_options(self, **changes: Any) -> Engine:
         """An engine for the same model with the given options changed (checked again), e.g.
         ``engine.with_options(create_graph=True)`` for a pass that needs a second backward."""
-        return Engine(self.model, replace(self.options, **changes))
+        engine = Engine(self.model, replace(self.options, **changes), self.forward_args)
+        engine._origin = self._origin
+        return engine
 
-    def forward(self, points: Tensor) -> Any:
-        """The model's output at ``points``, under the engine's autocast precision (eager)."""
+    def for_rows(self, index: Tensor) -> Engine:
+        """An engine whose ``forward_args`` row ``j`` is this one's row ``index[j]``: for points
+        of other samples than the inputs' (e.g. noisy copies, sample ``index[j]``'s copy ``j``).
+        Without ``forward_args``, this engine itself."""
+        if self.forward_args is None:
+            return self
+        engine = Engine(self.model, self.options, self.forward_args.select(index))
+        engine._origin = self._origin or self  # targets are completed on the inputs' rows
+        return engine
+
+    def forward(self, points: Tensor, *extra: Any) -> Any:
+        """The model's output at ``points``, under the engine's autocast precision (eager).
+
+        With ``forward_args``, the model also gets the rows of the points' samples: those of
+        the chunk being evaluated, or for a pass outside the chunks (a layer probe of
+        ``inputs[:1]``) those of the first inputs. ``extra`` arguments, if given, are passed
+        instead (a caller that slices them itself, e.g. captum).
+        """
         with self._autocast(points.device):
-            return self.model(self._laid_out(points))
+            points = self._laid_out(points)
+            if extra or self.forward_args is None:
+                return self.model(points, *extra)
+            samples = self._samples
+            if samples is None or len(samples) != len(points):
+                samples = self.forward_args.first(len(points), points.device)
+            return self.forward_args.call(self.model, points, samples)
 
     def _laid_out(self, points: Tensor) -> Tensor:
         """``points`` in the engine's memory format (a differentiable copy if it changes)."""
@@ -297,11 +330,12 @@ class Engine:
         return torch.cat(outputs).float()
 
     def target_scores(self, inputs: Tensor, target: Target) -> Tensor:
-        """Float32 target scores ``(N,)`` at ``inputs``, without gradients."""
+        """Target scores ``(N,)`` at ``inputs``, without gradients, in float32 at least (float64
+        stays float64: completeness errors are differences of scores)."""
         points = Points.of(inputs)
 
         def step(index: Tensor) -> Tensor:
-            return target.scores(self.forward(points.make(index)), index).float()
+            return _at_least_float32(target.scores(self.forward(points.make(index)), index))
 
         with self._completing(target), torch.no_grad():
             return torch.cat(list(self._map_chunks(points, step)))
@@ -329,7 +363,7 @@ class Engine:
             yield pending
             pending.finish()
         else:
-            pending.require(self.predict)
+            pending.require((self._origin or self).predict)
             yield None
 
     def scores(
@@ -573,7 +607,7 @@ class Engine:
         if observer is not None:
             observer.observe(outputs, samples)
         recorded = tuple(recorder.take()) if recorder is not None else ()
-        scores = target.scores(outputs, samples).float()
+        scores = _at_least_float32(target.scores(outputs, samples))
         layer_outputs = [capture.value for capture in captures]
         if not scores.requires_grad or any(value is None for value in layer_outputs):
             raise ModelOutputError(
@@ -654,7 +688,7 @@ class Engine:
         probe chunk, whose saved tensors are measured, and a last chunk of a single point
         (dynamo specialises size 1: it would compile a graph for that one point).
         """
-        if not self.compile or self.create_graph or hooked:
+        if not self.compile or self.create_graph or hooked or self.forward_args is not None:
             return None
         if self._meter is not None:
             return None
@@ -682,12 +716,21 @@ class Engine:
         probe whose measured memory sizes the chunks after it, and a CUDA out-of-memory error
         halves the chunk and retries it.
         """
+        extras = self.forward_args
+        if extras is not None and extras.rows != points.samples:
+            raise InvalidOptionError(
+                f"forward_args holds {extras.rows} rows but this pass evaluates points of "
+                f"{points.samples} samples; accepted: methods whose points are the inputs' "
+                "(a method that evaluates other samples must map them with Engine.for_rows)"
+            )
         start = 0
+        outer = self._samples
         while start < points.count:
             size, meter = self._next_size(points, gradients)
             stop = min(points.count, start + size)
             index = torch.arange(start, stop, device=points.device)
             self._meter = meter
+            self._samples = index // points.repeats if extras is not None else None
             try:
                 with meter.measure() if meter is not None else nullcontext():
                     result = step(index)
@@ -701,6 +744,7 @@ class Engine:
                 continue
             finally:
                 self._meter = None
+                self._samples = outer
             if meter is not None:
                 self._settle(points, meter.per_point(stop - start))
             yield result

@@ -19,6 +19,7 @@ from saliency.class_names import (
 from saliency.engine import Engine, EngineOptions, Precision, Share
 from saliency.errors import InvalidOptionError, LayerNotFoundError, accepted
 from saliency.explanation import Explanation
+from saliency.forward_args import ForwardArgs, ForwardArgsSpec
 from saliency.methods.base import COMMON_OPTIONS, Method
 from saliency.methods.registry import get_method, list_methods
 from saliency.model_state import channels_last_weights, evaluation_state
@@ -42,6 +43,7 @@ def explain(
     channels_last: bool = False,
     images: Images | None = None,
     class_names: Sequence[str] | None = None,
+    forward_args: ForwardArgsSpec = None,
     **options: Any,
 ) -> Explanation:
     """Explain a model's predictions on a batch of inputs.
@@ -71,6 +73,12 @@ def explain(
         class_names: one name per model output, for titles and legends; default: the names
             :func:`saliency.load_model` gave the model, a Hugging Face ``config.id2label``, or
             timm's ImageNet names (see :mod:`saliency.class_names`).
+        forward_args: extra inputs of a model ``model(x, *args)`` or ``model(x, **kwargs)``: a
+            tensor, a tuple (positional) or a dict (keyword arguments). Tensors have one row
+            per sample (first dimension N); every method gives the model, with each chunk of
+            points (path points, noisy copies, masked inputs, ...), the rows of the points'
+            samples. Other values are passed as they are. Never differentiated. Captum
+            methods take a tuple only (captum's ``additional_forward_args``).
         **options: the method's options (see ``saliency methods``).
 
     Returns:
@@ -89,8 +97,9 @@ def explain(
         memory_budget=memory_budget,
         channels_last=channels_last,
     )
+    chosen = [(name, instance)]
     return _explain_all(
-        model, inputs, [(name, instance)], target, engine_options, images, class_names
+        model, inputs, chosen, target, engine_options, images, class_names, forward_args
     )[name]
 
 
@@ -108,6 +117,7 @@ def explain_many(
     channels_last: bool = False,
     images: Images | None = None,
     class_names: Sequence[str] | None = None,
+    forward_args: ForwardArgsSpec = None,
     **options: Any,
 ) -> dict[str, Explanation]:
     """Explain the same inputs with several methods, sharing every pass that can be shared.
@@ -121,7 +131,8 @@ def explain_many(
 
     Args:
         model, inputs, target, batch_size, create_graph, precision, compile, memory_budget,
-            channels_last, images, class_names: as in :func:`explain`, for every method.
+            channels_last, images, class_names, forward_args: as in :func:`explain`, for every
+            method.
         methods: registered names or Method instances (``["gradient", "gradcam"]``), or a
             mapping from names to each method's own options
             (``{"gradcam": {"layer": "layer4"}, "gradient": {}}``).
@@ -144,7 +155,9 @@ def explain_many(
         memory_budget=memory_budget,
         channels_last=channels_last,
     )
-    return _explain_all(model, inputs, chosen, target, engine_options, images, class_names)
+    return _explain_all(
+        model, inputs, chosen, target, engine_options, images, class_names, forward_args
+    )
 
 
 def _explain_all(
@@ -155,12 +168,16 @@ def _explain_all(
     engine_options: EngineOptions,
     images: Images | None,
     class_names: Sequence[str] | None = None,
+    forward_args: ForwardArgsSpec = None,
 ) -> dict[str, Explanation]:
     """Run the methods on ``inputs``: the one-pass ones in one shared pass, the others as they
     are, each with an engine of its own (chunk sizes measured as in a separate call)."""
     check_inputs(inputs)
+    extras = ForwardArgs.of(forward_args, len(inputs))
     for name, instance in chosen:
         _check_capabilities(name, instance, model, engine_options.create_graph)
+        if extras is not None:
+            instance.check_forward_args(extras)
     check_model_fits(model, inputs, engine_options.precision)
     check_images(images, inputs)
     given_names = check_class_names(class_names)
@@ -171,7 +188,7 @@ def _explain_all(
         evaluation_state(model, keep_parameter_grads=create_graph),
         channels_last_weights(model, engine_options.channels_last),
     ):
-        shared = Engine(model, engine_options)
+        shared = Engine(model, engine_options, extras)
         shares = {
             name: share
             for name, instance in chosen
@@ -184,7 +201,7 @@ def _explain_all(
             if name in shares:
                 engine, attribution = shared, attributions[name]
             else:
-                engine = Engine(model, engine_options)
+                engine = Engine(model, engine_options, extras)
                 attribution = instance.attribute(engine, inputs, resolved)
             results[name] = (
                 attribution,

@@ -3,6 +3,11 @@
 Pipeline: reduce channels → normalise each sample (sign, scale, clamp) → upsample bilinearly to
 each background → colour through a 256-entry lookup table → blend → ``uint8``.
 
+The upsampled map, its colours and the blend are made a band of rows at a time
+(``_BAND_PIXELS`` output pixels), so a large image needs little more memory than its ``uint8``
+result; each pixel goes through the same operations whatever the band, so the pixels do not
+depend on it.
+
 Every step is built from correctly rounded element-wise ops, sorts, integer sums and integer
 gathers on ``attributions.device``, so CPU and CUDA give the same pixels. Only the final
 ``uint8`` image leaves the device, and only when PIL output is asked for.
@@ -13,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal, overload
 
 import torch
@@ -278,32 +284,75 @@ def _to_uint8(rgb: Tensor) -> Tensor:
     return (rgb * 255.0).round().clamp(0, 255).to(torch.uint8).contiguous()
 
 
+def _check_dtype(image: Tensor) -> None:
+    if image.dtype != torch.uint8 and not image.is_floating_point():
+        raise InvalidOptionError(
+            f"images of dtype {image.dtype} are not supported; accepted: uint8 or float in [0, 1]"
+        )
+
+
 def _unit_float(image: Tensor) -> Tensor:
-    if image.dtype == torch.uint8:
-        return image.float() / 255.0
-    if image.is_floating_point():
-        return image.float()
-    raise InvalidOptionError(
-        f"images of dtype {image.dtype} are not supported; accepted: uint8 or float in [0, 1]"
-    )
+    _check_dtype(image)
+    return image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
 
 
-def _background(item: object, device: torch.device) -> Tensor:
-    """One background as a ``(h, w, 3)`` ``float32`` tensor in ``[0, 1]`` on ``device``."""
+# Output pixels composed at a time: large images are rendered in bands of rows, so the float32
+# temporaries (upsampled map, colours, background, blend: ~60 bytes a pixel) stay near 120 MB
+# whatever the image's size; only the uint8 result (3 bytes a pixel) is whole.
+_BAND_PIXELS = 1 << 21
+
+
+@dataclass(frozen=True)
+class _Backdrop:
+    """``count`` backgrounds of one size, handed out band by band.
+
+    Attributes:
+        count: backgrounds (maps drawn on them).
+        height: their height.
+        width: their width.
+        rows: ``rows(top, bottom)`` is the band as ``(count, bottom - top, width, 3)`` float32
+            in ``[0, 1]`` on the attributions' device.
+    """
+
+    count: int
+    height: int
+    width: int
+    rows: Callable[[int, int], Tensor]
+
+
+def _tensor_rows(images: Tensor) -> Callable[[int, int], Tensor]:
+    """Bands of ``(n, 3, h, w)`` uint8/float images as ``(n, rows, w, 3)`` float32."""
+    return lambda top, bottom: _unit_float(images[:, :, top:bottom]).permute(0, 2, 3, 1)
+
+
+def _pil_rows(image: Image.Image, device: torch.device) -> Callable[[int, int], Tensor]:
+    """Bands of a PIL image as ``(1, rows, w, 3)`` float32, decoded one band at a time."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+
+    def rows(top: int, bottom: int) -> Tensor:
+        band = rgb.crop((0, top, rgb.width, bottom)).tobytes()
+        data = torch.frombuffer(bytearray(band), dtype=torch.uint8)
+        return _unit_float(data.view(1, bottom - top, rgb.width, 3).to(device))
+
+    return rows
+
+
+def _check_background(item: object) -> tuple[int, int]:
+    """The ``(h, w)`` of one background, checked."""
     if isinstance(item, Image.Image):
-        rgb = item.convert("RGB")
-        data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-        item = data.view(rgb.height, rgb.width, 3).permute(2, 0, 1)
+        return item.height, item.width
     if not isinstance(item, Tensor) or item.dim() != 3 or item.shape[0] != 3:
         got = tuple(item.shape) if isinstance(item, Tensor) else type(item).__name__
         raise InvalidOptionError(
             f"each image must be a (3, h, w) uint8/float tensor or a PIL image; got {got}"
         )
-    return _unit_float(item.to(device)).permute(1, 2, 0)
+    _check_dtype(item)
+    return item.shape[1], item.shape[2]
 
 
-def _backgrounds(images: object, count: int, device: torch.device) -> Tensor | list[Tensor]:
-    """Backgrounds as one ``(N, h, w, 3)`` tensor when they share a size, else a list."""
+def _backgrounds(images: object, count: int, device: torch.device) -> list[_Backdrop]:
+    """The backgrounds, checked: one backdrop when they share a size, else one each, in
+    order."""
     if isinstance(images, Tensor):
         if images.dim() != 4 or images.shape[1] != 3:
             raise InvalidOptionError(
@@ -320,26 +369,76 @@ def _backgrounds(images: object, count: int, device: torch.device) -> Tensor | l
     if found != count:
         raise InvalidOptionError(f"got {found} images for {count} attribution maps")
     if isinstance(images, Tensor):
-        return _unit_float(images.to(device)).permute(0, 2, 3, 1)
-    items = [_background(item, device) for item in images]
-    same_size = len({tuple(item.shape) for item in items}) == 1
-    return torch.stack(items) if same_size else items
+        _check_dtype(images)
+        moved = images.to(device)
+        return [_Backdrop(count, moved.shape[2], moved.shape[3], _tensor_rows(moved))]
+    sizes = [_check_background(item) for item in images]
+    parts = [
+        _pil_rows(item, device)
+        if isinstance(item, Image.Image)
+        else _tensor_rows(item.to(device)[None])
+        for item in images
+    ]
+    if len(set(sizes)) == 1:
+        height, width = sizes[0]
+        return [
+            _Backdrop(
+                count,
+                height,
+                width,
+                lambda top, bottom: torch.cat([part(top, bottom) for part in parts]),
+            )
+        ]
+    return [
+        _Backdrop(1, height, width, part)
+        for (height, width), part in zip(sizes, parts, strict=True)
+    ]
+
+
+def _rows_of(maps: Tensor, height: int, top: int, bottom: int) -> Tensor:
+    """Output rows ``top:bottom`` of ``maps`` resampled to ``height`` rows, as
+    :func:`_resize_axis` computes every row (the same operations: the same values)."""
+    length = maps.shape[1]
+    if length == height:
+        return maps[:, top:bottom]
+    target = torch.arange(top, bottom, dtype=torch.float64, device=maps.device)
+    source = ((target + 0.5) * (length / height) - 0.5).clamp(min=0.0)
+    first = source.floor().long().clamp(max=length - 1)
+    second = (first + 1).clamp(max=length - 1)
+    weight = (source - first.double()).float().view(1, -1, 1)
+    kept = maps.index_select(1, first) * (1.0 - weight)
+    return kept + maps.index_select(1, second) * weight
 
 
 def _compose(
-    maps: Tensor, background: Tensor | None, lut: Tensor, style: Style, sign: Sign, alpha: float
+    maps: Tensor,
+    backdrop: _Backdrop | None,
+    lut: Tensor,
+    style: Style,
+    sign: Sign,
+    alpha: float,
 ) -> Tensor:
-    """Colour and blend normalised ``(n, H, W)`` maps over ``(n, h, w, 3)`` backgrounds."""
-    height, width = maps.shape[1:] if background is None else background.shape[1:3]
-    maps = _resize_axis(_resize_axis(maps, 1, height), 2, width)
-    if style == "masked":
-        assert background is not None
-        return _to_uint8(background * maps.abs()[..., None])
-    colour = lut[_lut_index(maps, sign)]
-    if style == "heatmap":
-        return _to_uint8(colour)
-    assert background is not None
-    return _to_uint8(background * (1.0 - alpha) + colour * alpha)
+    """Colour and blend normalised ``(n, H, W)`` maps over the backdrop, band by band: a
+    ``uint8`` ``(n, h, w, 3)`` tensor (``H × W`` without a backdrop)."""
+    count = maps.shape[0]
+    height, width = maps.shape[1:] if backdrop is None else (backdrop.height, backdrop.width)
+    result = torch.empty((count, height, width, 3), dtype=torch.uint8, device=maps.device)
+    step = max(1, _BAND_PIXELS // max(1, count * width))
+    for top in range(0, height, step):
+        bottom = min(height, top + step)
+        band = _resize_axis(_rows_of(maps, height, top, bottom), 2, width)
+        background = None if backdrop is None else backdrop.rows(top, bottom)
+        if style == "masked":
+            assert background is not None
+            result[:, top:bottom] = _to_uint8(background * band.abs()[..., None])
+            continue
+        colour = lut[_lut_index(band, sign)]
+        if style == "heatmap":
+            result[:, top:bottom] = _to_uint8(colour)
+        else:
+            assert background is not None
+            result[:, top:bottom] = _to_uint8(background * (1.0 - alpha) + colour * alpha)
+    return result
 
 
 def _to_pil(rendered: Tensor | list[Tensor]) -> list[Image.Image]:
@@ -466,13 +565,15 @@ def render(
     lut = colormap_lut(cmap, device)
     signed = reduce_channels(attributions.detach().float(), reduction)
     maps = normalize_maps(signed, sign, normalization, percentile, outlier_perc)
-    backgrounds = None if images is None else _backgrounds(images, len(maps), device)
+    backdrops = None if images is None else _backgrounds(images, len(maps), device)
     rendered: Tensor | list[Tensor]
-    if backgrounds is None or isinstance(backgrounds, Tensor):
-        rendered = _compose(maps, backgrounds, lut, style, sign, alpha)
+    if backdrops is None or len(backdrops) == 1:
+        rendered = _compose(
+            maps, None if backdrops is None else backdrops[0], lut, style, sign, alpha
+        )
     else:
         rendered = [
-            _compose(maps[i : i + 1], background[None], lut, style, sign, alpha)[0]
-            for i, background in enumerate(backgrounds)
+            _compose(maps[i : i + 1], backdrop, lut, style, sign, alpha)[0]
+            for i, backdrop in enumerate(backdrops)
         ]
     return _to_pil(rendered) if as_pil else rendered

@@ -636,3 +636,49 @@ def test_a_dying_worker_fails_only_its_own_task(tmp_path: Path) -> None:
     assert "worker process died" in str(outcomes["bad.png"])
     assert workers.restarts >= 2  # the first crash, and the crash of the task's second run
     assert after[0].width == 10
+
+
+# ---- the run journal (issue #13, item 4) -------------------------------------------------------
+
+
+def _journal_record(path: str, method: str, mtime: int = 5) -> InputRecord:
+    record = InputRecord(path=path, source=f"/photos/{path}", size=10, mtime_ns=mtime)
+    record.methods[method] = MethodRecord(f"{path}/{method}.png")
+    return record
+
+
+def test_journals_are_read_back_line_by_line_and_adopted_only_for_the_same_settings(
+    tmp_path: Path,
+) -> None:
+    from saliency.cli.journal import Journal, append_line, journal_files, read_journals
+    from saliency.cli.plan import adopt_journals
+
+    run = RunInfo(model="demo:shapes", methods=["gradient"], method_options={"gradient": {}})
+    journal = Journal(tmp_path, "manifest.json", run)
+    for name in ("a.png", "b.png"):  # as the writers append them
+        append_line(str(journal.path), journal.line(_journal_record(name, "gradient")))
+    with open(journal.path, "ab") as handle:
+        handle.write(b'{"input": {"path": "c.png", "sou')  # cut short by a kill
+    (found,) = read_journals(tmp_path)
+    assert [r.path for r in found.inputs] == ["a.png", "b.png"]
+    assert found.run.model == "demo:shapes"
+
+    known = _journal_record("a.png", "gradcam")  # same file: the methods add up
+    replaced = _journal_record("b.png", "gradcam", mtime=4)  # an older version: replaced
+    base = Manifest(run, {"a.png": known, "b.png": replaced})
+    manifest, adopted = adopt_journals(base, [found])
+    assert manifest is not None and adopted == 2
+    assert set(manifest.inputs["a.png"].methods) == {"gradient", "gradcam"}
+    assert set(manifest.inputs["b.png"].methods) == {"gradient"}
+    other = Manifest(RunInfo(model="resnet50", methods=["gradient"]), {})
+    assert adopt_journals(other, [found]) == (other, 0)  # other results settings: redone
+    alone, adopted = adopt_journals(None, [found])
+    assert alone is not None and sorted(alone.inputs) == ["a.png", "b.png"] and adopted == 2
+
+    journal.remove()
+    assert not journal_files(tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.write_text('{"journal": 1, "run": {}}\n')
+    (tmp_path / ".manifest.json.journal").symlink_to(outside)
+    os.mkfifo(tmp_path / ".manifest.rank-1.json.journal")
+    assert read_journals(tmp_path) == []  # neither followed nor waited on

@@ -300,6 +300,63 @@ def test_workers_die_with_a_killed_parent_and_release_the_pipe(tmp_path: Path) -
         stop(process, workers)
 
 
+def listed_ok(out: Path) -> set[str]:
+    """Relpaths the saved manifest lists as done (none before the first save)."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    return {e["path"] for e in manifest["inputs"] if e["status"] == "ok"}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork workers and /proc: Linux")
+def test_a_killed_run_is_resumed_without_redoing_finished_outputs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from saliency.cli.journal import journal_files, read_journals
+
+    photos = photo_folder(tmp_path, 24)
+    out = tmp_path / "out"
+    options = ["--model", "demo:shapes", "--quiet", *SLOW]
+    process = start_explain(photos, out, *SLOW, "--workers", "2")
+    workers: list[int] = []
+
+    def written() -> set[str]:
+        return {p.parent.name for p in out.glob("*/smoothgrad.png")}
+
+    try:
+        # Outputs beyond what the manifest lists (it is saved every few seconds).
+        wait_for(lambda: len(written() - listed_ok(out)) >= 3)
+        workers = children(process.pid)
+        process.kill()  # SIGKILL: no final save
+        process.wait(timeout=30)
+    finally:
+        stop(process, workers)
+    wait_for(lambda: not any(alive(pid) for pid in workers), timeout=30)
+    saved = listed_ok(out)
+    journaled = {r.path for j in read_journals(out) for r in j.inputs if "smoothgrad" in r.methods}
+    done = saved | journaled
+    # Every output on disk is journaled by its writer, but for one caught between its rename
+    # and its line (at most one per worker).
+    assert len(written() - saved) >= 3 and len(written() - done) <= 2
+    stamps = {
+        name: (
+            os.stat(out / name / "smoothgrad.png").st_ino,
+            os.stat(out / name / "smoothgrad.png").st_mtime_ns,
+        )
+        for name in done
+    }
+    code, _, err = run(capsys, "explain", photos, "--out", out, *options, "--workers", "1")
+    assert code == 0, err
+    assert f"resuming: {len(done)} of 24 inputs already done" in err
+    for name, stamp in stamps.items():  # not written again
+        overlay = out / name / "smoothgrad.png"
+        assert (os.stat(overlay).st_ino, os.stat(overlay).st_mtime_ns) == stamp, name
+    assert listed_ok(out) == {f"p{i:02d}.png" for i in range(24)}
+    leftovers = [n for _, _, names in os.walk(out) for n in names if n.endswith(".tmp")]
+    assert not leftovers and not journal_files(out)
+
+
 def test_stale_temporary_files_of_ours_are_removed_others_kept(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

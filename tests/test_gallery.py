@@ -392,3 +392,61 @@ def test_heatmap_layers_are_the_pixels_of_render(channels: int) -> None:
     assert (np.asarray(signed) == expected[1]).all()
     large, _ = heatmaps(attributions, "viridis", "RdBu_r", limit=15)
     assert large.size == (15, 10)
+
+
+def test_a_large_raw_map_is_shrunk_while_it_is_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Issue #13, item 11: a 16000² map (1 GB) must not be read whole; it is averaged over
+    # k × k blocks band by band, to at most the display size.
+    import torch.nn.functional as F
+
+    from saliency.gallery import imaging
+
+    monkeypatch.setattr(imaging, "_RAW_READ_BYTES", 3000)  # many bands
+    values = np.random.default_rng(0).normal(size=(3, 100, 61))
+    np.save(tmp_path / "big.npy", values)  # float64, (C, H, W)
+    shrunk = imaging.raw_attributions(tmp_path / "big.npy", limit=16)
+    expected = F.avg_pool2d(torch.from_numpy(values[None]).float(), 7, ceil_mode=True)
+    assert shrunk.shape == (1, 3, 15, 9) and shrunk.dtype == torch.float32
+    torch.testing.assert_close(shrunk, expected, rtol=1e-6, atol=1e-6)
+    small = imaging.raw_attributions(tmp_path / "big.npy", limit=100)
+    assert torch.equal(small, torch.from_numpy(values[None]).float())
+    claims = tmp_path / "claims.npy"
+    header = tmp_path / "header.npy"
+    np.lib.format.open_memmap(header, mode="w+", dtype=np.float32, shape=(16000, 16000))
+    with open(header, "rb") as handle:
+        claims.write_bytes(handle.read(4096))  # a header claiming 1 GB, 4 KB of file
+    with pytest.raises(ValueError, match="fewer bytes"):
+        imaging.raw_attributions(claims, limit=1024)
+
+
+def test_single_file_embeds_large_overlays_at_the_display_size(tmp_path: Path) -> None:
+    # Issue #13, item 12: full-resolution overlays made a 10-photo page 189 MB.
+    import base64
+    import io
+
+    from saliency.gallery.assets import DISPLAY_SIZE
+
+    run = write_synthetic_run(tmp_path / "run", 2, raw=False, failed=0)
+    manifest = json.loads((run / "manifest.json").read_text())
+    entry = manifest["inputs"][0]
+    overlay = run / next(iter(entry["methods"].values()))["overlay"]
+    width, height = PIL.Image.open(overlay).size
+    scale = -(-3000 // max(width, height))
+    noise = np.random.default_rng(0).integers(0, 256, (height * scale, width * scale, 3))
+    PIL.Image.fromarray(noise.astype(np.uint8)).save(overlay)  # ~27 MB of PNG
+    page = build_gallery(run, out=tmp_path / "one.html", single_file=True)
+    urls = {
+        method["overlay"]["url"]
+        for item in page_data(page)["items"]
+        for method in item["methods"]
+        if method.get("overlay")
+    }
+    big = [u for u in urls if u.startswith("data:image/jpeg;base64,")]
+    assert len(big) == 1, "the large overlay is embedded as a display-size JPEG"
+    image = PIL.Image.open(io.BytesIO(base64.b64decode(big[0].split(",", 1)[1])))
+    assert max(image.size) == DISPLAY_SIZE
+    assert abs(image.width / image.height - width / height) < 0.01
+    assert all(u.startswith("data:image/png;base64,") for u in urls - set(big)), "small: as is"
+    assert page.stat().st_size < overlay.stat().st_size / 5

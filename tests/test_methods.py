@@ -400,6 +400,40 @@ def test_ig_return_error_is_the_completeness_error(smooth_cnn: nn.Module, x: Ten
     assert "completeness_error" not in no_error.extras
 
 
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("integrated_gradients", {"return_error": True}),
+        ("integrated_gradients", {"steps": "auto"}),
+        ("blur_ig", {"return_error": True}),
+    ],
+)
+def test_completeness_error_of_a_float64_run_is_float64(
+    method: str, options: dict[str, Any]
+) -> None:
+    # On a linear model IG's rule is exact, so the true error is float64 rounding (~1e-12),
+    # while float32 scores near 1e4 alone are off by ~1e-3 (issue #13, item 15).
+    generator = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).double().eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.rand(4, 192, generator=generator, dtype=torch.float64) * 50)
+        model[1].bias.fill_(3.0)
+    x = torch.rand(2, 3, 8, 8, generator=generator, dtype=torch.float64) + 1.0
+    ex = saliency.explain(model, x, method, target=[0, 3], **options)
+    error = ex.extras["completeness_error"]
+    start = saliency.methods.registry.get_method(method).create(**options).path(x).start
+    rows = torch.arange(2)
+    with torch.no_grad():
+        outputs = model(x)[rows, [0, 3]]
+        gap = outputs - model(start)[rows, [0, 3]]
+    assert outputs.abs().min() > 5e3, "the scores must be near 1e4"
+    assert error.dtype == torch.float64
+    own = ex.attributions.flatten(1).sum(1) - gap
+    torch.testing.assert_close(error, own, rtol=0, atol=1e-9)
+    if method == "integrated_gradients":  # exact on a linear model: float64 rounding only
+        assert error.abs().max() < 1e-9, error
+
+
 @pytest.mark.parametrize("steps", [8, 16, 32])
 def test_gauss_legendre_beats_trapezoid(smooth_cnn: nn.Module, x: Tensor, steps: int) -> None:
     target = torch.tensor([1, 2, 3])

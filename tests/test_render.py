@@ -401,3 +401,31 @@ def test_missing_images_is_a_clear_error(style: Any) -> None:
 def test_normalize_rejects_non_3d_maps() -> None:
     with pytest.raises(InvalidOptionError, match=r"\(N, H, W\).*\(1, 1, 4, 4\)"):
         normalize_maps(torch.randn(1, 1, 4, 4))
+
+
+@pytest.mark.parametrize("style", ["overlay", "heatmap", "masked"])
+def test_large_images_render_band_by_band_with_the_same_pixels(
+    monkeypatch: pytest.MonkeyPatch, style: Any
+) -> None:
+    # Issue #13, item 10: rendering composes a few rows at a time (bounded float32 temporaries);
+    # bands of one or two rows must give exactly the pixels of one band.
+    from saliency import rendering
+
+    generator = torch.Generator().manual_seed(3)
+    attributions = torch.randn(3, 3, 5, 7, generator=generator)
+    pil = Image.fromarray(
+        torch.randint(0, 256, (23, 31, 3), generator=generator, dtype=torch.uint8).numpy()
+    )
+    grey = pil.convert("L")  # converted to RGB band by band
+    tensor = torch.rand(3, 23, 31, generator=generator)
+    small = torch.randint(0, 256, (3, 9, 4), generator=generator, dtype=torch.uint8)
+    cases: list[Any] = [[pil, grey, tensor], [pil, small, tensor], torch.stack([tensor] * 3)]
+    for images in cases:
+        whole = rendering.render(attributions, images, style=style)
+        with monkeypatch.context() as patch:
+            patch.setattr(rendering, "_BAND_PIXELS", 40)
+            banded = rendering.render(attributions, images, style=style)
+        pairs = zip(whole, banded, strict=True) if isinstance(whole, list) else [(whole, banded)]
+        for one, other in pairs:
+            assert isinstance(other, torch.Tensor)
+            assert torch.equal(one, other)
