@@ -53,7 +53,7 @@ from saliency.cli.model import (
 )
 from saliency.cli.pipeline import Compute, OutputSpec, Pipeline
 from saliency.cli.plan import Job, Plan, ResumeConflict, RunRecorder, make_plan
-from saliency.cli.progress import Progress, format_duration, say
+from saliency.cli.progress import Progress, format_duration, format_rate, say
 from saliency.engine import EngineOptions
 from saliency.errors import SaliencyError
 from saliency.methods.registry import list_methods
@@ -368,7 +368,7 @@ def _summary(
 ) -> str:
     """``counts``: inputs done, skipped, failed and processed (for the rate)."""
     done, skipped, failed, images = counts
-    rate = f" ({images / elapsed:.1f} images/s)" if images else ""
+    rate = f" ({format_rate(images, elapsed)})" if images else ""
     return (
         f"{label}: {done} done, {skipped} skipped (already done), {failed} failed in "
         f"{format_duration(elapsed)}{rate}{where}; manifest: {manifest or 'not written'}"

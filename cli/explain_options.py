@@ -22,6 +22,7 @@ from PIL import Image, features
 from saliency.cli import UsageError, method_options, option_values
 from saliency.cli.method_options import MethodOption, options_for
 from saliency.cli.model import DEFAULT_SIZE
+from saliency.cli.names import split_names
 from saliency.engine import PRECISIONS
 from saliency.errors import SaliencyError
 from saliency.methods.base import Method
@@ -64,18 +65,16 @@ def method_names(values: Sequence[str] | None) -> list[str]:
     if not values:
         return [name for name in DEFAULT_METHODS if name in registered]
     names: list[str] = []
-    for value in values:
-        for name in (part.strip() for part in value.split(",")):
-            # all: every method but the members of method families (captum:NAME...), many of
-            # which need options (Occlusion's window) or are exponential (ShapleyValues).
-            chosen = list_methods(families=False) if name == "all" else [name] if name else []
-            for item in chosen:
-                if item not in registered:
-                    raise UsageError(
-                        f"unknown method {item!r}; accepted: {', '.join(registered)}, or all"
-                    )
-                if item not in names:
-                    names.append(item)
+    for name in split_names(values):
+        # all: every method but the members of method families (captum:NAME...), many of
+        # which need options (Occlusion's window) or are exponential (ShapleyValues).
+        for item in list_methods(families=False) if name == "all" else [name]:
+            if item not in registered:
+                raise UsageError(
+                    f"unknown method {item!r}; accepted: {', '.join(registered)}, or all"
+                )
+            if item not in names:
+                names.append(item)
     if not names:
         raise UsageError(f"--method is empty; accepted: {', '.join(registered)}, or all")
     for name in names:

@@ -122,9 +122,29 @@ class ReadyModel:
     weights: str | None
 
 
+def available_devices() -> list[str]:
+    """The ``--device`` values that work here: ``auto``, ``cpu``, and each accelerator torch
+    reports as available (``cuda``/``cuda:N``, ``mps``, ``xpu``/``xpu:N``)."""
+    found = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        found += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        found += ["xpu", *(f"xpu:{i}" for i in range(xpu.device_count()))]
+    return found
+
+
 def resolve_device(text: str) -> torch.device:
-    """``auto`` (CUDA, else Apple MPS, else CPU) or any device torch accepts and has."""
-    accepted = "accepted: auto, cpu, cuda, cuda:N, mps"
+    """``auto`` (CUDA, else Apple MPS, else CPU) or any device torch accepts and has.
+
+    Raises:
+        UsageError: Not a device, or one this machine does not have; the message lists the
+            devices that exist here (:func:`available_devices`).
+    """
+    accepted = f"accepted here: {', '.join(available_devices())}"
     if text == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
@@ -140,13 +160,14 @@ def resolve_device(text: str) -> torch.device:
         if not torch.cuda.is_available():
             raise UsageError(
                 f"--device {text}: CUDA is not available here (no GPU, or torch built without "
-                f"CUDA); {accepted.replace('cuda, cuda:N, ', '')}"
+                f"CUDA); {accepted}"
             )
         count = torch.cuda.device_count()
         index = device.index if device.index is not None else torch.cuda.current_device()
         if index >= count:
             raise UsageError(
-                f"--device {text}: there are {count} CUDA devices (cuda:0..{count - 1})"
+                f"--device {text}: there are {count} CUDA devices (cuda:0..{count - 1}); "
+                f"{accepted}"
             )
         return torch.device("cuda", index)
     if device.type != "cpu":

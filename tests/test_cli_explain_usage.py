@@ -119,7 +119,7 @@ def test_default_model_offline_says_how_to_go_on(
             ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "cuda:99"],
             ["cuda"],
         ),
-        (["--device", "toaster"], ["accepted: auto, cpu"]),
+        (["--device", "toaster"], ["accepted here: auto, cpu"]),
     ],
 )
 def test_bad_choices_are_usage_errors_before_any_work(

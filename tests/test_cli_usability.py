@@ -1,0 +1,190 @@
+"""What a new user meets first on the command line: the same spellings in every command,
+"did you mean" for a mistyped option, an honest rate and time left, and the devices that exist.
+
+All in process (milliseconds each): the commands' real entry point ``main(argv)``, with the work
+itself replaced where a case is only about the command line.
+"""
+
+from __future__ import annotations
+
+import io
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import saliency.demo
+from saliency.cli import UsageError
+from saliency.cli.main import main
+from saliency.cli.model import available_devices, resolve_device
+from saliency.cli.names import demo_model_names, split_names
+from saliency.cli.progress import Progress, format_rate
+from saliency.demo.models import DEMO_MODELS
+
+# ---- the same spellings in explain and demo ---------------------------------------------------
+
+
+def test_names_are_repeatable_and_comma_separated() -> None:
+    assert split_names(["gradcam,gradient", " smoothgrad ,", "gradcam"]) == [
+        "gradcam",
+        "gradient",
+        "smoothgrad",
+    ]
+    assert split_names(None) == [] and split_names([","]) == []
+
+
+def test_demo_models_take_the_explain_spelling_and_the_bare_name() -> None:
+    assert demo_model_names(["demo:shapes", "shapes-shortcut"], DEMO_MODELS) == [
+        "shapes",
+        "shapes-shortcut",
+    ]
+    assert demo_model_names(["demo:shapes,shapes"], DEMO_MODELS) == ["shapes"]
+    assert demo_model_names(None, DEMO_MODELS) == []
+    with pytest.raises(UsageError, match=r"'resnet50' is not a demo model; accepted: demo:shapes"):
+        demo_model_names(["resnet50"], DEMO_MODELS)
+    with pytest.raises(UsageError, match="not a demo model"):
+        demo_model_names(["timm:shapes"], DEMO_MODELS)
+
+
+@pytest.fixture
+def demo_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Any]:
+    """``saliency demo`` with the run replaced: the settings it was given are collected."""
+    seen: list[Any] = []
+
+    def fake_run(out: str, settings: Any, on_step: Any = None) -> Any:
+        seen.append(settings)
+        return types.SimpleNamespace(rows=[], out=Path(out), gallery=None, seconds=0.1)
+
+    monkeypatch.setattr(saliency.demo, "run_demo", fake_run)
+    return seen
+
+
+def test_demo_accepts_what_explain_accepts(
+    demo_settings: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["demo", "--out", str(tmp_path / "d"), "--quiet", "--device", "cpu"]
+    code = main([*argv, "--model", "demo:shapes", "--method", "gradcam,gradient"])
+    assert code == 0, capsys.readouterr().err
+    assert demo_settings[-1].models == ("shapes",)
+    assert demo_settings[-1].methods == ("gradcam", "gradient")
+    assert main([*argv, "--model", "shapes", "--method", "gradcam", "--method", "smoothgrad"]) == 0
+    assert demo_settings[-1].methods == ("gradcam", "smoothgrad")
+    code = main([*argv, "--method", "gradient,nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown method 'nope'" in err and "or all" in err
+    code = main([*argv, "--model", "demo:nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and "accepted: demo:shapes" in err
+    assert len(demo_settings) == 2  # the usage errors did no work
+
+
+# ---- did you mean ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage", "hint"),
+    [
+        (["explain", "x.jpg", "--stepz", "5"], "usage: saliency explain", "did you mean --steps"),
+        (["explain", "x.jpg", "--methd=gradcam"], "usage: saliency explain", "--method"),
+        (["gallery", "run", "--titel", "x"], "usage: saliency gallery", "did you mean --title"),
+        (["demo", "--imagez", "3"], "usage: saliency demo", "did you mean --images"),
+        (["methods", "--verbose"], "usage: saliency methods", "unrecognized arguments: --verbose"),
+    ],
+)
+def test_an_unknown_option_shows_the_commands_usage_and_the_closest_option(
+    capsys: pytest.CaptureFixture[str], argv: list[str], usage: str, hint: str
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage), err
+    assert "unrecognized arguments" in err and hint in err
+    assert "usage: saliency [-h]" not in err  # not the top-level usage
+
+
+# ---- the rate and the time left ------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_slow_rates_are_shown_as_seconds_per_image() -> None:
+    assert format_rate(8, 240.0) == "30.0 s/image"
+    assert format_rate(40, 10.0) == "4.0 images/s"
+    assert format_rate(3, 6.0, "steps") == "2.0 s/step"
+    assert format_rate(0, 5.0) == "- images/s"
+
+
+def test_the_time_left_leaves_out_the_warm_up() -> None:
+    clock = FakeClock()
+    stream = io.StringIO()
+    progress = Progress(20, stream=stream, interactive=False, clock=clock)
+    assert progress.eta() is None
+    clock.now = 120.0  # loading, workers, the first (slow) batch of 4 images
+    for _ in range(4):
+        progress.advance()
+        clock.now += 0.01
+    # Only the warm-up so far: an upper bound from the whole time.
+    assert progress.eta() == pytest.approx(16 * clock.now / 4)
+    for _ in range(8):  # then steadily one image every 10 s
+        clock.now += 10.0
+        progress.advance()
+    assert progress.seconds_per_unit() == pytest.approx((80.0 + 0.01) / 8)  # since the burst
+    assert progress.eta() == pytest.approx(8 * 10.0, rel=1e-3)
+    # The naive estimate (all the time over all the images) would say 8 * 200 / 12 ≈ 133 s.
+    last = stream.getvalue().splitlines()[-1]
+    assert "12/20 images" in last and "10.0 s/image" in last and "ETA 1:20" in last
+
+
+def test_demo_steps_are_estimated_the_same_way() -> None:
+    clock = FakeClock()
+    progress = Progress(6, enabled=False, unit="steps", clock=clock)
+    clock.now = 50.0  # the first step loads the model and warms up
+    progress.advance()
+    for _ in range(2):
+        clock.now += 5.0
+        progress.advance()
+    assert progress.eta() == pytest.approx(3 * 5.0)
+    assert "5.0 s/step" in progress._status()
+
+
+# ---- devices -------------------------------------------------------------------------------------
+
+
+def _no_accelerators(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    if hasattr(torch, "xpu"):
+        monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
+
+
+def test_a_missing_device_lists_only_the_devices_that_exist(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _no_accelerators(monkeypatch)
+    assert available_devices() == ["auto", "cpu"]
+    for text in ("cuda", "cuda:1", "toaster"):
+        with pytest.raises(UsageError) as error:
+            resolve_device(text)
+        message = str(error.value)
+        assert message.endswith("accepted here: auto, cpu"), message
+        assert "mps" not in message.rpartition(";")[2]  # torch's own message names every type
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert available_devices() == ["auto", "cpu", "mps"]
+    with pytest.raises(UsageError, match="accepted here: auto, cpu, mps"):
+        resolve_device("cuda")
+
+
+def test_gpus_are_listed_by_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_accelerators(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert available_devices() == ["auto", "cpu", "cuda", "cuda:0", "cuda:1"]
