@@ -34,8 +34,14 @@ class Command:
     add_arguments: Callable[[argparse.ArgumentParser], Run]
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser; only ``command``'s own arguments are added (and loaded)."""
+def build_parser(
+    command: str | None = None, arguments: Sequence[str] | None = None
+) -> argparse.ArgumentParser:
+    """The argument parser; only ``command``'s own arguments are added (and loaded).
+
+    ``arguments``: the command line it will parse, if known (its sub-parser's ``command_line``
+    default: a command may add options only when the line needs them).
+    """
     parser = argparse.ArgumentParser(
         prog="saliency",
         description="Gradient-based saliency maps for PyTorch image models.",
@@ -46,6 +52,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, spec in COMMANDS.items():
         sub = commands.add_parser(name, help=spec.help)
         if name == command:
+            if arguments is not None:
+                sub.set_defaults(command_line=tuple(arguments))
             sub.set_defaults(run=spec.add_arguments(sub))
     return parser
 
@@ -54,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in arguments if not a.startswith("-")), None)
-    parser = build_parser(command if command in COMMANDS else None)
+    parser = build_parser(command if command in COMMANDS else None, arguments)
     parsed, unknown = parser.parse_known_args(arguments)
     if unknown:
         # The command's own parser reports it, with its usage, not the top-level one.

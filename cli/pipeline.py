@@ -58,6 +58,7 @@ from saliency.engine import Precision
 from saliency.errors import ImageLoadError, SaliencyError
 from saliency.explain import explain, explain_many
 from saliency.explanation import Explanation
+from saliency.framing import Framing, render_framed
 from saliency.images import open_image
 from saliency.methods.registry import get_method
 from saliency.output_files import file_stem
@@ -366,7 +367,8 @@ class Pipeline:
         for index, item in enumerate(items):
             attributions = explanation.attributions[index : index + 1]
             try:
-                picture = render_overlay(self.output, attributions, item.original)
+                framing = self.compute.model_input.framing(item.original.size)
+                picture = render_overlay(self.output, attributions, item.original, framing)
             except Exception as exc:
                 self.events.method_failed(item.job, method, describe(exc))
                 self._resolve(item)
@@ -443,7 +445,10 @@ class OutputSpec:
 
 
 def render_overlay(
-    spec: OutputSpec, attributions: Tensor, original: PIL.Image.Image
+    spec: OutputSpec,
+    attributions: Tensor,
+    original: PIL.Image.Image,
+    framing: Framing | None = None,
 ) -> PIL.Image.Image:
     """The overlay of one map on the decoded image, at the image's size.
 
@@ -454,7 +459,11 @@ def render_overlay(
         spec: What to write (the render options).
         attributions: ``(1, C, h, w)`` raw attributions at the model's input size.
         original: The decoded image.
+        framing: How the image became the model's input (``--fit``): the map is drawn back
+            through it (None: stretched over the whole image, for a custom transform).
     """
+    if framing is not None:
+        return render_framed(attributions, original, framing, **spec.render_options)
     (picture,) = render(attributions, [original], as_pil=True, **spec.render_options)
     return picture
 

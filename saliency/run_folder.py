@@ -394,6 +394,8 @@ class RunInfo:
         compile: Whether the forward was compiled.
         batch_size: ``--batch-size`` (None: automatic).
         memory_budget: ``--memory-budget`` in bytes (None: the engine's default).
+        fit: How images were fitted to the model's input (``--fit``; None: the model's own
+            transform, or not recorded).
         format: The overlays' format.
         class_names: Whether labels come from the model's class names.
         versions: Versions of this package and the libraries that shape its results.
@@ -415,6 +417,7 @@ class RunInfo:
     compile: bool | None = None
     batch_size: int | None = None
     memory_budget: int | None = None
+    fit: str | None = None
     format: str = "png"
     class_names: bool = False
     versions: dict[str, str] = field(default_factory=dict)
@@ -462,6 +465,7 @@ _RUN_TYPES: dict[str, tuple[type, ...]] = {
     "device": (str,),
     "precision": (str,),
     "compile": (bool,),
+    "fit": (str,),
     "format": (str,),
     "class_names": (bool,),
     "started": (str,),
