@@ -80,8 +80,9 @@ class Framing:
         ``"crop"`` follows torchvision exactly: the shorter side to ``resize_size`` (the longer
         ``int(resize_size * long / short)``), then a centre crop of ``crop_size`` (offset
         ``round((length - crop) / 2)``; an image smaller than the crop is padded, centred).
-        ``"squash"`` and ``"pad"`` use the side ``crop_size`` (else ``resize_size``); with
-        neither size, every fit keeps the image as it is.
+        ``"squash"`` and ``"pad"`` fit the image to the square ``crop_size``. Without a
+        ``crop_size`` there is no square input: every fit only resizes the shorter side to
+        ``resize_size`` (or keeps the image as it is).
 
         Raises:
             InvalidOptionError: An unknown fit or an empty image.
@@ -90,15 +91,13 @@ class Framing:
         width, height = image
         if width < 1 or height < 1:
             raise InvalidOptionError(f"an image of {width}×{height} pixels cannot be framed")
-        if fit == "crop":
+        if fit == "crop" or crop_size is None:
             resized = _shorter_side_to(image, resize_size) if resize_size else image
             if crop_size is None:
                 return cls(image, resized, (0, 0), resized, fit)
             offset = (_centred(resized[0], crop_size), _centred(resized[1], crop_size))
             return cls(image, resized, offset, (crop_size, crop_size), fit)
-        side = crop_size or resize_size
-        if side is None:
-            return cls(image, image, (0, 0), image, fit)
+        side = crop_size
         if fit == "squash":
             return cls(image, (side, side), (0, 0), (side, side), fit)
         scale = side / max(width, height)

@@ -188,10 +188,10 @@ class Preprocess:
     """A model's input pipeline, split into geometry (pixels the model sees) and normalisation.
 
     Attributes:
-        resize_size: With ``fit="crop"``, the shorter side is resized to this (None: no
-            resize); the other fits use it only when there is no ``crop_size``.
+        resize_size: With ``fit="crop"`` (or no ``crop_size``), the shorter side is resized
+            to this (None: no resize); ``"squash"`` and ``"pad"`` do not use it.
         crop_size: The model's square input side: the centre crop of ``"crop"``, the side of
-            ``"squash"`` and ``"pad"`` (None: no crop; the side is ``resize_size``).
+            ``"squash"`` and ``"pad"`` (None: no square input, whatever the fit).
         mean: Per-channel mean of the [0, 1] values.
         std: Per-channel standard deviation.
         interpolation: Resize interpolation (antialiasing is always on): a torchvision
