@@ -70,7 +70,7 @@ def test_squash_and_pad_shapes_and_padding_colour() -> None:
     assert padded[:, 100, 100].tolist() == [10, 20, 30]
     with pytest.raises(InvalidOptionError, match="accepted: 'squash', 'crop', 'pad'"):
         Preprocess(fit="stretch")  # type: ignore[arg-type]
-    with pytest.raises(InvalidOptionError, match="needs a saliency.Preprocess"):
+    with pytest.raises(InvalidOptionError, match=r"needs a saliency\.Preprocess"):
         load_images("x.png", None, fit="crop")
 
 
