@@ -238,6 +238,10 @@ Exit codes: 0 every input done; 1 some inputs failed (each has its error in the 
 and every other input was processed; 2 usage or set-up error (unknown method, model,
 option or layer, unusable --out...), found before any work; 130 interrupted.
 
+Integrated Hessians --query y0,x0,y1,x1 is a box in pixels of the ORIGINAL image (half-open),
+mapped onto each image's model input through --fit; an input whose box lies outside the image
+(or, with --fit crop, outside the crop) fails with that message.
+
 Registered methods: {methods}.
 Offline: the default model needs its torchvision weights in the torch cache; else pass
 --weights FILE (a state dict), --weights none (random), or a demo model (--model demo:shapes).

@@ -97,6 +97,27 @@ class ModelInput:
         custom transform: the model sees it as that transform decides)."""
         return None if self.custom is not None else self.preprocess.framing(size)
 
+    def query_masks(self, box: Sequence[int], sizes: Sequence[tuple[int, int]]) -> Tensor:
+        """An image-pixel box ``(y0, x0, y1, x1)`` as each image's ``(N, 1, S, S)`` mask of
+        the model's input pixels it covers (:meth:`saliency.framing.Framing.input_box`); with a
+        custom transform, the box is taken in input pixels.
+
+        Raises:
+            InvalidOptionError: The box does not fit an image, or lies outside what the model
+                sees of it (``--fit crop``).
+        """
+        image_box = (int(box[0]), int(box[1]), int(box[2]), int(box[3]))
+        masks = torch.zeros(len(sizes), 1, self.size, self.size, dtype=torch.bool)
+        for index, size in enumerate(sizes):
+            framing = self.framing(size)
+            if framing is None:  # the custom transform's geometry is unknown
+                framing = Framing(
+                    (self.size, self.size), (self.size,) * 2, (0, 0), (self.size,) * 2, "squash"
+                )
+            y0, x0, y1, x1 = framing.input_box(image_box)
+            masks[index, :, y0:y1, x0:x1] = True
+        return masks
+
     def pixels(self, image: PIL.Image.Image) -> Tensor:
         """One image's model-ready pixels: ``(3, size, size)`` uint8, or the custom output.
 
@@ -362,6 +383,8 @@ def check_queries(ready: ReadyModel, methods: Mapping[str, Method]) -> None:
     blank = blank_batch(ready.model_input, ready.device)
     for name, method in methods.items():
         query_mask = getattr(method, "query_mask", None)
+        if isinstance(getattr(method, "query", None), tuple):
+            continue  # a box in image pixels: checked against each image (query_masks)
         if callable(query_mask):
             try:
                 query_mask(blank)

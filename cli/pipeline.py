@@ -311,7 +311,7 @@ class Pipeline:
                 explanations = explain_many(
                     compute.model,
                     inputs,
-                    {method: compute.methods[method] for method in sharing},
+                    {method: self._options(method, items) for method in sharing},
                     compute.target,
                     batch_size=compute.chunk_size,
                     precision=compute.precision,
@@ -344,7 +344,7 @@ class Pipeline:
                 precision=compute.precision,
                 compile=compute.compile,
                 memory_budget=compute.memory_budget,
-                **compute.methods[method],
+                **self._options(method, items),
             )
             if compute.device.type == "cuda":
                 torch.cuda.synchronize(compute.device)
@@ -358,6 +358,16 @@ class Pipeline:
             return
         seconds = (time.perf_counter() - started) / len(items)
         self._emit(method, items, explanation, seconds)
+
+    def _options(self, method: str, items: list[_Item]) -> dict[str, Any]:
+        """The method's options for these inputs: a ``query`` box, given in image pixels, as
+        each input's mask of the model's input pixels (see :meth:`ModelInput.query_masks`)."""
+        options = dict(self.compute.methods[method])
+        box = options.get("query")
+        if isinstance(box, tuple):
+            sizes = [item.original.size for item in items]
+            options["query"] = self.compute.model_input.query_masks(box, sizes)
+        return options
 
     def _emit(
         self, method: str, items: list[_Item], explanation: Explanation, seconds: float

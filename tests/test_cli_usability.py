@@ -8,10 +8,12 @@ itself replaced where a case is only about the command line.
 from __future__ import annotations
 
 import io
+import json
 import types
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +24,7 @@ from saliency.cli.model import available_devices, resolve_device
 from saliency.cli.names import demo_model_names, split_names
 from saliency.cli.progress import Progress, format_rate
 from saliency.demo.models import DEMO_MODELS
+from saliency.framing import Framing
 
 # ---- the same spellings in explain and demo ---------------------------------------------------
 
@@ -188,3 +191,68 @@ def test_gpus_are_listed_by_index(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert available_devices() == ["auto", "cpu", "cuda", "cuda:0", "cuda:1"]
+
+
+# ---- an Integrated Hessians query box in image pixels -----------------------------------------
+
+
+@pytest.fixture
+def wide_photo(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (200, 400, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    return tmp_path / "wide.png"
+
+
+@pytest.fixture
+def queries(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The ``query`` every explain() call of the pipeline got."""
+    from saliency.cli import pipeline
+
+    seen: list[Any] = []
+    real = pipeline.explain
+
+    def spy(*args: Any, **options: Any) -> Any:
+        seen.append(options.get("query"))
+        return real(*args, **options)
+
+    monkeypatch.setattr(pipeline, "explain", spy)
+    return seen
+
+
+IH = ["--model", "demo:shapes", "--method", "integrated_hessians", "--workers", "1", "--quiet"]
+IH += ["--inner-steps", "1", "--outer-steps", "1"]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_query_box_is_in_image_pixels(
+    capsys: pytest.CaptureFixture[str], wide_photo: Path, tmp_path: Path, queries: list[Any]
+) -> None:
+    # 400×200 squashed to the demo model's 96×96: x / 400 * 96, y / 200 * 96.
+    code = main(["explain", str(wide_photo), "--out", str(tmp_path / "o"), *IH, "--query",
+                 "50,100,150,300"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    (mask,) = queries
+    expected = torch.zeros(1, 1, 96, 96, dtype=torch.bool)
+    expected[..., 24:72, 24:72] = True
+    assert torch.equal(mask, expected)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_query_box_outside_the_crop_fails_that_input(
+    capsys: pytest.CaptureFixture[str], wide_photo: Path, tmp_path: Path, queries: list[Any]
+) -> None:
+    out = tmp_path / "o"
+    argv = ["explain", str(wide_photo), "--out", str(out), *IH, "--fit", "crop"]
+    code = main([*argv, "--query", "0,0,20,20"])  # the crop sees x 100..300 only
+    assert code == 1
+    entry = json.loads((out / "manifest.json").read_text())["inputs"][0]
+    assert "outside the part of the image the model sees" in json.dumps(entry)
+    code = main([*argv, "--query", "90,190,110,210", "--overwrite"])  # the centre: inside
+    assert code == 0, capsys.readouterr().err
+    framing = Framing.of((400, 200), "crop", 96, 96)
+    y0, x0, y1, x1 = framing.input_box((90, 190, 110, 210))
+    assert bool(queries[-1][0, 0, y0:y1, x0:x1].all()) and int(queries[-1].sum()) == (
+        (y1 - y0) * (x1 - x0)
+    )
