@@ -395,7 +395,7 @@ class RunInfo:
         batch_size: ``--batch-size`` (None: automatic).
         memory_budget: ``--memory-budget`` in bytes (None: the engine's default).
         fit: How images were fitted to the model's input (``--fit``; None: the model's own
-            transform, or not recorded).
+            transform, or not recorded; written only when set).
         format: The overlays' format.
         class_names: Whether labels come from the model's class names.
         versions: Versions of this package and the libraries that shape its results.
@@ -458,7 +458,7 @@ class RunInfo:
 
 
 _RUN_FIELDS = tuple(f.name for f in fields(RunInfo) if f.name != "extra")
-_WHEN_SET = frozenset({"rank", "world_size", "finished", "totals"})
+_WHEN_SET = frozenset({"rank", "world_size", "finished", "totals", "fit"})
 _RUN_TYPES: dict[str, tuple[type, ...]] = {
     "model": (str,),
     "weights": (str,),
