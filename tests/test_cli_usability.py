@@ -251,6 +251,12 @@ def test_a_query_box_outside_the_crop_fails_that_input(
     assert "outside the part of the image the model sees" in json.dumps(entry)
     code = main([*argv, "--query", "90,190,110,210", "--overwrite"])  # the centre: inside
     assert code == 0, capsys.readouterr().err
+    from PIL import Image
+
+    overlay = np.asarray(Image.open(out / "wide.png" / "integrated_hessians.png"))
+    assert overlay.shape == (200, 400, 3)  # the original's size; outside the crop: grey
+    assert (overlay[:, :90, 0] == overlay[:, :90, 1]).all()
+    assert (overlay[:, :90, 1] == overlay[:, :90, 2]).all()
     framing = Framing.of((400, 200), "crop", 96, 96)
     y0, x0, y1, x1 = framing.input_box((90, 190, 110, 210))
     assert bool(queries[-1][0, 0, y0:y1, x0:x1].all()) and int(queries[-1].sum()) == (
