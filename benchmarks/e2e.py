@@ -172,9 +172,11 @@ def _inner_seconds(stdout: str, images: int) -> float | None:
     match = re.search(r"BENCH-SECONDS ([\d.]+)", stdout)
     if match:
         return float(match.group(1))
-    match = re.search(r"\(([\d.]+) images/s\)", stdout)  # the CLI's summary line
+    # The CLI's summary line: "(2.5 images/s)", or "(12.0 s/image)" below one image per second.
+    match = re.search(r"\(([\d.]+) (images/s|s/image)\)", stdout)
     if match and float(match.group(1)) > 0:
-        return images / float(match.group(1))
+        value = float(match.group(1))
+        return images / value if match.group(2) == "images/s" else images * value
     return None
 
 

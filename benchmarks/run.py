@@ -9,6 +9,8 @@ Profiles (comma-separated or repeated ``--profile`` to run several):
   ceiling eager and under ``torch.compile``. Skipped with a message when CUDA is missing.
 * ``e2e``: a folder of 64 generated JPEG photos → PNG overlays: ``saliency explain`` against a
   captum + matplotlib script and a pytorch-grad-cam script, each a real process.
+* ``startup``: fresh processes of ``import torch``, ``import saliency``, ``saliency --help``,
+  ``saliency explain --help`` and ``saliency methods``; the minimum of the rounds counts.
 
 Each profile's section of the results file (default ``benchmarks/RESULTS.md``; with ``--smoke``
 nothing is written unless ``--out`` is given) is replaced atomically; the tables are also printed.
@@ -28,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import e2e, micro, report
+from benchmarks import e2e, micro, report, startup
 from benchmarks.measure import Result, memory_kind
 
-PROFILES = ("cpu", "gpu", "e2e")
+PROFILES = ("cpu", "gpu", "e2e", "startup")
 SMOKE_NOTE = " (smoke size: checks the harness; the numbers mean nothing)"
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -57,7 +59,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--profile", action="append", required=True, help="cpu, gpu, e2e (comma-separated)"
+        "--profile", action="append", required=True, help="cpu, gpu, e2e, startup (comma-separated)"
     )
     parser.add_argument(
         "--smoke", action="store_true", help="tiny sizes that check the harness, not the speed"
@@ -273,6 +275,44 @@ def _e2e_section(
     return "\n".join(lines)
 
 
+STARTUP_REPEATS, STARTUP_SMOKE_REPEATS = 3, 1
+
+
+def _startup_section(
+    results: list[startup.StartupResult], repeats: int, command: str, load: str, smoke: bool
+) -> str:
+    torch_seconds = next((r.best for r in results if r.case.name == startup.TORCH), None)
+    rows = []
+    for result in results:
+        limit, written = startup.target(result, torch_seconds)
+        best = result.best
+        met = "—" if limit is None or best is None else ("yes" if best <= limit else "**no**")
+        rows.append(
+            [
+                f"`{result.case.name}`",
+                result.error or report.number(best),
+                ", ".join(f"{value:.2f}" for value in result.seconds) or "—",
+                "—" if best is None or torch_seconds is None else f"{best - torch_seconds:+.2f}",
+                written,
+                met,
+            ]
+        )
+    description = (
+        "Fresh processes of the first commands a user types, each run "
+        f"{repeats} time(s) in rotating order; the minimum counts (start-up noise only adds "
+        "time). On a shared machine the absolute numbers move with the load; the differences "
+        "to `import torch`, measured in the same rounds, move less"
+    )
+    lines = [
+        *_section_head("startup", description, torch.device("cpu"), command, load, smoke),
+        report.table(
+            ["command", "min (s)", "runs (s)", "− import torch (s)", "target", "met"], rows
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def _e2e_device() -> torch.device:
     """Where the e2e pipelines run: each picks CUDA when it is there."""
     return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
@@ -308,6 +348,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcome = micro.run_micro(config, device, log=_log)
             section = _micro_section(profile, outcome, command, load, arguments.smoke)
             if any(r.error for r in outcome.results if r.case.library == micro.OURS):
+                status = 1
+        elif profile == "startup":
+            repeats = arguments.repeats or (
+                STARTUP_SMOKE_REPEATS if arguments.smoke else STARTUP_REPEATS
+            )
+            print(f"[startup] {repeats} round(s) of fresh processes", flush=True)
+            started = startup.run_startup(repeats, log=_log)
+            section = _startup_section(started, repeats, command, load, arguments.smoke)
+            if any(r.error for r in started):
                 status = 1
         else:
             e2e_config = e2e.SMOKE if arguments.smoke else e2e.PROFILE

@@ -1,10 +1,11 @@
 """``saliency explain INPUT...``: saliency maps for image files, written as a run folder.
 
 Writes ``OUT/<relpath>/<method>.<format>`` overlays at each image's own resolution and
-``OUT/manifest.json`` (docs/manifest.md). The model sees the whole image, resized to its square
-input size (see :mod:`saliency.cli.model`). Runs resume by default; exit codes: 0 every input
-done, 1 some inputs failed (the others were processed), 2 a usage or set-up error found before
-any work, 130 interrupted (what was done is kept; rerun to resume).
+``OUT/manifest.json`` (docs/manifest.md). The model sees each image as ``--fit`` says (squash
+by default: the whole image resized to its square input size; see :mod:`saliency.cli.model`).
+Runs resume by default; exit codes: 0 every input done, 1 some inputs failed (the others were
+processed), 2 a usage or set-up error found before any work, 130 interrupted (what was done is
+kept; rerun to resume).
 
 A run is a world of one or more processes (:mod:`saliency.cli.distributed`): each plans the
 whole run, does its share of the inputs and records it; rank 0 reports for everyone and builds
@@ -54,7 +55,7 @@ from saliency.cli.model import (
 )
 from saliency.cli.pipeline import Compute, OutputSpec, Pipeline
 from saliency.cli.plan import Job, Plan, ResumeConflict, RunRecorder, adopt_journals, make_plan
-from saliency.cli.progress import Progress, format_duration, say
+from saliency.cli.progress import Progress, format_duration, format_rate, say
 from saliency.engine import EngineOptions
 from saliency.errors import SaliencyError
 from saliency.methods.registry import get_method, list_methods
@@ -77,8 +78,14 @@ _LABEL = "saliency explain"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    """Add the options of ``saliency explain`` to its sub-parser; returns :func:`run`."""
-    parser.set_defaults(generated_options=explain_options.add_arguments(parser))
+    """Add the options of ``saliency explain`` to its sub-parser; returns :func:`run`.
+
+    The options of method families (captum:NAME) are added when the command line (the
+    parser's ``command_line`` default, set by :func:`saliency.cli.main.build_parser`) names one.
+    """
+    command_line = parser.get_default("command_line")
+    families = command_line is None or explain_options.names_a_family(command_line)
+    parser.set_defaults(generated_options=explain_options.add_arguments(parser, families))
     return run
 
 
@@ -224,6 +231,7 @@ def _set_up(arguments: argparse.Namespace, world: Group, held: contextlib.ExitSt
         channels_last=arguments.channels_last,
         batch_size=arguments.batch_size,
         memory_budget=arguments.memory_budget,
+        fit=None if ready.model_input.custom is not None else ready.model_input.preprocess.fit,
         format=arguments.format,
         class_names=ready.class_names is not None,
         versions=versions(),
@@ -304,7 +312,7 @@ def _load_model(
     torch.set_num_threads(_torch_threads(arguments.threads))
     device = distributed.rank_device(arguments.device, world.ranks)
     weights = None if arguments.weights.lower() == "none" else arguments.weights
-    ready = load_ready_model(arguments.model, weights, device, arguments.input_size)
+    ready = load_ready_model(arguments.model, weights, device, arguments.input_size, arguments.fit)
     methods = _applicable(methods, ready, arguments.method, world.ranks.is_main)
     instances = {name: chosen.instance for name, chosen in methods.items()}
     ready = replace(ready, layers=check_layers(ready, instances))
@@ -406,7 +414,7 @@ def _summary(
 ) -> str:
     """``counts``: inputs done, skipped, failed and processed (for the rate)."""
     done, skipped, failed, images = counts
-    rate = f" ({images / elapsed:.1f} images/s)" if images else ""
+    rate = f" ({format_rate(images, elapsed)})" if images else ""
     return (
         f"{label}: {done} done, {skipped} skipped (already done), {failed} failed in "
         f"{format_duration(elapsed)}{rate}{where}; manifest: {manifest or 'not written'}"

@@ -22,10 +22,12 @@ from PIL import Image, features
 from saliency.cli import UsageError, method_options, option_values
 from saliency.cli.method_options import MethodOption, options_for
 from saliency.cli.model import DEFAULT_SIZE
+from saliency.cli.names import split_names
 from saliency.engine import PRECISIONS
 from saliency.errors import SaliencyError
+from saliency.framing import DEFAULT_FIT, FITS
 from saliency.methods.base import Method
-from saliency.methods.registry import get_method, list_methods
+from saliency.methods.registry import family_prefixes, get_method, list_methods
 from saliency.output_files import file_stem
 from saliency.rendering import Sign, colormap_lut
 from saliency.run_folder import FORMATS, json_safe
@@ -60,24 +62,22 @@ def method_names(values: Sequence[str] | None) -> list[str]:
     Raises:
         UsageError: An unknown name, or a name unusable as a file name.
     """
-    registered = list_methods()
+    registered = list_methods(families=False)  # a family's library loads only when named
     if not values:
         return [name for name in DEFAULT_METHODS if name in registered]
     names: list[str] = []
-    for value in values:
-        for name in (part.strip() for part in value.split(",")):
-            # all: every method but the members of method families (captum:NAME...), many of
-            # which need options (Occlusion's window) or are exponential (ShapleyValues).
-            chosen = list_methods(families=False) if name == "all" else [name] if name else []
-            for item in chosen:
-                if item not in registered:
-                    raise UsageError(
-                        f"unknown method {item!r}; accepted: {', '.join(registered)}, or all"
-                    )
-                if item not in names:
-                    names.append(item)
+    for name in split_names(values):
+        # all: every method but the members of method families (captum:NAME...), many of
+        # which need options (Occlusion's window) or are exponential (ShapleyValues).
+        for item in registered if name == "all" else [name]:
+            if not method_options.is_registered(item):
+                raise UsageError(
+                    f"unknown method {item!r}; accepted: {', '.join(list_methods())}, or all"
+                )
+            if item not in names:
+                names.append(item)
     if not names:
-        raise UsageError(f"--method is empty; accepted: {', '.join(registered)}, or all")
+        raise UsageError(f"--method is empty; accepted: {', '.join(list_methods())}, or all")
     for name in names:
         if not _SAFE_NAME.fullmatch(file_stem(name)):
             raise UsageError(f"method {name!r} cannot be used: its name is not a safe file name")
@@ -209,10 +209,12 @@ was found in, extension kept; a file argument: its name; inputs that would colli
 ~2, ~3... suffix). OUT/manifest.json lists every input with its status, prediction,
 top-5, target and outputs, and the run's settings (see docs/manifest.md).
 
-The model sees the WHOLE image: it is resized to the model's square input size (its
-preprocessing crop size, e.g. 224; --input-size to change) ignoring the aspect ratio,
-never centre-cropped, so the map covers the whole image; the map is then upsampled
-bilinearly onto the original image.
+By default (--fit squash) the model sees the WHOLE image, resized to the model's square
+input size (its preprocessing crop size, e.g. 224; --input-size to change) ignoring the
+aspect ratio, so the map covers the whole image; --fit crop gives the model its evaluation
+transform (resize, centre crop) and --fit pad keeps the aspect ratio. Either way the map is
+drawn back onto the original image through the same geometry, exactly aligned; with crop,
+what the model did not see is grey. saliency.load_images(..., fit=...) gives the same inputs.
 """
 
 EPILOG = """\
@@ -236,16 +238,42 @@ Exit codes: 0 every input done; 1 some inputs failed (each has its error in the 
 and every other input was processed; 2 usage or set-up error (unknown method, model,
 option or layer, unusable --out...), found before any work; 130 interrupted.
 
+Integrated Hessians --query y0,x0,y1,x1 is a box in pixels of the ORIGINAL image (half-open),
+mapped onto each image's model input through --fit; an input whose box lies outside the image
+(or, with --fit crop, outside the crop) fails with that message.
+
 Registered methods: {methods}.
 Offline: the default model needs its torchvision weights in the torch cache; else pass
 --weights FILE (a state dict), --weights none (random), or a demo model (--model demo:shapes).
 """
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> list[MethodOption]:
+def names_a_family(arguments: Sequence[str]) -> bool:
+    """Whether a command line names a member of a method family (``captum:NAME`` anywhere:
+    ``--method``, ``--base``, ``--option base=...``)."""
+    prefixes = family_prefixes()
+    return any(prefix in argument for argument in arguments for prefix in prefixes)
+
+
+def registered_names(families: bool) -> list[str]:
+    """The registered methods for the help; with ``families`` False a family is named once,
+    ``PREFIX:NAME``, without loading its library."""
+    if families:
+        return list_methods()
+    return list_methods(families=False) + [f"{prefix}NAME" for prefix in family_prefixes()]
+
+
+def add_arguments(parser: argparse.ArgumentParser, families: bool = True) -> list[MethodOption]:
     """Add the help text and every option of ``saliency explain`` to ``parser``; returns the
-    method options generated from the registry (see :mod:`saliency.cli.method_options`)."""
-    registered = list_methods()
+    method options generated from the registry (see :mod:`saliency.cli.method_options`).
+
+    Args:
+        parser: The sub-parser.
+        families: Also list the method families' members and add their options (loads their
+            libraries, e.g. captum: a command line that names none leaves them out, so that
+            ``saliency explain --help`` stays quick).
+    """
+    registered = registered_names(families)
     parser.description = DESCRIPTION
     parser.epilog = EPILOG.format(methods=", ".join(registered))
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -285,8 +313,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> list[MethodOption]:
         "--input-size",
         type=positive_int,
         metavar="N",
-        help="square side the whole image is resized to for the model (default: the model's "
-        f"crop size, else {DEFAULT_SIZE})",
+        help="the model's square input side (default: the model's crop size, else "
+        f"{DEFAULT_SIZE})",
+    )
+    model.add_argument(
+        "--fit",
+        choices=FITS,
+        default=None,
+        help=f"how an image becomes the model's input (default: {DEFAULT_FIT}): squash = the "
+        "whole image resized to the square input, ignoring its aspect ratio; crop = the "
+        "model's evaluation transform, shorter side resized (e.g. to 256) then a centre crop "
+        "(224): outside the crop the overlay is grey; pad = the whole image, aspect kept, "
+        "padded with the mean colour. The same as fit= of saliency.load_images",
     )
     explaining = parser.add_argument_group("explaining")
     explaining.add_argument(
@@ -389,12 +427,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> list[MethodOption]:
         "batch_size", "create_graph", "precision", "target", "images", "compile", "memory_budget",
         "channels_last",
     }  # fmt: skip
-    generated = method_options.registry_options(reserved)
+    generated = method_options.registry_options(reserved, families=families)
+    family_note = (
+        ""
+        if families or not family_prefixes()
+        else "\nThe options of a method family's members (captum:NAME) are listed when the\n"
+        "command line names one: saliency explain --method captum:NAME --help."
+    )
     group = parser.add_argument_group(
         "method options",
         "From the registered methods' options. Each goes only to the methods that have it\n"
         "(and to a wrapper such as smoothgrad when its --base method has it); unset, each\n"
-        "method uses its own default. 'none' sets an optional value to None.",
+        "method uses its own default. 'none' sets an optional value to None." + family_note,
     )
     method_options.add_arguments(group, generated)
     group.add_argument(

@@ -9,6 +9,7 @@ gallery, the demo, training nor metrics.
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,8 +34,14 @@ class Command:
     add_arguments: Callable[[argparse.ArgumentParser], Run]
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser; only ``command``'s own arguments are added (and loaded)."""
+def build_parser(
+    command: str | None = None, arguments: Sequence[str] | None = None
+) -> argparse.ArgumentParser:
+    """The argument parser; only ``command``'s own arguments are added (and loaded).
+
+    ``arguments``: the command line it will parse, if known (its sub-parser's ``command_line``
+    default: a command may add options only when the line needs them).
+    """
     parser = argparse.ArgumentParser(
         prog="saliency",
         description="Gradient-based saliency maps for PyTorch image models.",
@@ -45,6 +52,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, spec in COMMANDS.items():
         sub = commands.add_parser(name, help=spec.help)
         if name == command:
+            if arguments is not None:
+                sub.set_defaults(command_line=tuple(arguments))
             sub.set_defaults(run=spec.add_arguments(sub))
     return parser
 
@@ -53,13 +62,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in arguments if not a.startswith("-")), None)
-    parser = build_parser(command if command in COMMANDS else None)
-    parsed = parser.parse_args(arguments)
+    parser = build_parser(command if command in COMMANDS else None, arguments)
+    parsed, unknown = parser.parse_known_args(arguments)
+    if unknown:
+        # The command's own parser reports it, with its usage, not the top-level one.
+        owner = _command_parser(parser, parsed.command) if parsed.command else parser
+        owner.error(unrecognized(unknown, owner))
     if parsed.command is None:
         parser.print_help()
         return 0
     code: int = parsed.run(parsed)
     return code
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The sub-parser of ``command``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[command]
+            return found
+    return parser
+
+
+def unrecognized(arguments: Sequence[str], parser: argparse.ArgumentParser) -> str:
+    """argparse's "unrecognized arguments" message, with the closest options of ``parser``
+    suggested for each unknown option (``--stepz`` → ``did you mean --steps?``)."""
+    options = [text for action in parser._actions for text in action.option_strings]
+    hints = []
+    for argument in arguments:
+        if not argument.startswith("-"):
+            continue
+        name = argument.partition("=")[0]
+        close = difflib.get_close_matches(name, options, n=3, cutoff=0.6)
+        if close:
+            hints.append(f"{name}: did you mean {' or '.join(close)}?")
+    message = f"unrecognized arguments: {' '.join(arguments)}"
+    return "; ".join([message, *hints])
 
 
 def registered_names() -> list[str]:
@@ -180,16 +218,17 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> Run:
     parser.add_argument(
         "--model",
         action="append",
-        choices=sorted(DEMO_MODELS),
-        help="a demo model (repeatable; default: every installed one)",
+        metavar="NAME",
+        help="a demo model, spelled as for explain (demo:shapes) or bare (shapes): one of "
+        + ", ".join(sorted(DEMO_MODELS))
+        + " (repeatable and/or comma-separated; default: every installed one)",
     )
     parser.add_argument(
         "--method",
         action="append",
         metavar="NAME",
-        help="a registered method, or all (repeatable; default: "
-        + ", ".join(DEFAULT_METHODS)
-        + ")",
+        help="a registered method, or all (repeatable and/or comma-separated, as for explain; "
+        "default: " + ", ".join(DEFAULT_METHODS) + ")",
     )
     parser.add_argument("--no-gallery", action="store_true", help="skip the HTML gallery")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -199,20 +238,25 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> Run:
 def _run_demo(arguments: argparse.Namespace) -> int:
     """Run the demo; print the metrics table and where everything went. Exit 0, or 2."""
     from saliency.cli import UsageError
+    from saliency.cli.explain_options import method_names
     from saliency.cli.model import resolve_device
+    from saliency.cli.names import demo_model_names
     from saliency.cli.progress import Progress, format_duration, say
     from saliency.demo import DemoSettings, run_demo
-    from saliency.demo.models import installed_demo_models
+    from saliency.demo.models import DEMO_MODELS, installed_demo_models
     from saliency.demo.runner import demo_methods
     from saliency.errors import SaliencyError
 
     try:
+        # The same spellings as `saliency explain`, parsed by the same code.
+        named = demo_model_names(arguments.model, DEMO_MODELS)
+        chosen = method_names(arguments.method) if arguments.method else None
         settings = DemoSettings(
             images=arguments.images,
             seed=arguments.seed,
             device=resolve_device(arguments.device),
-            models=tuple(arguments.model) if arguments.model else None,
-            methods=tuple(arguments.method) if arguments.method else None,
+            models=tuple(named) if named else None,
+            methods=tuple(chosen) if chosen else None,
             gallery=not arguments.no_gallery,
         )
     except (SaliencyError, UsageError) as error:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from saliency.cli.option_values import OptionValue
-from saliency.errors import InvalidOptionError
+from saliency.errors import InvalidOptionError, UnknownMethodError
 from saliency.methods.base import Method
 from saliency.methods.registry import get_method, list_methods
 
@@ -112,17 +112,19 @@ def _flatten(hint: Any) -> tuple[Any, ...]:
     return (hint,)
 
 
-def registry_options(reserved: Iterable[str]) -> list[MethodOption]:
+def registry_options(reserved: Iterable[str], families: bool = True) -> list[MethodOption]:
     """One option per settable field name over all registered methods, sorted by name.
 
     Args:
         reserved: Destination names the command already uses (``target``, ``format``...): a
             field of that name is left out rather than clash with a command option.
+        families: Also the fields of the method families' members (``captum:NAME``), which
+            loads the families' libraries.
     """
     taken = set(reserved)
     by_name: dict[str, list[str]] = {}
     kinds: dict[str, set[Any]] = {}
-    for method in list_methods():
+    for method in list_methods(families=families):
         for name, types_ in field_types(get_method(method)).items():
             by_name.setdefault(name, []).append(method)
             kinds.setdefault(name, set()).update(types_)
@@ -223,7 +225,16 @@ def _base_of(cls: type[Method], chosen: Mapping[str, Any]) -> str | None:
     if "base" not in {option.name for option in dataclasses.fields(cls)}:
         return None
     base = chosen.get("base", _default_of(cls, "base"))
-    return base if isinstance(base, str) and base in list_methods() else None
+    return base if isinstance(base, str) and is_registered(base) else None
+
+
+def is_registered(name: str) -> bool:
+    """Whether ``name`` is a registered method (a family is loaded only for its own prefix)."""
+    try:
+        get_method(name)
+    except UnknownMethodError:
+        return False
+    return True
 
 
 def _default_of(cls: type[Method], name: str) -> Any:

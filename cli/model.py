@@ -6,18 +6,22 @@ whose message says what was wrong and what is accepted: an unknown model or weig
 that cannot be fetched offline), an unusable device, a model whose output is not ``(N, K)``
 scores, a target outside its classes, a layer it does not have.
 
-Overlays cover the whole image at its own resolution, so the model must see the whole image:
-it is resized (antialiased) to the model's square input size, ignoring its aspect ratio, rather
-than centre-cropped as for classification. The map is then stretched back over the original
-image by bilinear upsampling, so every output pixel has attributions from the same place. The
-size is the model's ``Preprocess.crop_size`` (else its resize size, else 224), or
-``--input-size``; the normalisation is the model's (ImageNet statistics when unknown, e.g. for
-TorchScript files). A model whose own transform is a custom callable gets the whole image
-through that callable, which must keep all of it in view.
+The model sees each image through its :class:`~saliency.images.Preprocess` with ``--fit``
+(:mod:`saliency.framing`, the same geometry as ``saliency.load_images``): ``squash`` (default:
+the whole image resized to the model's square input, ignoring its aspect ratio), ``crop`` (the
+model's evaluation transform: shorter side resized, centre crop) or ``pad`` (aspect kept,
+padded with the mean colour). Overlays are drawn back at the original's full resolution through
+the same framing (:func:`saliency.framing.render_framed`), so every overlay pixel shows the
+attributions of the point of the model's input it became. The square side is the model's
+``Preprocess.crop_size`` (else its resize size, else 224), or ``--input-size``; the
+normalisation is the model's (ImageNet statistics when unknown, e.g. for TorchScript files). A
+model whose own transform is a custom callable gets the whole image through that callable,
+which must keep all of it in view (unless ``--input-size`` or ``--fit`` is given).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,12 +30,11 @@ from typing import Any
 
 import PIL.Image
 import torch
-import torchvision
 from torch import Tensor, nn
-from torchvision.transforms import InterpolationMode, v2
 
 from saliency.cli import UsageError
 from saliency.errors import LayerNotFoundError, ModelLoadError, ModelOutputError, SaliencyError
+from saliency.framing import Fit, Framing
 from saliency.images import ImageTransform, Preprocess
 from saliency.layers import find_layer, layer_name
 from saliency.methods.base import Method
@@ -46,8 +49,8 @@ class ModelInput:
     """Turns decoded RGB images into a batch for the model.
 
     Attributes:
-        preprocess: Normalisation (and interpolation) of a :class:`Preprocess` pipeline.
-        size: The square side the whole image is resized to.
+        preprocess: The geometry (fit) and normalisation, brought to ``size`` (its crop size).
+        size: The model's square input side.
         custom: The model's own transform when it is not a Preprocess (then used as is).
     """
 
@@ -55,38 +58,76 @@ class ModelInput:
     size: int
     custom: ImageTransform | None = None
 
+    def __post_init__(self) -> None:
+        if self.custom is None and self.preprocess.crop_size != self.size:
+            object.__setattr__(self, "preprocess", _at_size(self.preprocess, self.size))
+
     @classmethod
     def for_model(
-        cls, transform: Preprocess | ImageTransform | None, size: int | None
+        cls,
+        transform: Preprocess | ImageTransform | None,
+        size: int | None,
+        fit: Fit | None = None,
     ) -> ModelInput:
-        """The input pipeline of a loaded model, optionally at another square ``size``."""
+        """The input pipeline of a loaded model, optionally at another square ``size`` and with
+        another ``fit`` (default: the Preprocess's own, :data:`saliency.framing.DEFAULT_FIT`)."""
         if isinstance(transform, Preprocess):
-            side = size or transform.crop_size or transform.resize_size or DEFAULT_SIZE
-            return cls(transform, side)
-        if transform is not None and size is None:
+            preprocess = transform
+        elif transform is not None and size is None and fit is None:
             return cls(Preprocess(), DEFAULT_SIZE, custom=transform)
-        return cls(Preprocess(), size or DEFAULT_SIZE)
+        else:
+            preprocess = Preprocess()
+        if fit is not None:
+            preprocess = dataclasses.replace(preprocess, fit=fit)
+        side = size or preprocess.crop_size or preprocess.resize_size or DEFAULT_SIZE
+        return cls(preprocess, side)
 
     def describe(self) -> str:
         """One line for the user: what the model sees."""
         if self.custom is not None:
             return "the whole image through the model's own transform"
-        return f"the whole image resized to {self.size}x{self.size}"
+        side = f"{self.size}x{self.size}"
+        if self.preprocess.fit == "crop":
+            return f"a {side} centre crop of the image resized to {self.preprocess.resize_size}"
+        if self.preprocess.fit == "pad":
+            return f"the whole image resized and padded to {side}"
+        return f"the whole image resized to {side}"
+
+    def framing(self, size: tuple[int, int]) -> Framing | None:
+        """Where an image of ``size = (width, height)`` lies in the model's input (None for a
+        custom transform: the model sees it as that transform decides)."""
+        return None if self.custom is not None else self.preprocess.framing(size)
+
+    def query_masks(self, box: Sequence[int], sizes: Sequence[tuple[int, int]]) -> Tensor:
+        """An image-pixel box ``(y0, x0, y1, x1)`` as each image's ``(N, 1, S, S)`` mask of
+        the model's input pixels it covers (:meth:`saliency.framing.Framing.input_box`); with a
+        custom transform, the box is taken in input pixels.
+
+        Raises:
+            InvalidOptionError: The box does not fit an image, or lies outside what the model
+                sees of it (``--fit crop``).
+        """
+        image_box = (int(box[0]), int(box[1]), int(box[2]), int(box[3]))
+        masks = torch.zeros(len(sizes), 1, self.size, self.size, dtype=torch.bool)
+        for index, size in enumerate(sizes):
+            framing = self.framing(size)
+            if framing is None:  # the custom transform's geometry is unknown
+                framing = Framing(
+                    (self.size, self.size), (self.size,) * 2, (0, 0), (self.size,) * 2, "squash"
+                )
+            y0, x0, y1, x1 = framing.input_box(image_box)
+            masks[index, :, y0:y1, x0:x1] = True
+        return masks
 
     def pixels(self, image: PIL.Image.Image) -> Tensor:
         """One image's model-ready pixels: ``(3, size, size)`` uint8, or the custom output.
 
-        Runs in decoding workers (Pillow releases the GIL while resizing).
+        The same geometry as :func:`saliency.load_images` with this Preprocess. Runs in
+        decoding workers (Pillow releases the GIL while resizing).
         """
         if self.custom is not None:
             return self.custom(image)
-        resized = v2.functional.resize(
-            image,
-            [self.size, self.size],
-            interpolation=InterpolationMode(self.preprocess.interpolation),
-            antialias=True,
-        )
-        return v2.functional.pil_to_tensor(resized)
+        return self.preprocess.geometry(image)
 
     def batch(self, pixels: Sequence[Tensor], device: torch.device) -> Tensor:
         """Stack :meth:`pixels` results on ``device`` (uint8 travels, then normalised there)."""
@@ -94,6 +135,16 @@ class ModelInput:
         if self.custom is not None:
             return stacked.float()
         return self.preprocess.normalize(stacked)
+
+
+def _at_size(preprocess: Preprocess, side: int) -> Preprocess:
+    """``preprocess`` with the square side ``side``; for ``"crop"`` the resize keeps its ratio
+    to the crop (256 / 224 when unknown)."""
+    crop, resize = preprocess.crop_size, preprocess.resize_size
+    ratio = resize / crop if crop and resize else 256 / 224
+    return dataclasses.replace(
+        preprocess, crop_size=side, resize_size=max(side, round(side * ratio))
+    )
 
 
 DEMO_HINT = "--model demo:shapes"
@@ -125,9 +176,29 @@ class ReadyModel:
     layers: dict[str, str] = field(default_factory=dict)
 
 
+def available_devices() -> list[str]:
+    """The ``--device`` values that work here: ``auto``, ``cpu``, and each accelerator torch
+    reports as available (``cuda``/``cuda:N``, ``mps``, ``xpu``/``xpu:N``)."""
+    found = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        found += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        found += ["xpu", *(f"xpu:{i}" for i in range(xpu.device_count()))]
+    return found
+
+
 def resolve_device(text: str) -> torch.device:
-    """``auto`` (CUDA, else Apple MPS, else CPU) or any device torch accepts and has."""
-    accepted = "accepted: auto, cpu, cuda, cuda:N, mps"
+    """``auto`` (CUDA, else Apple MPS, else CPU) or any device torch accepts and has.
+
+    Raises:
+        UsageError: Not a device, or one this machine does not have; the message lists the
+            devices that exist here (:func:`available_devices`).
+    """
+    accepted = f"accepted here: {', '.join(available_devices())}"
     if text == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
@@ -143,13 +214,13 @@ def resolve_device(text: str) -> torch.device:
         if not torch.cuda.is_available():
             raise UsageError(
                 f"--device {text}: CUDA is not available here (no GPU, or torch built without "
-                f"CUDA); {accepted.replace('cuda, cuda:N, ', '')}"
+                f"CUDA); {accepted}"
             )
         count = torch.cuda.device_count()
         index = device.index if device.index is not None else torch.cuda.current_device()
         if index >= count:
             raise UsageError(
-                f"--device {text}: there are {count} CUDA devices (cuda:0..{count - 1})"
+                f"--device {text}: there are {count} CUDA devices (cuda:0..{count - 1}); {accepted}"
             )
         return torch.device("cuda", index)
     if device.type != "cpu":
@@ -171,7 +242,11 @@ def _recorded(text: str | None) -> str | None:
 
 
 def load_ready_model(
-    name: str, weights: str | None, device: torch.device, input_size: int | None
+    name: str,
+    weights: str | None,
+    device: torch.device,
+    input_size: int | None,
+    fit: Fit | None = None,
 ) -> ReadyModel:
     """Load the model, move it to ``device`` and run it once on a blank image.
 
@@ -182,7 +257,7 @@ def load_ready_model(
         loaded = load_model(name, weights, device=device)
     except ModelLoadError as exc:
         raise UsageError(f"cannot load --model {name}: {exc}{_load_hint(name, weights)}") from None
-    model_input = ModelInput.for_model(loaded.transform, input_size)
+    model_input = ModelInput.for_model(loaded.transform, input_size, fit)
     outputs = _probe(loaded.model, model_input, device)
     num_classes = int(outputs.shape[1])
     class_names = loaded.class_names
@@ -204,6 +279,8 @@ def _load_hint(name: str, weights: str | None) -> str:
     """How to go on when a model cannot be loaded (typically: offline, weights not cached)."""
     sources = ", ".join(f"{prefix}:NAME" for prefix in list_model_sources())
     known = f" (model sources here: {sources})" if sources else ""
+    import torchvision  # only to say what went wrong: importing it takes a second
+
     if name not in torchvision.models.list_models(module=torchvision.models):
         return f"\nAccepted: a torchvision model name, a TorchScript file, or {DEMO_HINT}{known}"
     if weights is not None and not Path(weights).exists():  # named weights: fetched online
@@ -317,6 +394,8 @@ def check_queries(ready: ReadyModel, methods: Mapping[str, Method]) -> None:
     blank = blank_batch(ready.model_input, ready.device)
     for name, method in methods.items():
         query_mask = getattr(method, "query_mask", None)
+        if isinstance(getattr(method, "query", None), tuple):
+            continue  # a box in image pixels: checked against each image (query_masks)
         if callable(query_mask):
             try:
                 query_mask(blank)

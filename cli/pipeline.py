@@ -59,6 +59,7 @@ from saliency.engine import Precision
 from saliency.errors import ImageLoadError, SaliencyError
 from saliency.explain import explain, explain_many
 from saliency.explanation import Explanation
+from saliency.framing import Framing, render_framed
 from saliency.images import open_image
 from saliency.methods.registry import get_method
 from saliency.output_files import file_stem
@@ -316,7 +317,7 @@ class Pipeline:
                 explanations = explain_many(
                     compute.model,
                     inputs,
-                    {method: compute.methods[method] for method in sharing},
+                    {method: self._options(method, items) for method in sharing},
                     compute.target,
                     batch_size=compute.chunk_size,
                     precision=compute.precision,
@@ -351,7 +352,7 @@ class Pipeline:
                 compile=compute.compile,
                 memory_budget=compute.memory_budget,
                 channels_last=compute.channels_last,
-                **compute.methods[method],
+                **self._options(method, items),
             )
             if compute.device.type == "cuda":
                 torch.cuda.synchronize(compute.device)
@@ -366,6 +367,16 @@ class Pipeline:
         seconds = (time.perf_counter() - started) / len(items)
         self._emit(method, items, explanation, seconds)
 
+    def _options(self, method: str, items: list[_Item]) -> dict[str, Any]:
+        """The method's options for these inputs: a ``query`` box, given in image pixels, as
+        each input's mask of the model's input pixels (see :meth:`ModelInput.query_masks`)."""
+        options = dict(self.compute.methods[method])
+        box = options.get("query")
+        if isinstance(box, tuple):
+            sizes = [item.original.size for item in items]
+            options["query"] = self.compute.model_input.query_masks(box, sizes)
+        return options
+
     def _emit(
         self, method: str, items: list[_Item], explanation: Explanation, seconds: float
     ) -> None:
@@ -374,7 +385,8 @@ class Pipeline:
         for index, item in enumerate(items):
             attributions = explanation.attributions[index : index + 1]
             try:
-                picture = render_overlay(self.output, attributions, item.original)
+                framing = self.compute.model_input.framing(item.original.size)
+                picture = render_overlay(self.output, attributions, item.original, framing)
             except Exception as exc:
                 self.events.method_failed(item.job, method, describe(exc))
                 self._resolve(item)
@@ -457,7 +469,10 @@ class OutputSpec:
 
 
 def render_overlay(
-    spec: OutputSpec, attributions: Tensor, original: PIL.Image.Image
+    spec: OutputSpec,
+    attributions: Tensor,
+    original: PIL.Image.Image,
+    framing: Framing | None = None,
 ) -> PIL.Image.Image:
     """The overlay of one map on the decoded image, at the image's size.
 
@@ -468,7 +483,11 @@ def render_overlay(
         spec: What to write (the render options).
         attributions: ``(1, C, h, w)`` raw attributions at the model's input size.
         original: The decoded image.
+        framing: How the image became the model's input (``--fit``): the map is drawn back
+            through it (None: stretched over the whole image, for a custom transform).
     """
+    if framing is not None:
+        return render_framed(attributions, original, framing, **spec.render_options)
     (picture,) = render(attributions, [original], as_pil=True, **spec.render_options)
     return picture
 

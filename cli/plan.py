@@ -50,10 +50,11 @@ from saliency.run_folder import (
 )
 
 # Settings of the run section that change the results (device, batch size, format do not).
-RESULT_SETTINGS = ("model", "weights", "target", "precision")
+RESULT_SETTINGS = ("model", "weights", "target", "precision", "fit")
 # Always recorded by saliency explain: None there means an earlier run that did not record it
-# (a folder written from Python), which is no conflict. None weights are random weights.
-_NONE_IS_UNKNOWN = frozenset({"model", "target", "precision"})
+# (a folder written from Python, or before --fit), which is no conflict. None weights are
+# random weights.
+_NONE_IS_UNKNOWN = frozenset({"model", "target", "precision", "fit"})
 SAVE_INTERVAL_SECONDS = 5.0
 NOT_FINISHED = "not finished: the run stopped before every method was done; rerun to complete it"
 

@@ -7,6 +7,7 @@ import shutil
 import sys
 import time
 import unicodedata
+from collections.abc import Callable
 from typing import TextIO
 
 # Characters a terminal would act on or hide: controls (ESC, CR, BEL, ...), format characters
@@ -43,6 +44,9 @@ def say(text: str, file: TextIO | None = None, *, lines: bool = False) -> None:
 _REDRAW_SECONDS = 0.1
 _LINE_MIN_SECONDS = 2.0
 _LINE_MAX_SECONDS = 60.0
+# Completions this close together belong to one burst (the images of one batch, written one
+# after another): the burst that ends the warm-up is left out of the rate.
+_BURST_SECONDS = 0.5
 
 
 def format_duration(seconds: float) -> str:
@@ -54,8 +58,24 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def format_rate(count: float, seconds: float, unit: str = "images") -> str:
+    """``2.5 images/s`` at one per second or more; below, ``12.3 s/image`` (never ``0.0/s``)."""
+    if count <= 0 or seconds <= 0:
+        return f"- {unit}/s"
+    per_second = count / seconds
+    if per_second >= 1.0:
+        return f"{per_second:.1f} {unit}/s"
+    return f"{seconds / count:.1f} s/{unit.removesuffix('s')}"
+
+
 class Progress:
-    """Reports images done out of ``total``, images/s and the time left.
+    """Reports images done out of ``total``, the rate and the time left.
+
+    The time left is estimated from the work done after the warm-up: the rate counts the
+    completions after the first one (and the burst of completions that arrive with it: a
+    batch's images) over the time since, so model loading, starting workers and the first,
+    slower batch (allocations, kernel selection, compilation) do not inflate it. Until a second
+    completion arrives, the estimate uses the whole time since the start (an upper bound).
 
     Args:
         total: Images this run processes.
@@ -64,6 +84,7 @@ class Progress:
         interactive: Draw a bar (default: when ``stream`` is a terminal).
         label: The prefix of plain lines (the command).
         unit: What is counted.
+        clock: Seconds, monotonic (a fake one in tests).
     """
 
     def __init__(
@@ -74,6 +95,7 @@ class Progress:
         interactive: bool | None = None,
         label: str = "saliency explain",
         unit: str = "images",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total = total
         self.label = label
@@ -83,18 +105,26 @@ class Progress:
         self.interactive = self.stream.isatty() if interactive is None else interactive
         self.done = 0
         self.failed = 0
-        self._start = time.monotonic()
+        self._clock = clock
+        self._start = clock()
+        self._warm: tuple[float, int] | None = None  # (time, done) at the end of the warm-up
+        self._warming = True  # still in the burst of the first completion
         self._last_draw = 0.0
         self._last_tenth = 0
         self._drawn = False
 
     def advance(self, failed: bool = False) -> None:
         """One more image finished (``failed``: with an error)."""
+        now = self._clock()
         self.done += 1
         self.failed += int(failed)
+        if self._warming:
+            if self._warm is None or now - self._warm[0] <= _BURST_SECONDS:
+                self._warm = (now, self.done)
+            else:
+                self._warming = False
         if not self.enabled:
             return
-        now = time.monotonic()
         finished = self.done >= self.total
         if self.interactive:
             if finished or now - self._last_draw >= _REDRAW_SECONDS:
@@ -124,17 +154,30 @@ class Progress:
             self._drawn = False
 
     def rate(self) -> float:
-        """Units per second so far."""
-        return self.done / max(time.monotonic() - self._start, 1e-9)
+        """Units per second over the whole run so far (warm-up included)."""
+        return self.done / max(self._clock() - self._start, 1e-9)
+
+    def seconds_per_unit(self) -> float | None:
+        """Seconds per unit after the warm-up (see the class docstring); None before any unit."""
+        now = self._clock()
+        if self._warm is not None and not self._warming and now > self._warm[0]:
+            return (now - self._warm[0]) / (self.done - self._warm[1])
+        if self.done:
+            return max(now - self._start, 0.0) / self.done
+        return None
+
+    def eta(self) -> float | None:
+        """Seconds left (None: nothing finished yet to estimate from)."""
+        each = self.seconds_per_unit()
+        return None if each is None else each * max(self.total - self.done, 0)
 
     def _status(self) -> str:
-        rate = self.rate()
-        left = (self.total - self.done) / rate if rate > 0 else 0.0
+        each = self.seconds_per_unit()
+        left = self.eta()
         failed = f", {self.failed} failed" if self.failed else ""
-        return (
-            f"{self.done}/{self.total} {self.unit}{failed}, {rate:.2f} {self.unit}/s, "
-            f"ETA {format_duration(left)}"
-        )
+        rate = format_rate(1.0, each, self.unit) if each else format_rate(0, 0, self.unit)
+        eta = "-" if left is None else format_duration(left)
+        return f"{self.done}/{self.total} {self.unit}{failed}, {rate}, ETA {eta}"
 
     def _draw_bar(self) -> None:
         status = self._status()

@@ -57,8 +57,11 @@ class IntegratedHessians(Method):
 
     Options:
         query: the features i. ``None`` = the centre pixel (H // 2, W // 2), all channels; a box
-            (y0, x0, y1, x1) of pixels, all channels, half-open; or a boolean mask
-            broadcastable to the inputs (``(H, W)``, ``(C, H, W)``, ``(N, 1, H, W)``, ...).
+            (y0, x0, y1, x1) of pixels of the model's input, all channels, half-open; or a
+            boolean mask broadcastable to the inputs (``(H, W)``, ``(C, H, W)``,
+            ``(N, 1, H, W)``, ...). A box in pixels of an original image becomes an input box
+            with ``batch.framings[i].input_box(box)`` (``saliency.load_images``);
+            ``saliency explain --query`` takes image pixels and converts them so.
         inner_steps: Gauss–Legendre nodes of the inner path (α).
         outer_steps: Gauss–Legendre nodes of the outer path (β).
         baseline: a number, a tensor broadcastable to the inputs, ``"blur"`` or

@@ -113,6 +113,12 @@ def list_methods(families: bool = True) -> list[str]:
     return sorted(names)
 
 
+def family_prefixes() -> list[str]:
+    """The prefixes of the method families (``["captum:"]``), without loading any family."""
+    _discover()
+    return sorted(_families)
+
+
 def get_method(name: str) -> type[Method]:
     """The method class registered under ``name``.
 

@@ -2,8 +2,9 @@
 
 Images are decoded with Pillow (EXIF orientation applied, every mode converted to RGB, alpha
 composited over white). :class:`Preprocess` splits a model's input pipeline into *geometry*
-(resize + centre crop, giving the uint8 pixels the model sees) and *normalize*, so that overlays
-can be drawn on exactly what the model saw.
+(the image fitted to the model's input by its ``fit``, squash, crop or pad, see
+:mod:`saliency.framing`: the uint8 pixels the model sees) and *normalize*, so that overlays can
+be drawn on exactly what the model saw, or mapped back onto the original image.
 
 torchvision (its resize, centre crop and interpolation modes) is imported when a
 :class:`Preprocess` is made, not with this module: importing it takes seconds.
@@ -11,6 +12,7 @@ torchvision (its resize, centre crop and interpolation modes) is imported when a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -27,6 +29,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 from saliency.errors import ImageLoadError, InvalidOptionError, ModelLoadError, accepted
+from saliency.framing import DEFAULT_FIT, Fit, Framing, check_fit
 from saliency.validation import is_int, require_int
 
 if TYPE_CHECKING:
@@ -185,12 +188,19 @@ class Preprocess:
     """A model's input pipeline, split into geometry (pixels the model sees) and normalisation.
 
     Attributes:
-        resize_size: The shorter side is resized to this (None: no resize).
-        crop_size: Square centre crop of this size (None: no crop).
+        resize_size: With ``fit="crop"`` (or no ``crop_size``), the shorter side is resized
+            to this (None: no resize); ``"squash"`` and ``"pad"`` do not use it.
+        crop_size: The model's square input side: the centre crop of ``"crop"``, the side of
+            ``"squash"`` and ``"pad"`` (None: no square input, whatever the fit).
         mean: Per-channel mean of the [0, 1] values.
         std: Per-channel standard deviation.
         interpolation: Resize interpolation (antialiasing is always on): a torchvision
             ``InterpolationMode`` or its value (``"bilinear"``); stored as the mode.
+        fit: How an image is fitted to the input (:mod:`saliency.framing`): ``"squash"``
+            (default: the whole image resized to ``crop_size`` × ``crop_size``), ``"crop"``
+            (resize the shorter side to ``resize_size``, then centre-crop ``crop_size``: the
+            torchvision evaluation transform) or ``"pad"`` (longer side to ``crop_size``,
+            padded with the ``mean`` colour). ``saliency explain --fit`` is the same switch.
     """
 
     resize_size: int | None = 256
@@ -198,9 +208,12 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: InterpolationMode | str = "bilinear"
+    fit: Fit = DEFAULT_FIT
 
     def __post_init__(self) -> None:
         from torchvision.transforms import InterpolationMode
+
+        check_fit(self.fit)
 
         for name in ("resize_size", "crop_size"):
             size = getattr(self, name)
@@ -222,8 +235,21 @@ class Preprocess:
             ) from exc
         object.__setattr__(self, "interpolation", interpolation)
 
+    def framing(self, size: tuple[int, int]) -> Framing:
+        """Where an image of ``size = (width, height)`` lies in the model's input."""
+        return Framing.of(size, self.fit, self.resize_size, self.crop_size)
+
+    @property
+    def fill(self) -> tuple[int, int, int]:
+        """The padding colour: the ``mean`` as 8-bit RGB (about zero once normalised); black
+        for ``"crop"``, as torchvision's centre crop pads a small image."""
+        if self.fit == "crop":
+            return (0, 0, 0)
+        red, green, blue = (round(255 * value) for value in self.mean)
+        return red, green, blue
+
     def geometry(self, image: PIL.Image.Image) -> Tensor:
-        """Resize and centre-crop an image.
+        """Fit an image to the model's input (:attr:`fit`, :meth:`framing`).
 
         Args:
             image: A PIL image (converted to RGB first if it is not).
@@ -233,15 +259,7 @@ class Preprocess:
         """
         if image.mode != "RGB":
             image = _to_rgb(image)
-        from torchvision.transforms import v2
-
-        if self.resize_size is not None:
-            image = v2.functional.resize(
-                image, [self.resize_size], interpolation=self.interpolation, antialias=True
-            )
-        if self.crop_size is not None:
-            image = v2.functional.center_crop(image, [self.crop_size])
-        return v2.functional.pil_to_tensor(image)
+        return self.framing(image.size).apply(image, self.fill, self.interpolation)
 
     def normalize(self, images: Tensor) -> Tensor:
         """Scale to [0, 1] (uint8 input) and normalise with ``mean`` and ``std``.
@@ -303,11 +321,16 @@ class ImageBatch:
         images: ``(N, 3, H, W)`` uint8 pixels the model saw before normalisation, for overlays;
             None when a custom transform callable was used.
         paths: The files, in batch order.
+        framings: Where each image lies in the model's input (a :class:`Preprocess` was
+            used; else None): ``saliency.framing.render_framed`` draws a map back on the
+            original image, ``framing.input_box`` turns an image-pixel box (e.g. an Integrated
+            Hessians ``query``) into input pixels.
     """
 
     tensor: Tensor
     images: Tensor | None
     paths: tuple[Path, ...]
+    framings: tuple[Framing, ...] | None = None
 
     def __len__(self) -> int:
         """Number of images."""
@@ -317,28 +340,47 @@ class ImageBatch:
 def load_images(
     paths: PathArg | Sequence[PathArg],
     transform: Preprocess | ImageTransform | None = None,
+    fit: Fit | None = None,
 ) -> ImageBatch:
     """Load image files into one batch.
 
     Args:
         paths: One file or a sequence of files.
         transform: None: [0, 1] float tensors at the files' own size (all must match); a
-            :class:`Preprocess`: its geometry then normalize (``images`` filled); any other
-            callable: applied to each RGB PIL image, must return a ``(C, H, W)`` tensor
-            (``images`` is None).
+            :class:`Preprocess`: its geometry then normalize (``images`` and ``framings``
+            filled); any other callable: applied to each RGB PIL image, must return a
+            ``(C, H, W)`` tensor (``images`` is None).
+        fit: ``"squash"``, ``"crop"`` or ``"pad"`` instead of the Preprocess's own ``fit``
+            (see :mod:`saliency.framing`; the same as ``saliency explain --fit``).
 
     Raises:
         ImageLoadError: A file cannot be decoded (names that file).
-        InvalidOptionError: No paths, or images of different sizes without a transform.
+        InvalidOptionError: No paths, images of different sizes without a transform, or a
+            ``fit`` without a Preprocess transform.
     """
     files = _as_paths(paths)
-    if transform is None or isinstance(transform, Preprocess):
-        pixels = [_pixels(file, transform) for file in files]
+    if fit is not None:
+        check_fit(fit)
+        if not isinstance(transform, Preprocess):
+            raise InvalidOptionError(
+                f"fit={fit!r} needs a saliency.Preprocess transform (got "
+                f"{type(transform).__name__}); pass e.g. transform=saliency.Preprocess()"
+            )
+        transform = dataclasses.replace(transform, fit=fit)
+    if transform is None:
+        pixels = [_pixels(file) for file in files]
         _check_same_size(files, pixels)
         images = torch.stack(pixels)
-        if transform is None:
-            return ImageBatch(images.to(torch.float32).div(255), images, files)
-        return ImageBatch(transform.normalize(images), images, files)
+        return ImageBatch(images.to(torch.float32).div(255), images, files)
+    if isinstance(transform, Preprocess):
+        pixels, framings = [], []
+        for file in files:  # one decoded original at a time
+            image = open_image(file)
+            pixels.append(transform.geometry(image))
+            framings.append(transform.framing(image.size))
+        _check_same_size(files, pixels)
+        images = torch.stack(pixels)
+        return ImageBatch(transform.normalize(images), images, files, tuple(framings))
     tensors = [_apply_custom(transform, open_image(file), file) for file in files]
     _check_same_size(files, tensors)
     return ImageBatch(torch.stack(tensors), None, files)
@@ -354,12 +396,9 @@ def _as_paths(paths: PathArg | Sequence[PathArg]) -> tuple[Path, ...]:
     return files
 
 
-def _pixels(path: Path, transform: Preprocess | None) -> Tensor:
-    """uint8 (3, H, W) pixels of one file, through the geometry when given."""
-    image = open_image(path)
-    if transform is None:
-        return _pil_to_tensor(image)
-    return transform.geometry(image)
+def _pixels(path: Path) -> Tensor:
+    """uint8 (3, H, W) pixels of one file, at its own size."""
+    return _pil_to_tensor(open_image(path))
 
 
 def _apply_custom(transform: ImageTransform, image: PIL.Image.Image, path: Path) -> Tensor:

@@ -395,6 +395,8 @@ class RunInfo:
         channels_last: Whether the model ran in channels-last memory format.
         batch_size: ``--batch-size`` (None: automatic).
         memory_budget: ``--memory-budget`` in bytes (None: the engine's default).
+        fit: How images were fitted to the model's input (``--fit``; None: the model's own
+            transform, or not recorded; written only when set).
         format: The overlays' format.
         class_names: Whether labels come from the model's class names.
         versions: Versions of this package and the libraries that shape its results.
@@ -417,6 +419,7 @@ class RunInfo:
     channels_last: bool | None = None
     batch_size: int | None = None
     memory_budget: int | None = None
+    fit: str | None = None
     format: str = "png"
     class_names: bool = False
     versions: dict[str, str] = field(default_factory=dict)
@@ -457,7 +460,7 @@ class RunInfo:
 
 
 _RUN_FIELDS = tuple(f.name for f in fields(RunInfo) if f.name != "extra")
-_WHEN_SET = frozenset({"rank", "world_size", "finished", "totals"})
+_WHEN_SET = frozenset({"rank", "world_size", "finished", "totals", "fit"})
 _RUN_TYPES: dict[str, tuple[type, ...]] = {
     "model": (str,),
     "weights": (str,),
@@ -465,6 +468,7 @@ _RUN_TYPES: dict[str, tuple[type, ...]] = {
     "precision": (str,),
     "compile": (bool,),
     "channels_last": (bool,),
+    "fit": (str,),
     "format": (str,),
     "class_names": (bool,),
     "started": (str,),

@@ -46,8 +46,8 @@ FOUR = ("gradient", "integrated_gradients", "smoothgrad", "gradcam")
 SIZE = 32
 RUN_KEYS = {
     "model", "weights", "methods", "method_options", "target", "device", "precision",
-    "compile", "channels_last",
-    "batch_size", "memory_budget", "format", "class_names", "versions", "started", "finished",
+    "compile", "channels_last", "batch_size", "memory_budget", "fit", "format", "class_names",
+    "versions", "started", "finished",
     "totals",
 }  # fmt: skip
 ENTRY_KEYS = {

@@ -77,8 +77,17 @@ def test_help_lists_every_registered_method_and_option(capsys: pytest.CaptureFix
         main(["explain", "--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for name in saliency.list_methods():
+    for name in saliency.list_methods(families=False):
         assert name in text
+    # A family is named once, without loading its library (a quick --help) ...
+    assert "captum:NAME" in text and "captum:Deconvolution" not in text
+    # ... and listed with its members' options when the command line names one.
+    with pytest.raises(SystemExit):
+        main(["explain", "--method", "captum:Saliency", "--help"])
+    named = " ".join(capsys.readouterr().out.split())
+    for name in saliency.list_methods():
+        assert name in named
+    assert "--n-steps" in named and "--n-steps" not in text
     for option in ("--model", "--weights", "--method", "--target", "--out", "--recursive",
                    "--device", "--precision", "--batch-size", "--steps", "--samples", "--noise",
                    "--layer", "--save-raw", "--format", "--overwrite", "--max-image-pixels",
@@ -119,7 +128,7 @@ def test_default_model_offline_says_how_to_go_on(
             ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "cuda:99"],
             ["cuda"],
         ),
-        (["--device", "toaster"], ["accepted: auto, cpu"]),
+        (["--device", "toaster"], ["accepted here: auto, cpu"]),
     ],
 )
 def test_bad_choices_are_usage_errors_before_any_work(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import urllib.error
 from collections.abc import Iterator
@@ -347,6 +348,8 @@ def photo() -> Image.Image:
 def test_preprocess_matches_torchvision(photo: Image.Image, weights: object) -> None:
     reference_transform = weights.transforms()  # type: ignore[attr-defined]
     pre = Preprocess.from_torchvision(reference_transform)
+    assert pre.fit == "squash"  # the default of every Preprocess; the reference is fit="crop"
+    pre = dataclasses.replace(pre, fit="crop")
     assert pre.crop_size == reference_transform.crop_size[0]
     assert pre.resize_size == reference_transform.resize_size[0]
     assert pre.interpolation == reference_transform.interpolation

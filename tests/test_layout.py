@@ -211,6 +211,37 @@ def test_import_saliency_is_light() -> None:
     assert unwanted == []
 
 
+def test_import_saliency_loads_no_torch_until_a_public_name_is_used() -> None:
+    assert [m for m in _loaded_by("import saliency") if m.split(".")[0] == "torch"] == []
+    used = _loaded_by(
+        "import saliency, saliency.explain, saliency.hvp\n"
+        "from saliency.explain import explain\n"
+        "assert saliency.explain is explain and callable(saliency.hvp), saliency.explain\n"
+        "assert saliency.list_methods() and saliency.errors.SaliencyError"
+    )
+    assert "torch" in used and "saliency.engine" in used
+
+
+HELP = """
+from saliency.cli.main import main
+try:
+    main({argv!r})
+except SystemExit as stop:
+    assert stop.code == 0, stop.code
+"""
+
+
+def test_the_command_help_loads_no_torch() -> None:
+    loaded = _loaded_by(HELP.format(argv=["--help"]))
+    assert [m for m in loaded if m.split(".")[0] in ("torch", "torchvision", "numpy")] == []
+
+
+def test_explain_help_loads_no_torchvision_captum_or_matplotlib() -> None:
+    loaded = _loaded_by(HELP.format(argv=["explain", "--help"]))
+    heavy = {"torchvision", "torch._dynamo", "matplotlib", "captum", "scipy", "jinja2"}
+    assert sorted(heavy & set(loaded)) == []
+
+
 def test_loading_a_demo_model_loads_no_runner_gallery_or_training() -> None:
     loaded = _loaded_by('import saliency\nsaliency.load_model("demo:shapes")')
     assert "saliency.demo.models" in loaded
