@@ -228,7 +228,7 @@ def _set_up(arguments: argparse.Namespace, world: Group, held: contextlib.ExitSt
         device=str(ready.device),
         precision=arguments.precision,
         compile=arguments.compile,
-        channels_last=arguments.channels_last,
+        channels_last=arguments.channels_last or None,  # recorded only when used
         batch_size=arguments.batch_size,
         memory_budget=arguments.memory_budget,
         fit=None if ready.model_input.custom is not None else ready.model_input.preprocess.fit,

@@ -392,7 +392,8 @@ class RunInfo:
         device: Where it ran.
         precision: The engine's precision.
         compile: Whether the forward was compiled.
-        channels_last: Whether the model ran in channels-last memory format.
+        channels_last: True when the model ran in channels-last memory format (written only
+            then).
         batch_size: ``--batch-size`` (None: automatic).
         memory_budget: ``--memory-budget`` in bytes (None: the engine's default).
         fit: How images were fitted to the model's input (``--fit``; None: the model's own
@@ -460,7 +461,7 @@ class RunInfo:
 
 
 _RUN_FIELDS = tuple(f.name for f in fields(RunInfo) if f.name != "extra")
-_WHEN_SET = frozenset({"rank", "world_size", "finished", "totals", "fit"})
+_WHEN_SET = frozenset({"rank", "world_size", "finished", "totals", "fit", "channels_last"})
 _RUN_TYPES: dict[str, tuple[type, ...]] = {
     "model": (str,),
     "weights": (str,),

@@ -46,7 +46,7 @@ FOUR = ("gradient", "integrated_gradients", "smoothgrad", "gradcam")
 SIZE = 32
 RUN_KEYS = {
     "model", "weights", "methods", "method_options", "target", "device", "precision",
-    "compile", "channels_last", "batch_size", "memory_budget", "fit", "format", "class_names",
+    "compile", "batch_size", "memory_budget", "fit", "format", "class_names",
     "versions", "started", "finished",
     "totals",
 }  # fmt: skip
