@@ -306,7 +306,8 @@ def check_queries(ready: ReadyModel, methods: Mapping[str, Method]) -> None:
     blank = blank_batch(ready.model_input, ready.device)
     for name, method in methods.items():
         query_mask = getattr(method, "query_mask", None)
-        if callable(query_mask):
+        # the default query (None) is picked from the model's own attributions: it always fits
+        if callable(query_mask) and getattr(method, "query", None) is not None:
             try:
                 query_mask(blank)
             except (SaliencyError, ValueError, TypeError) as exc:

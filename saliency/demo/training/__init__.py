@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saliency.demo.models import DEMO_MODELS, ShapesNet, demo_preprocess, sha256_file
+from saliency.demo.models import DEMO_MODELS, DemoModel, ShapesNet, demo_preprocess, sha256_file
 from saliency.demo.scenes import CLASS_NAMES, GENERATOR_VERSION, TEST_SEED, Scenes, generate_scenes
 from saliency.errors import InvalidOptionError, accepted
 from saliency.output_files import write_atomic, write_text_atomic
@@ -51,6 +51,7 @@ __all__ = [
     "TrainingStart",
     "accuracy",
     "add_noise",
+    "architecture",
     "augment",
     "evaluation_splits",
     "finish_training",
@@ -251,7 +252,7 @@ def start_training(config: TrainConfig) -> TrainingStart:
     spec = DEMO_MODELS[config.model]
     scenes = generate_scenes(config.images, seed=config.seed, config=spec.config)
     torch.manual_seed(config.seed)
-    model = ShapesNet(len(CLASS_NAMES), spec.widths)
+    model = ShapesNet(len(CLASS_NAMES), spec.widths, spec.pools)
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -362,6 +363,12 @@ def finish_training(
     return TrainResult(model, config, seconds, scores, losses, cpu_seconds)
 
 
+def architecture(spec: DemoModel) -> str:
+    """The manifest's ``architecture`` entry of a demo model, e.g. ``ShapesNet(widths=[...])``."""
+    pools = "" if spec.pools is None else f", pools={spec.pools}"
+    return f"ShapesNet(widths={list(spec.widths)}{pools})"
+
+
 def save_weights(result: TrainResult, out: str | Path) -> Path:
     """Write ``<out>/<file>`` and update the model's entry in ``<out>/manifest.json``."""
     directory = Path(out)
@@ -378,7 +385,7 @@ def save_weights(result: TrainResult, out: str | Path) -> Path:
         "file": spec.file,
         "sha256": sha256_file(path),
         "bytes": path.stat().st_size,
-        "architecture": f"ShapesNet(widths={list(spec.widths)})",
+        "architecture": architecture(spec),
         "class_names": list(CLASS_NAMES),
         "seed": result.config.seed,
         "generator_version": GENERATOR_VERSION,
