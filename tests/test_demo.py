@@ -270,7 +270,8 @@ def test_marker_models_report_the_marker_area_and_the_shortcut_finding(demo_run:
             assert "marker_area" not in row
         else:
             assert 0.005 < row["marker_area"] < 0.05
-    assert "demo:shapes-shortcut: the marker covers" in notes
+    assert "demo:shapes-shortcut (accuracy with markers of random classes" in notes
+    assert "the model reads the marker): the marker covers" in notes
 
 
 def test_shortcut_findings_name_the_methods_that_expose_the_marker() -> None:

@@ -40,6 +40,7 @@ from saliency.images import Preprocess
 from saliency.methods.registry import get_method, list_methods
 from saliency.metrics.controls import CONTROLS, Control, control_map
 from saliency.metrics.fragility import fragility
+from saliency.metrics.intervals import wilson_interval
 from saliency.metrics.relevance import relevance_map
 from saliency.metrics.report import (
     DEMO_METHOD_OPTIONS,
@@ -283,11 +284,8 @@ def _evaluate_model(
 
 def _proportion(name: str, share: float, count: int) -> dict[str, float]:
     """``<name>_low`` / ``<name>_high``: the Wilson interval of a share of ``count`` scenes."""
-    hits = torch.full((count,), 0.0)
-    hits[: round(share * count)] = 1.0
-    columns = summary_columns({name: hits}, MetricSettings())
-    del columns[name]
-    return columns
+    interval = wilson_interval(round(share * count), count)
+    return {f"{name}_low": float(interval.low), f"{name}_high": float(interval.high)}
 
 
 def _robustness(
@@ -381,8 +379,15 @@ def shortcut_findings(rows: Sequence[dict[str, Any]]) -> list[str]:
             if exposed
             else f"no first-order method puts ≥ {SHORTCUT_FACTOR:g}× the marker's area on it"
         )
+        counterfactual = chosen[0].get("counterfactual_accuracy")
+        reads = (
+            ""
+            if counterfactual is None
+            else f" (accuracy with markers of random classes {float(counterfactual):.2f}: the "
+            f"model {'reads' if counterfactual < 0.5 else 'does not rely on'} the marker)"
+        )
         findings.append(
-            f"{model}: the marker covers {area:.1%} of the image; marker mass {shown}; "
+            f"{model}{reads}: the marker covers {area:.1%} of the image; marker mass {shown}; "
             f"the marker is {verdict}."
         )
     return findings
