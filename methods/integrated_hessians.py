@@ -122,7 +122,8 @@ class IntegratedHessians(Method):
         if self.query is not None:
             return query_mask(self.query, inputs)
         ig = IntegratedGradients(steps=self.query_steps, baseline=self.baseline, seed=self.seed)
-        plain = engine.with_options(create_graph=False)
+        # eager like the rest of a second-order method (its passes keep the graph)
+        plain = engine.with_options(create_graph=False, compile=False)
         relevance = ig.attribute(plain, inputs.detach(), target).detach().abs().sum(dim=1)
         return top_pixels(relevance, self.query_fraction).unsqueeze(1).expand_as(inputs)
 
