@@ -396,7 +396,8 @@ def check_queries(ready: ReadyModel, methods: Mapping[str, Method]) -> None:
         query_mask = getattr(method, "query_mask", None)
         if isinstance(getattr(method, "query", None), tuple):
             continue  # a box in image pixels: checked against each image (query_masks)
-        if callable(query_mask):
+        # the default query (None) is picked from the model's own attributions: it always fits
+        if callable(query_mask) and getattr(method, "query", None) is not None:
             try:
                 query_mask(blank)
             except (SaliencyError, ValueError, TypeError) as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -18,15 +20,15 @@ from saliency.methods.base import Method
 from saliency.methods.integrated_gradients import IntegratedGradients
 from saliency.methods.path_integral import completeness_error, gauss_legendre
 from saliency.targets import Target
-from saliency.validation import is_int, require_bool, require_int
+from saliency.validation import is_int, require_bool, require_float, require_int
 
 Box = tuple[int, int, int, int]
 QuerySpec = Box | Tensor | None
 
 _QUERY_ACCEPTED = (
-    "None (the centre pixel), a box (y0, x0, y1, x1) of 4 ints with 0 ≤ y0 < y1 ≤ H and "
-    "0 ≤ x0 < x1 ≤ W (half-open, like slicing), or a boolean tensor broadcastable to the inputs' "
-    "(N, C, H, W) shape, e.g. (H, W) or (C, H, W)"
+    "None (the model's most-attributed pixels), a box (y0, x0, y1, x1) of 4 ints with "
+    "0 ≤ y0 < y1 ≤ H and 0 ≤ x0 < x1 ≤ W (half-open, like slicing), or a boolean tensor "
+    "broadcastable to the inputs' (N, C, H, W) shape, e.g. (H, W) or (C, H, W)"
 )
 
 
@@ -51,17 +53,26 @@ class IntegratedHessians(Method):
     (double backward) per node pair. Completeness: Σ_j a_j ≈ Σ_{i∈Q} IG_i(x); Γ_ij = Γ_ji for
     i ≠ j; an additive model has no off-query interactions. A query covering the whole input
     gives integrated gradients back. ReLU networks have a zero Hessian almost everywhere, so
-    only the first term survives: analyse them through :func:`saliency.smooth_relu`.
+    only the first term survives (the map is the query's own integrated gradients, and a
+    ``RuntimeWarning`` says so): analyse them through :func:`saliency.smooth_relu`.
+
+    The default query is the model's own evidence, never a fixed place nor ground truth: per
+    sample, the ``query_fraction`` of pixels (all channels) with the largest
+    :math:`\sum_c |\mathrm{IG}_c|` for the same target, IG with ``query_steps``
+    Gauss–Legendre nodes and the same baseline: the map then answers "what does the region the
+    model relies on most interact with?".
     Janizek, Sturmfels & Lee (2021), "Explaining Explanations: Axiomatic Feature Interactions
     for Deep Networks", JMLR 22(104), arXiv:2002.04138.
 
     Options:
-        query: the features i. ``None`` = the centre pixel (H // 2, W // 2), all channels; a box
+        query: the features i. ``None`` = the most-attributed pixels (above); a box
             (y0, x0, y1, x1) of pixels of the model's input, all channels, half-open; or a
             boolean mask broadcastable to the inputs (``(H, W)``, ``(C, H, W)``,
             ``(N, 1, H, W)``, ...). A box in pixels of an original image becomes an input box
             with ``batch.framings[i].input_box(box)`` (``saliency.load_images``);
             ``saliency explain --query`` takes image pixels and converts them so.
+        query_fraction: share of the pixels in the default query (at least one pixel).
+        query_steps: Gauss–Legendre nodes of the integrated gradients that pick it.
         inner_steps: Gauss–Legendre nodes of the inner path (α).
         outer_steps: Gauss–Legendre nodes of the outer path (β).
         baseline: a number, a tensor broadcastable to the inputs, ``"blur"`` or
@@ -75,6 +86,8 @@ class IntegratedHessians(Method):
     derivative_order: ClassVar[int] = 2
 
     query: QuerySpec = None
+    query_fraction: float = 0.01
+    query_steps: int = 16
     inner_steps: int = 8
     outer_steps: int = 8
     baseline: BaselineSpec = 0.0
@@ -86,6 +99,8 @@ class IntegratedHessians(Method):
     def __post_init__(self) -> None:
         require_int("inner_steps", self.inner_steps, 1)
         require_int("outer_steps", self.outer_steps, 1)
+        require_int("query_steps", self.query_steps, 1)
+        require_float("query_fraction", self.query_fraction, 0.0, exclusive=True, maximum=1.0)
         require_int("seed", self.seed, 0)
         require_bool("return_error", self.return_error)
         if isinstance(self.baseline, str) and self.baseline not in BASELINE_NAMES:
@@ -96,14 +111,30 @@ class IntegratedHessians(Method):
         object.__setattr__(self, "query", _normalise_query(self.query))
 
     def query_mask(self, inputs: Tensor) -> Tensor:
-        """The query as a boolean mask of the inputs' shape ``(N, C, H, W)``."""
+        """An explicit query as a boolean mask of the inputs' shape ``(N, C, H, W)`` (the default
+        query depends on the model: see :meth:`resolve_query`)."""
+        if self.query is None:
+            raise InvalidOptionError(
+                "the default query is chosen from the model's attributions: use resolve_query"
+            )
         return query_mask(self.query, inputs)
+
+    def resolve_query(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
+        """The query as an ``(N, C, H, W)`` boolean mask; the default one from the model's
+        integrated gradients (see the class docstring)."""
+        if self.query is not None:
+            return query_mask(self.query, inputs)
+        ig = IntegratedGradients(steps=self.query_steps, baseline=self.baseline, seed=self.seed)
+        # eager like the rest of a second-order method (its passes keep the graph)
+        plain = engine.with_options(create_graph=False, compile=False)
+        relevance = ig.attribute(plain, inputs.detach(), target).detach().abs().sum(dim=1)
+        return top_pixels(relevance, self.query_fraction).unsqueeze(1).expand_as(inputs)
 
     def attribute(self, engine: Engine, inputs: Tensor, target: Target) -> Tensor:
         x = inputs if engine.create_graph else inputs.detach()
         baseline = make_baseline(self.baseline, x, self.seed)
         delta = x - baseline
-        mask = self.query_mask(inputs)
+        mask = self.resolve_query(engine, inputs, target)
         u = torch.where(mask, delta, torch.zeros_like(delta))
         alpha, alpha_w = gauss_legendre(self.inner_steps, inputs.device)
         beta, beta_w = gauss_legendre(self.outer_steps, inputs.device)
@@ -117,9 +148,13 @@ class IntegratedHessians(Method):
             sample, node = index // repeats, index % repeats
             return baseline[sample] + scale[node].to(x.dtype).view(shape) * delta[sample]
 
+        curved = [False]  # any non-zero Hessian-vector product (a ReLU network has none)
+
         def integrand(chunk: Chunk) -> Tensor:
             node = chunk.index % repeats
             product = hessian_vector_product(chunk, u[chunk.samples], engine.create_graph)
+            if not curved[0]:
+                curved[0] = bool(product.detach().ne(0).any())
             grads = chunk.grads if engine.create_graph else chunk.grads.detach()
             first = torch.where(mask[chunk.samples], grads, torch.zeros_like(grads))
             dtype = grads.dtype
@@ -132,6 +167,14 @@ class IntegratedHessians(Method):
         inner = engine.with_options(create_graph=True)
         points = Points(len(inputs), repeats, inputs.shape[1:], inputs.device, make)
         total = inner.accumulate(points, target, integrand)
+        if not curved[0] and not bool(mask.all()):
+            warnings.warn(
+                "integrated_hessians: the model's Hessian is zero along every path (a piecewise-"
+                "linear ReLU network?), so the map is only the query's integrated gradients; "
+                "explain the model inside saliency.smooth_relu(model) for its interactions",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return (delta * total).to(inputs.dtype)
 
     def extras(
@@ -142,7 +185,7 @@ class IntegratedHessians(Method):
         ig = IntegratedGradients(steps=self.inner_steps, baseline=self.baseline, seed=self.seed)
         plain = engine.with_options(create_graph=False)
         gradients = ig.attribute(plain, inputs.detach(), target).detach()
-        mask = self.query_mask(inputs)
+        mask = self.resolve_query(engine, inputs, target)
         expected = torch.where(mask, gradients, torch.zeros_like(gradients)).flatten(1)
         return {"completeness_error": completeness_error(attributions, expected.double().sum(1))}
 
@@ -174,17 +217,29 @@ def _normalise_query(query: object) -> QuerySpec:
     raise InvalidOptionError(f"query={query!r}; accepted: {_QUERY_ACCEPTED}")
 
 
+def top_pixels(relevance: Tensor, fraction: float) -> Tensor:
+    """``(N, H, W)`` boolean mask of each sample's ⌈fraction·H·W⌉ most relevant pixels (ties
+    broken by position, deterministically)."""
+    flat = relevance.flatten(1)
+    count = max(1, math.ceil(fraction * flat.shape[1]))
+    picked = torch.topk(flat, count, dim=1, sorted=False).indices
+    mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, picked, True)
+    return mask.view_as(relevance)
+
+
 def query_mask(query: QuerySpec | Any, inputs: Tensor) -> Tensor:
-    """A query (see :class:`IntegratedHessians`) as a boolean mask of the inputs' shape.
+    """An explicit query (see :class:`IntegratedHessians`) as a boolean mask of the inputs' shape.
 
     Raises:
-        InvalidOptionError: a box outside the image, or a mask that does not broadcast.
+        InvalidOptionError: a box outside the image, a mask that does not broadcast, or None
+            (the default query depends on the model).
     """
     n, c, h, w = inputs.shape
     if query is None:
-        mask = torch.zeros(h, w, dtype=torch.bool, device=inputs.device)
-        mask[h // 2, w // 2] = True
-    elif isinstance(query, Tensor):
+        raise InvalidOptionError(
+            "query=None is chosen from the model's attributions; accepted here: a box or a mask"
+        )
+    if isinstance(query, Tensor):
         try:
             shape = torch.broadcast_shapes(query.shape, inputs.shape)
         except RuntimeError:

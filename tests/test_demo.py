@@ -17,6 +17,8 @@ from saliency.demo.report import mask_outlines, outlined_pictures
 from saliency.demo.scenes import SHORTCUT, generate_scenes
 from saliency.errors import InvalidOptionError
 from saliency.methods.registry import get_method, list_methods
+from saliency.metrics.controls import CONTROLS
+from saliency.metrics.intervals import wilson_interval
 from saliency.metrics.report import METRIC_NAMES
 from saliency.models import load_model
 
@@ -79,15 +81,18 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_demo_writes_metrics_for_every_model_and_method(demo_run: Path) -> None:
     document = json.loads((demo_run / "metrics.json").read_text())
     rows = document["rows"]
-    pairs = {(row["model"], row["method"]) for row in rows}
+    pairs = [(row["model"], row["method"]) for row in rows]
     models = [f"demo:{name}" for name in installed_demo_models()]
-    assert pairs == {(m, method) for m in models for method in ("gradient", "gradcam")}
+    rows_of = ("gradient", "gradcam", *CONTROLS)  # the methods, then the controls
+    assert pairs == [(m, method) for m in models for method in rows_of]
     for row in rows:
         for name in ("pointing_game", "relevance_mass", "relevance_rank", "accuracy"):
             assert 0.0 <= row[name] <= 1.0, (name, row)
         for name in ("deletion_auc", "insertion_auc"):
             assert 0.0 <= row[name] <= 1.0
-        assert -1.0 <= row["robustness"] <= 1.0 and -1.0 <= row["random_robustness"] <= 1.0
+        assert -1.0 <= row["random_robustness"] <= 1.0
+        if not row["method"].startswith("baseline:"):
+            assert -1.0 <= row["robustness"] <= 1.0
         assert any(key.startswith("sanity_") for key in row)
         has_marker = DEMO_MODELS[row["model"].removeprefix("demo:")].config.marker != "none"
         assert ("marker_mass" in row) == has_marker
@@ -136,7 +141,7 @@ def test_demo_is_deterministic(demo_run: Path, tmp_path: Path) -> None:
     row = again.rows[0]
     for key, value in reference.items():
         if key != "seconds":
-            assert row[key] == value, key
+            assert row[key] == value or (row[key] != row[key] and value is None), key
     assert again.gallery is None and not (tmp_path / "index.html").exists()
 
 
@@ -150,14 +155,17 @@ def test_shortcut_model_attributes_to_its_marker(demo_run: Path) -> None:
         assert by_pair[("demo:shapes", method)]["relevance_mass"] > shortcut["relevance_mass"]
 
 
-def test_cli_demo_runs_and_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("option", ["--scenes", "--images"])
+def test_cli_demo_runs_and_prints_the_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture, option: str
+) -> None:
     out = tmp_path / "run"
     code = main(
         [
             "demo",
             "--out",
             str(out),
-            "--images",
+            option,
             "2",
             "--model",
             "shapes",
@@ -171,7 +179,10 @@ def test_cli_demo_runs_and_prints_the_table(tmp_path: Path, capsys: pytest.Captu
     assert code == 0
     printed = capsys.readouterr()
     assert "pointing_game" in printed.out and "demo:shapes" in printed.out
+    assert "baseline:edges" in printed.out and "] " in printed.out  # controls, intervals
     assert "saliency demo: 1/1 steps" in printed.err
+    rows = json.loads((out / "metrics.json").read_text())["rows"]
+    assert len(rows) == 1 + len(CONTROLS) and rows[0]["accuracy_low"] <= rows[0]["accuracy"]
     assert (out / "metrics.csv").is_file() and not (out / "index.html").exists()
 
 
@@ -195,6 +206,8 @@ def test_metrics_table_aligns_columns() -> None:
     assert lines[1].split() == ["demo:shapes", "gradient", "0.500", "-"]
     column = lines[0].index("pointing_game")
     assert lines[1][column:].startswith("0.500") and lines[2][column:].startswith("1.000")
+    with_interval = [{**rows[0], "pointing_game_low": 0.25, "pointing_game_high": 0.75}]
+    assert metrics_table(with_interval).splitlines()[1].split()[2:4] == ["0.50", "[0.25,0.75]"]
 
 
 def test_every_registered_method_runs_in_the_demo(tmp_path: Path) -> None:
@@ -212,7 +225,7 @@ def test_every_registered_method_runs_in_the_demo(tmp_path: Path) -> None:
     # captum:* are not demoed; attention methods need a transformer)
     model = load_model("demo:shapes").model
     expected = [m for m in list_methods(families=False) if get_method(m).applies_to(model)]
-    assert [row["method"] for row in result.rows] == expected
+    assert [row["method"] for row in result.rows] == [*expected, *CONTROLS]
     assert "attention_rollout" in list_methods() and "attention_rollout" not in expected
 
 
@@ -230,9 +243,93 @@ def test_the_demo_measures_attention_methods_on_the_vit_only(tmp_path: Path) -> 
     result = run_demo(tmp_path, settings, on_step=steps.append)
     assert [(row["model"], row["method"]) for row in result.rows] == [
         ("demo:shapes", "gradcam"),
+        *(("demo:shapes", control) for control in CONTROLS),
         ("demo:shapes-vit", "gradcam"),
         ("demo:shapes-vit", "attention_rollout"),
+        *(("demo:shapes-vit", control) for control in CONTROLS),
     ]
     assert len(steps) == 4 and "demo:shapes attention_rollout (does not apply)" in steps
     vit = [row for row in result.rows if row["model"] == "demo:shapes-vit"]
     assert all(0.0 <= row["pointing_game"] <= 1.0 for row in vit)
+
+
+def test_every_cell_has_its_95_percent_interval(demo_run: Path) -> None:
+    rows = json.loads((demo_run / "metrics.json").read_text())["rows"]
+    with (demo_run / "metrics.csv").open() as handle:
+        header = next(csv.reader(handle))
+    for row in rows:
+        metrics = [
+            key
+            for key, value in row.items()
+            if isinstance(value, float) and not key.endswith(("_low", "_high")) and key != "seconds"
+        ]
+        assert {"pointing_game", "deletion_auc", "accuracy", "random_robustness"} <= set(metrics)
+        for name in metrics:
+            assert f"{name}_low" in header and f"{name}_high" in header
+            assert row[f"{name}_low"] <= row[name] + 1e-12, (row["method"], name)
+            assert row[name] <= row[f"{name}_high"] + 1e-12, (row["method"], name)
+        # proportions: the Wilson interval of the hits over the 3 scenes
+        wilson = wilson_interval(round(row["pointing_game"] * 3), 3)
+        assert row["pointing_game_low"] == float(wilson.low)
+        assert row["pointing_game_high"] == float(wilson.high)
+
+
+def test_controls_fail_the_sanity_check_and_ignore_the_model(demo_run: Path) -> None:
+    rows = json.loads((demo_run / "metrics.json").read_text())["rows"]
+    controls = [row for row in rows if row["method"] in CONTROLS]
+    assert len(controls) == len(CONTROLS) * len(installed_demo_models())
+    for row in controls:
+        sanity = [k for k in row if k.startswith("sanity_") and not k.endswith(("_low", "_high"))]
+        assert sanity and all(row[k] == 1.0 for k in sanity), row["method"]
+        assert "robustness" not in row  # no model to attack through
+    by_pair = {(r["model"], r["method"]): r for r in rows}
+    # a control's localisation does not depend on the model: same scenes, same masks
+    for control in CONTROLS:
+        shortcut = by_pair[("demo:shapes-shortcut", control)]
+        rrr = by_pair[("demo:shapes-rrr", control)]
+        for name in ("pointing_game", "relevance_mass", "relevance_rank", "marker_mass"):
+            assert shortcut[name] == rrr[name], (control, name)
+
+
+def test_marker_models_report_the_marker_area_and_the_shortcut_finding(demo_run: Path) -> None:
+    rows = json.loads((demo_run / "metrics.json").read_text())["rows"]
+    notes = json.loads((demo_run / "metrics.json").read_text())["notes"]
+    for row in rows:
+        if row["model"] == "demo:shapes":
+            assert "marker_area" not in row
+        else:
+            assert 0.005 < row["marker_area"] < 0.05
+    assert "demo:shapes-shortcut (accuracy with markers of random classes" in notes
+    assert "the model reads the marker): the marker covers" in notes
+
+
+def test_shortcut_findings_name_the_methods_that_expose_the_marker() -> None:
+    from saliency.demo.runner import shortcut_findings
+
+    def row(method: str, mass: float, low: float) -> dict[str, object]:
+        return {
+            "model": "demo:m",
+            "method": method,
+            "marker_mass": mass,
+            "marker_mass_low": low,
+            "marker_area": 0.02,
+        }
+
+    rows = [
+        row("gradient", 0.3, 0.2),
+        row("gradcam", 0.05, 0.03),  # 2.5× the area, but its interval reaches 1.5×
+        row("integrated_hessians", 0.9, 0.8),  # second order: not counted
+        row("baseline:edges", 0.5, 0.4),  # a control: not counted
+        {"model": "demo:clean", "method": "gradient", "pointing_game": 1.0},
+    ]
+    (finding,) = shortcut_findings(rows)
+    assert finding.startswith("demo:m: the marker covers 2.0% of the image")
+    assert "gradient 0.300 (15.0×)" in finding and "gradcam 0.050 (2.5×)" in finding
+    assert "exposed by 1 of 2 first-order methods (gradient)" in finding
+    assert "integrated_hessians" not in finding and "baseline" not in finding
+    (none,) = shortcut_findings([row("gradient", 0.03, 0.01)])
+    assert "no first-order method" in none
+
+
+def test_the_default_demo_measures_at_least_64_scenes_per_model() -> None:
+    assert DemoSettings().images >= 64

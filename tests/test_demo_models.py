@@ -102,14 +102,27 @@ def test_shipped_models_reach_their_recorded_accuracy(manifest: dict) -> None:
             assert abs(measured - expected) <= 3 * (expected * (1 - expected) / 200) ** 0.5, name
 
 
-def test_gradcam_layer_is_a_spatial_map() -> None:
-    model = saliency.load_model("demo:shapes").model
+@pytest.mark.parametrize(("name", "side"), [("shapes", 24), ("shapes-shortcut", 12)])
+def test_gradcam_layer_is_a_spatial_map(name: str, side: int) -> None:
+    model = saliency.load_model(f"demo:{name}").model
     inputs = demo_preprocess().normalize(generate_scenes(2, seed=TEST_SEED).images)
     layer = find_layer(model, None, lambda: model(inputs[:1]))
-    assert layer is model.stage4 or layer is model.stage4[2]  # the same 12×12 map
-    assert model.stage3(model.stage2(model.stage1(inputs))).shape[-2:] == (12, 12)
+    assert layer is model.stage4 or layer is model.stage4[2]  # the same map
+    # the clean model pools once fewer: a 24×24 last map, so Grad-CAM resolves the ring's hole
+    stages = model.stage4(model.stage3(model.stage2(model.stage1(inputs))))
+    assert stages.shape[-2:] == (side, side)
     cam = saliency.explain(model, inputs, "gradcam").attributions
     assert cam.shape == (2, 1, 96, 96) and float(cam.std()) > 0
+
+
+def test_shapes_net_pools_option() -> None:
+    inputs = torch.zeros(1, 3, 32, 32)
+    for pools, side in ((None, 4), (3, 4), (2, 8), (0, 32)):
+        net = ShapesNet(widths=(4, 4, 4, 4), pools=pools)
+        assert net.stage4(net.stage3(net.stage2(net.stage1(inputs)))).shape[-2:] == (side, side)
+        assert net(inputs).shape == (1, 8)
+    with pytest.raises(ValueError, match="pools"):
+        ShapesNet(widths=(4, 4, 4), pools=3)
 
 
 def test_png_scenes_load_exactly_like_generated_ones(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ the ``query`` option (box, mask, default, validation).
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
 import pytest
@@ -155,17 +157,44 @@ def test_whole_image_query_gives_integrated_gradients() -> None:
     torch.testing.assert_close(ours, ig(model, x, steps=16), rtol=1e-4, atol=1e-6)
 
 
-def test_default_query_is_the_centre_pixel_and_box_equals_mask() -> None:
+def test_box_equals_mask() -> None:
     model, x = smooth_model(), make_inputs()
     options = {"inner_steps": 2, "outer_steps": 2}
-    default = ih(model, x, **options)
     centre = torch.zeros(H, W, dtype=torch.bool)
     centre[H // 2, W // 2] = True
-    torch.testing.assert_close(default, ih(model, x, query=centre, **options), rtol=0, atol=0)
+    masked = ih(model, x, query=centre, **options)
     box = (H // 2, W // 2, H // 2 + 1, W // 2 + 1)
-    torch.testing.assert_close(default, ih(model, x, query=box, **options), rtol=0, atol=0)
+    torch.testing.assert_close(masked, ih(model, x, query=box, **options), rtol=0, atol=0)
     listed = ih(model, x, query=list(box), **options)
-    torch.testing.assert_close(default, listed, rtol=0, atol=0)
+    torch.testing.assert_close(masked, listed, rtol=0, atol=0)
+
+
+def test_default_query_is_the_top_pixels_of_integrated_gradients() -> None:
+    model, x = smooth_model(), make_inputs()
+    options = {"inner_steps": 2, "outer_steps": 2, "query_steps": 6}
+    relevance = ig(model, x, steps=6).abs().sum(dim=1)  # (N, H, W)
+    count = math.ceil(0.1 * H * W)
+    order = relevance.flatten(1).argsort(dim=1, descending=True)[:, :count]
+    expected = torch.zeros(len(x), H * W, dtype=torch.bool)
+    expected.scatter_(1, order, True)
+    expected = expected.view(len(x), 1, H, W).expand_as(x)
+    default = ih(model, x, query_fraction=0.1, **options)
+    torch.testing.assert_close(default, ih(model, x, query=expected, **options), rtol=0, atol=0)
+    # per sample, not the centre pixel: the samples' queries differ here
+    assert not torch.equal(expected[0], expected[1])
+
+
+def test_default_query_on_a_relu_network_warns_that_it_needs_smooth_relu() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(C, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * H * W, 3)
+    ).double()
+    x = make_inputs()
+    with pytest.warns(RuntimeWarning, match="smooth_relu"):
+        saliency.explain(model, x, "integrated_hessians", target=TARGET, inner_steps=2)
+    with saliency.smooth_relu(model, beta=5.0), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        saliency.explain(model, x, "integrated_hessians", target=TARGET, inner_steps=2)
 
 
 def test_relu_network_through_smooth_relu_keeps_completeness() -> None:

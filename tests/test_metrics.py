@@ -347,7 +347,8 @@ def test_evaluate_method_row_and_write_metrics(tmp_path: Path) -> None:
     row = result.row
     assert row["model"] == "tiny" and row["method"] == "gradcam"
     assert set(METRIC_NAMES) <= set(row)
-    assert [k for k in row if k.startswith("sanity_")] == ["sanity_4", "sanity_0"]
+    sanity = [k for k in row if k.startswith("sanity_") and not k.endswith(("_low", "_high"))]
+    assert sanity == ["sanity_4", "sanity_0"]
     for name in METRIC_NAMES:
         assert 0.0 <= row[name] <= 1.0 and result.samples[name].shape == (3,)
     assert result.samples["sanity_4"].shape == (2,)
@@ -362,3 +363,95 @@ def test_evaluate_method_row_and_write_metrics(tmp_path: Path) -> None:
     assert list(table[0])[:2] == ["model", "method"] and table[1]["relevance_mass"] == ""
     with pytest.raises(InvalidOptionError, match="model"):
         write_metrics([{"method": "x"}], tmp_path)
+
+
+def _tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
+
+
+def test_every_metric_column_has_its_interval() -> None:
+    from saliency.metrics.intervals import bootstrap_interval, wilson_interval
+
+    model = _tiny_cnn()
+    inputs = torch.randn(6, 3, 10, 10, generator=torch.Generator().manual_seed(2))
+    masks = box_mask(10, 2, 2, 4, 4).expand(6, 10, 10)
+    settings = MetricSettings(step=0.1, sanity_samples=2, resamples=500)
+    result = evaluate_method(model, inputs, masks, "gradient", model_name="tiny", settings=settings)
+    row = result.row
+    for name, values in result.samples.items():
+        assert row[f"{name}_low"] <= row[name] <= row[f"{name}_high"], name
+        # the interval columns follow their metric
+        keys = list(row)
+        assert keys[keys.index(name) + 1 : keys.index(name) + 3] == [f"{name}_low", f"{name}_high"]
+        if name == "pointing_game":
+            expected = wilson_interval(int(values.sum()), len(values))
+        else:
+            expected = bootstrap_interval(values.double(), resamples=500, seed=0)
+        assert row[f"{name}_low"] == pytest.approx(float(expected.low), abs=1e-12), name
+        assert row[f"{name}_high"] == pytest.approx(float(expected.high), abs=1e-12), name
+    # the parameter-randomisation columns cover the first sanity_samples inputs
+    assert result.samples["sanity_0"].shape == (2,)
+
+
+def test_interval_columns_skip_nan_and_use_wilson_for_proportions() -> None:
+    from saliency.metrics.report import interval_columns
+
+    hits = torch.tensor([1.0, 0.0, 1.0, float("nan")])
+    columns = interval_columns("pointing_game", hits)
+    from saliency.metrics.intervals import wilson_interval
+
+    expected = wilson_interval(2, 3)
+    assert columns == {
+        "pointing_game_low": float(expected.low),
+        "pointing_game_high": float(expected.high),
+    }
+    empty = interval_columns("deletion_auc", torch.tensor([float("nan")]))
+    assert all(math.isnan(value) for value in empty.values())
+
+
+@pytest.mark.parametrize("control", ["baseline:centre", "baseline:random", "baseline:edges"])
+def test_a_control_is_scored_like_a_method(control: str) -> None:
+    from saliency.metrics import control_map
+    from saliency.metrics.report import evaluate_control, sample_metrics
+
+    model = _tiny_cnn()
+    inputs = torch.randn(4, 3, 10, 10, generator=torch.Generator().manual_seed(3))
+    masks = box_mask(10, 2, 2, 4, 4).expand(4, 10, 10)
+    markers = box_mask(10, 8, 8, 2, 2).expand(4, 10, 10)
+    target = torch.tensor([0, 1, 2, 0])
+    settings = MetricSettings(step=0.1, sanity_samples=2, resamples=200)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = evaluate_control(
+        model,
+        inputs,
+        masks,
+        control,  # type: ignore[arg-type]
+        model_name="tiny",
+        target=target,
+        marker_masks=markers,
+        settings=settings,
+    )
+    maps = control_map(control, inputs)  # type: ignore[arg-type]
+    expected = sample_metrics(
+        model, inputs, maps, masks, target, marker_masks=markers, settings=settings
+    )
+    for name, values in expected.items():
+        torch.testing.assert_close(result.samples[name], values)
+        assert result.row[name] == pytest.approx(float(values.double().mean()))
+    assert result.row["method"] == control and set(METRIC_NAMES) <= set(result.row)
+    # a control ignores the weights: the sanity check fails (correlation 1 at every layer)
+    sanity = [
+        k for k in result.row if k.startswith("sanity_") and not k.endswith(("_low", "_high"))
+    ]
+    assert sanity == ["sanity_4", "sanity_0"]
+    for name in sanity:
+        torch.testing.assert_close(result.samples[name], torch.ones(2))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key

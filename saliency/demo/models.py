@@ -71,22 +71,30 @@ _STD = (0.25, 0.25, 0.25)
 
 
 class ShapesNet(nn.Module):
-    """Four conv stages (conv 3×3 → BatchNorm → ReLU), global average pooling, a linear head.
+    """Conv stages (conv 3×3 → BatchNorm → ReLU), global average pooling, a linear head.
 
-    Stages 1–3 end with 2×2 max pooling, so a 96² scene gives a 12×12 map in ``stage4``, the
-    layer Grad-CAM picks automatically.
+    The first ``pools`` stages end with 2×2 max pooling: with the default (every stage but the
+    last) a 96² scene gives a 12×12 map in ``stage4``, the layer Grad-CAM picks automatically;
+    ``pools=2`` keeps it at 24×24, so a class-activation map resolves holes such as the ring's.
 
     Args:
         num_classes: Output classes.
-        widths: Channels of the four stages.
+        widths: Channels of the stages (at least 3).
+        pools: Leading stages followed by max pooling (None: all but the last).
     """
 
     def __init__(
-        self, num_classes: int = len(CLASS_NAMES), widths: tuple[int, ...] = (16, 32, 64, 96)
+        self,
+        num_classes: int = len(CLASS_NAMES),
+        widths: tuple[int, ...] = (16, 32, 64, 96),
+        pools: int | None = None,
     ) -> None:
         super().__init__()
         if len(widths) < 3:
             raise ValueError(f"ShapesNet needs at least 3 stages, got widths={widths}")
+        pooled = len(widths) - 1 if pools is None else pools
+        if not 0 <= pooled <= len(widths) - 1:
+            raise ValueError(f"pools must be in [0, {len(widths) - 1}], got {pools}")
         channels = (3, *widths)
         for index in range(len(widths)):
             layers: list[nn.Module] = [
@@ -94,7 +102,7 @@ class ShapesNet(nn.Module):
                 nn.BatchNorm2d(channels[index + 1]),
                 nn.ReLU(),
             ]
-            if index < len(widths) - 1:
+            if index < pooled:
                 layers.append(nn.MaxPool2d(2))
             self.add_module(f"stage{index + 1}", nn.Sequential(*layers))
         self.stages = len(widths)
@@ -118,6 +126,8 @@ class DemoModel:
         config: The scenes it is trained and tested on.
         counterfactual: Scenes of its counterfactual split (None for none).
         widths: Channels of the ShapesNet stages.
+        pools: Leading stages followed by max pooling (None: all but the last; see
+            :class:`ShapesNet`).
         train_images: Distinct training scenes of the reference training run.
         epochs: Passes over them.
         penalty: λ of the Right-for-the-Right-Reasons input-gradient penalty on the marker
@@ -137,6 +147,7 @@ class DemoModel:
     config: SceneConfig
     counterfactual: SceneConfig | None
     widths: tuple[int, ...] = (16, 32, 64, 96)
+    pools: int | None = None
     train_images: int = 16_384
     epochs: int = 4
     penalty: float = 0.0
@@ -153,17 +164,19 @@ class DemoModel:
             from saliency.demo.vit import ShapesViT  # torchvision, only for this model
 
             return ShapesViT(len(CLASS_NAMES), image_size=self.config.size)
-        return ShapesNet(len(CLASS_NAMES), self.widths)
+        return ShapesNet(len(CLASS_NAMES), self.widths, self.pools)
 
     def describe(self) -> str:
-        """The architecture in one line (for the manifest)."""
+        """The architecture in one line (for the manifest), e.g. ``ShapesNet(widths=[...])``."""
         if self.architecture == "vit":
             return "ShapesViT(conv stem to 8-px patches, depth 4, width 64, heads 4, mlp 128)"
-        return f"ShapesNet(widths={list(self.widths)})"
+        pools = "" if self.pools is None else f", pools={self.pools}"
+        return f"ShapesNet(widths={list(self.widths)}{pools})"
 
 
 DEMO_MODELS: dict[str, DemoModel] = {
-    "shapes": DemoModel("shapes", "shapes.pt", CLEAN, None, train_images=20_480, epochs=5),
+    # a 24×24 last map (one pooling fewer): Grad-CAM at 12×12 peaked in the ring's hole
+    "shapes": DemoModel("shapes", "shapes.pt", CLEAN, None, pools=2, train_images=20_480, epochs=5),
     "shapes-shortcut": DemoModel(
         "shapes-shortcut",
         "shapes-shortcut.pt",
@@ -319,4 +332,3 @@ def load_demo(name: str, weights: WeightsArg = "DEFAULT") -> LoadedModel:
                 f"cannot load demo:{name} weights from {path}: {type(exc).__name__}: {exc}"
             ) from exc
     return LoadedModel(model.eval(), demo_preprocess(spec.config.size), CLASS_NAMES)
-

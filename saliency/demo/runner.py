@@ -4,10 +4,12 @@ For each installed demo model (``demo:shapes``, ``demo:shapes-shortcut``, ``demo
 :func:`run_demo` draws the model's test scenes (seeded, with exact object and marker masks),
 explains the true class with every registered method, computes every metric of
 :mod:`saliency.metrics` (localisation, deletion/insertion, cascading parameter randomisation,
-marker versus object mass, and explanation robustness under an adversarial perturbation), and
-writes one run folder::
+marker versus object mass, and explanation robustness under an adversarial perturbation), scores
+the model-independent controls of :mod:`saliency.metrics.controls` (``baseline:centre``,
+``baseline:random``, ``baseline:edges``) with the same metrics, gives every mean its 95%
+interval over the scenes (``<metric>_low`` / ``<metric>_high``), and writes one run folder::
 
-    OUT/metrics.json, OUT/metrics.csv     one row per model × method
+    OUT/metrics.json, OUT/metrics.csv     one row per model × method or control
     OUT/manifest.json                     the run, in the ``saliency explain`` layout
     OUT/<model>/scene_NNNN.png/           original (masks outlined) + one overlay per method
     OUT/scenes/<model>/                   the scenes and masks as PNG (for ``saliency explain``)
@@ -23,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -36,18 +38,24 @@ from saliency.errors import InvalidOptionError, accepted
 from saliency.explanation import Explanation
 from saliency.images import Preprocess
 from saliency.methods.registry import get_method, list_methods
+from saliency.metrics.controls import CONTROLS, Control, control_map
 from saliency.metrics.fragility import fragility
+from saliency.metrics.intervals import wilson_interval
+from saliency.metrics.relevance import relevance_map
 from saliency.metrics.report import (
     DEMO_METHOD_OPTIONS,
     MethodEvaluation,
     MetricSettings,
+    evaluate_control,
     evaluate_method,
+    summary_columns,
 )
+from saliency.metrics.sanity import spearman_correlation
 from saliency.models import load_model
 from saliency.run_folder import InputRecord
 from saliency.validation import require_int
 
-__all__ = ["DemoResult", "DemoSettings", "run_demo"]
+__all__ = ["DemoResult", "DemoSettings", "run_demo", "shortcut_findings"]
 
 DEFAULT_METHODS = (
     "gradient",
@@ -77,13 +85,21 @@ def demo_methods(chosen: Sequence[str] | None) -> tuple[str, ...]:
 ROBUSTNESS_EPSILON = 8 / 255
 """L∞ radius of the robustness attack, in pixel units ([0, 1] images)."""
 
+SMOOTH_BETA = 10.0
+"""β of the Softplus surrogate second-order methods explain the ReLU demo models through (their
+Hessian is zero almost everywhere; see :func:`saliency.smooth_relu`)."""
+
+SHORTCUT_FACTOR = 2.0
+"""A method exposes the marker shortcut when the lower end of its marker mass's interval is at
+least this many times the marker's share of the image area."""
+
 
 @dataclass(frozen=True)
 class DemoSettings:
     """What :func:`run_demo` does.
 
     Attributes:
-        images: Test scenes per model.
+        images: Test scenes per model (``saliency demo --scenes``).
         seed: Seed of the scenes (default: the test split of the weights manifest).
         device: Where to run (None: CPU).
         models: Demo model names (None: every installed one).
@@ -96,7 +112,7 @@ class DemoSettings:
         gallery: Build ``index.html``.
     """
 
-    images: int = 24
+    images: int = 64
     seed: int = TEST_SEED
     device: str | torch.device | None = None
     models: tuple[str, ...] | None = None
@@ -131,10 +147,11 @@ class DemoResult:
 
     Attributes:
         out: The run folder.
-        rows: The metrics rows (one per model × method).
+        rows: The metrics rows (one per model × method, then one per model × control).
         gallery: The gallery page, or None.
         seconds: Wall time.
         accuracy: Per model, the accuracy on the explained scenes.
+        findings: Plain statements of what the table shows (:func:`shortcut_findings`).
     """
 
     out: Path
@@ -142,6 +159,7 @@ class DemoResult:
     gallery: Path | None
     seconds: float
     accuracy: dict[str, float] = field(default_factory=dict)
+    findings: list[str] = field(default_factory=list)
 
 
 def run_demo(
@@ -172,23 +190,24 @@ def run_demo(
     accuracy: dict[str, float] = {}
     results: list[Explanation] = []
     for name in models:
-        evaluations, scenes, hits = _evaluate_model(name, methods, settings, on_step)
+        evaluations, controls, scenes, hits = _evaluate_model(name, methods, settings, on_step)
         accuracy[f"demo:{name}"] = hits
-        rows += [evaluation.row for evaluation in evaluations]
+        rows += [evaluation.row for evaluation in (*evaluations, *controls)]
         entries += write_model(folder, name, scenes, evaluations)
         results = [evaluation.explanation for evaluation in evaluations]
+    findings = shortcut_findings(rows)
     page = write_run(
         folder,
         models=models,
         entries=entries,
         results=results,
         rows=rows,
-        notes=_notes(settings, accuracy),
+        notes=" ".join([_notes(settings, accuracy), *findings]),
         started=stamp,
         seconds=time.perf_counter() - started,
         gallery=settings.gallery,
     )
-    return DemoResult(folder, rows, page, time.perf_counter() - started, accuracy)
+    return DemoResult(folder, rows, page, time.perf_counter() - started, accuracy, findings)
 
 
 def _evaluate_model(
@@ -196,23 +215,31 @@ def _evaluate_model(
     methods: Sequence[str],
     settings: DemoSettings,
     on_step: Callable[[str], None] | None,
-) -> tuple[list[MethodEvaluation], Scenes, float]:
-    """Every method × metric on one demo model's test scenes; also its accuracy on them."""
+) -> tuple[list[MethodEvaluation], list[MethodEvaluation], Scenes, float]:
+    """Every method × metric and control × metric on one demo model's test scenes; also its
+    accuracy on them."""
     loaded = load_model(f"demo:{name}", device=settings.device)
     assert isinstance(loaded.transform, Preprocess)
     device = next(loaded.model.parameters()).device
     scenes = demo_scenes(name, settings.images, seed=settings.seed, device=device)
     inputs = loaded.transform.normalize(scenes.images)
     hits = accuracy(loaded.model, scenes)
+    common: dict[str, Any] = {"accuracy": hits}
+    common.update(_proportion("accuracy", hits, len(scenes)))
     # Markers of random classes: a model that reads the marker instead of the shape fails here.
-    counterfactual = None
+    common["counterfactual_accuracy"] = None
     if DEMO_MODELS[name].counterfactual is not None:
         swapped = demo_scenes(
             name, settings.images, split="counterfactual", seed=settings.seed, device=device
         )
         counterfactual = accuracy(loaded.model, swapped)
+        common["counterfactual_accuracy"] = counterfactual
+        common.update(_proportion("counterfactual_accuracy", counterfactual, len(swapped)))
     has_markers = scenes.config.marker != "none"
     metric_settings = MetricSettings(sanity_samples=settings.sanity_samples, step=settings.step)
+    if has_markers:
+        area = scenes.marker_masks.flatten(1).double().mean(dim=1)
+        common.update(summary_columns({"marker_area": area}, metric_settings))
     evaluations = []
     for method in methods:
         if not get_method(method).applies_to(loaded.model):
@@ -233,15 +260,39 @@ def _evaluate_model(
             marker_masks=scenes.marker_masks if has_markers else None,
             options=options,
             settings=metric_settings if first_order else replace(metric_settings, sanity_samples=0),
+            smooth=None if first_order else SMOOTH_BETA,
         )
-        evaluation.row["accuracy"] = hits
-        evaluation.row["counterfactual_accuracy"] = counterfactual
-        evaluation.row.update(_robustness(loaded.model, inputs, method, options, settings))
+        evaluation.row.update(common)
+        robustness = _robustness(loaded.model, inputs, method, options, settings)
+        evaluation.row.update(summary_columns(robustness, metric_settings))
         evaluation.row["seconds"] = round(evaluation.seconds, 3)
         evaluations.append(evaluation)
         if on_step is not None:
             on_step(f"demo:{name} {method}")
-    return evaluations, scenes, hits
+    controls = []
+    for control in CONTROLS:
+        evaluation = evaluate_control(
+            loaded.model,
+            inputs,
+            scenes.masks,
+            cast(Control, control),
+            model_name=f"demo:{name}",
+            target=scenes.labels,
+            marker_masks=scenes.marker_masks if has_markers else None,
+            settings=metric_settings,
+        )
+        evaluation.row.update(common)
+        robustness = _control_robustness(cast(Control, control), inputs, settings)
+        evaluation.row.update(summary_columns(robustness, metric_settings))
+        evaluation.row["seconds"] = round(evaluation.seconds, 3)
+        controls.append(evaluation)
+    return evaluations, controls, scenes, hits
+
+
+def _proportion(name: str, share: float, count: int) -> dict[str, float]:
+    """``<name>_low`` / ``<name>_high``: the Wilson interval of a share of ``count`` scenes."""
+    interval = wilson_interval(round(share * count), count)
+    return {f"{name}_low": float(interval.low), f"{name}_high": float(interval.high)}
 
 
 def _robustness(
@@ -250,8 +301,9 @@ def _robustness(
     method: str,
     options: dict[str, Any],
     settings: DemoSettings,
-) -> dict[str, float | None]:
-    """The robustness columns: rank correlation of the maps under the attack and under noise.
+) -> dict[str, Tensor]:
+    """The robustness columns, per scene: rank correlation of the maps under the attack and
+    under noise (none for second-order methods).
 
     The attack runs on the Softplus(β = 10) surrogate of the ReLU model (its gradient maps are
     piecewise constant) within an L∞ ball of 8/255 pixel units; the inputs are normalised by
@@ -264,7 +316,7 @@ def _robustness(
     if chosen.derivative_order > 1 or not chosen.supports_create_graph:
         # the attack differentiates the attributions: third derivatives, too slow for a demo, or
         # a method without a derivative (guided_ig)
-        return dict.fromkeys(("robustness", "robustness_top_k", "random_robustness"), None)
+        return {}
     result = fragility(
         model,
         inputs[:count],
@@ -275,12 +327,77 @@ def _robustness(
         clamp=(-2.0, 2.0),
         method_options=options,
     )
-    summary = result.summary()
     return {
-        "robustness": summary["spearman"],
-        "robustness_top_k": summary["top_k_intersection"],
-        "random_robustness": summary["random_spearman"],
+        "robustness": result.spearman,
+        "robustness_top_k": result.top_k_intersection,
+        "random_robustness": result.random_spearman,
     }
+
+
+def _control_robustness(
+    control: Control, inputs: Tensor, settings: DemoSettings
+) -> dict[str, Tensor]:
+    """``random_robustness`` of a control: Spearman correlation of its map with its map under
+    random sign noise of L∞ 8/255 (no attack: a control has no model to attack through)."""
+    count = min(settings.robustness_samples, len(inputs))
+    if count == 0:
+        return {}
+    chosen = inputs[:count]
+    generator = torch.Generator().manual_seed(0)
+    signs = torch.randint(0, 2, chosen.shape, generator=generator).to(chosen) * 2 - 1
+    noisy = (chosen + signs * (ROBUSTNESS_EPSILON / 0.25)).clamp(-2.0, 2.0)
+    first = relevance_map(control_map(control, chosen))
+    second = relevance_map(control_map(control, noisy))
+    return {"random_robustness": spearman_correlation(first, second).float()}
+
+
+def shortcut_findings(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The shortcut finding in plain words, one sentence per model with marker scenes.
+
+    Per first-order method: its marker mass (|attribution| share on the marker patch) next to
+    the marker's share of the image area; a method *exposes* the shortcut when the lower end of
+    its marker mass's interval is at least :data:`SHORTCUT_FACTOR` times that share.
+    """
+    findings = []
+    for model in dict.fromkeys(row["model"] for row in rows):
+        chosen = [
+            row
+            for row in rows
+            if row["model"] == model
+            and row.get("marker_mass") is not None
+            and not str(row["method"]).startswith("baseline:")
+            and get_method(str(row["method"])).derivative_order <= 1
+        ]
+        if not chosen:
+            continue
+        area = float(chosen[0]["marker_area"])
+        exposed = [
+            str(row["method"])
+            for row in chosen
+            if float(row.get("marker_mass_low", row["marker_mass"])) >= SHORTCUT_FACTOR * area
+        ]
+        shown = ", ".join(
+            f"{row['method']} {float(row['marker_mass']):.3f} "
+            f"({float(row['marker_mass']) / area:.1f}×)"
+            for row in chosen
+        )
+        verdict = (
+            f"exposed by {len(exposed)} of {len(chosen)} first-order methods ({', '.join(exposed)})"
+            if exposed
+            else f"no first-order method puts ≥ {SHORTCUT_FACTOR:g}× the marker's area on it"
+        )
+        counterfactual = chosen[0].get("counterfactual_accuracy")
+        reads = (
+            ""
+            if counterfactual is None
+            else f" (accuracy with markers of random classes {float(counterfactual):.2f}: the "
+            f"model {'reads' if counterfactual < 0.5 else 'does not rely on'} the marker)"
+        )
+        findings.append(
+            f"{model}{reads}: the marker covers {area:.1%} of the image; marker mass {shown}; "
+            f"the marker is {verdict}."
+        )
+    return findings
 
 
 def _notes(settings: DemoSettings, accuracy: dict[str, float]) -> str:
@@ -297,8 +414,15 @@ def _notes(settings: DemoSettings, accuracy: dict[str, float]) -> str:
         f"only). robustness: Spearman "
         f"correlation of the map with the map after a label-preserving adversarial perturbation "
         f"of L∞ 8/255 ({settings.robustness_samples} scenes, {settings.robustness_steps} steps; "
-        f"high is robust; not measured for second-order methods), random_robustness: the same "
-        f"for random noise of that size."
+        f"high is robust; not measured for second-order methods nor controls), "
+        f"random_robustness: the same for random sign noise of that size. Second-order methods "
+        f"explain the Softplus(β = {SMOOTH_BETA:g}) surrogate of the ReLU model (its Hessian is "
+        f"zero almost everywhere); integrated_hessians queries each scene's top 1% pixels of "
+        f"integrated gradients. Controls (model-independent maps): baseline:centre a centred "
+        f"Gaussian, baseline:random seeded uniform noise, baseline:edges the Sobel edge "
+        f"magnitude of the image. <metric>_low / <metric>_high: 95% interval of the mean over "
+        f"the scenes (Wilson for pointing_game and accuracies, percentile bootstrap of 10,000 "
+        f"seeded resamples otherwise). marker_area: the marker's share of the image area."
     )
 
 

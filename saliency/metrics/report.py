@@ -2,9 +2,12 @@
 
 :func:`evaluate_method` explains the inputs with :func:`saliency.explain`, computes each metric
 per sample, and returns the explanation, the per-sample values and a row of means named like the
-``metrics.json`` / ``metrics.csv`` columns (``docs/manifest.md``). :func:`evaluate_scenes` does
-the same for :mod:`saliency.demo.scenes` scenes and a model loaded by name (e.g. ``"demo:shapes"``),
-and :func:`write_metrics` writes the rows.
+``metrics.json`` / ``metrics.csv`` columns (``docs/manifest.md``), each mean followed by its 95%
+interval over the samples, ``<metric>_low`` and ``<metric>_high`` (:func:`interval_columns`).
+:func:`evaluate_control` scores a model-independent control map
+(:mod:`saliency.metrics.controls`) the same way. :func:`evaluate_scenes` does the same for
+:mod:`saliency.demo.scenes` scenes and a model loaded by name (e.g. ``"demo:shapes"``), and
+:func:`write_metrics` writes the rows.
 
 >>> scenes = generate_scenes(24, seed=TEST_SEED)
 >>> results = evaluate_scenes("demo:shapes", scenes)
@@ -20,6 +23,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -32,13 +36,20 @@ from saliency.explain import explain
 from saliency.explanation import Explanation
 from saliency.images import Preprocess
 from saliency.methods.registry import get_method
+from saliency.metrics.controls import Control, control_map
 from saliency.metrics.faithfulness import deletion_auc, insertion_auc
+from saliency.metrics.intervals import bootstrap_interval, wilson_interval
 from saliency.metrics.localisation import pointing_game, relevance_mass, relevance_rank
-from saliency.metrics.relevance import Reduction
-from saliency.metrics.sanity import parameter_randomisation
+from saliency.metrics.relevance import Reduction, relevance_map
+from saliency.metrics.sanity import (
+    cascading_randomisation,
+    parameter_randomisation,
+    spearman_correlation,
+)
 from saliency.metrics.shortcut import marker_object_mass
 from saliency.models import load_model
 from saliency.output_files import write_text_atomic
+from saliency.smooth_relu import smooth_relu
 
 if TYPE_CHECKING:  # the demo is above the core: only its type is named here
     from saliency.demo.scenes import Scenes
@@ -46,11 +57,15 @@ if TYPE_CHECKING:  # the demo is above the core: only its type is named here
 __all__ = [
     "DEMO_METHOD_OPTIONS",
     "METRIC_NAMES",
+    "PROPORTIONS",
     "MethodEvaluation",
     "MetricSettings",
+    "evaluate_control",
     "evaluate_method",
     "evaluate_scenes",
+    "interval_columns",
     "sample_metrics",
+    "summary_columns",
     "write_metrics",
 ]
 
@@ -69,13 +84,16 @@ DEMO_METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"steps": 8},
     "smoothgrad": {"samples": 6, "seed": 0},
     "vargrad": {"samples": 6, "seed": 0},
-    "integrated_hessians": {"inner_steps": 2, "outer_steps": 2},
+    "integrated_hessians": {"inner_steps": 2, "outer_steps": 2, "query_steps": 8},
     "expected_gradients": {"samples": 8, "seed": 0},
     "blur_ig": {"steps": 8},
     "guided_ig": {"steps": 16},
 }
 """Deterministic, cheaper options of built-in methods for the 2-core CPU demo (any method not
 listed runs with its defaults)."""
+
+PROPORTIONS: frozenset[str] = frozenset({"pointing_game", "accuracy", "counterfactual_accuracy"})
+"""0/1-per-sample columns: their intervals are Wilson score intervals (the others bootstrap)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +109,9 @@ class MetricSettings:
         blur_sigma: σ in pixels of the ``"blur"`` substrate.
         sanity_samples: Inputs (the first ones) used for the parameter-randomisation check;
             0 skips it. It adds one ``sanity_<layer>`` column per randomised layer.
-        seed: Seeds the parameter randomisation.
+        seed: Seeds the parameter randomisation, the bootstrap and ``baseline:random``.
+        confidence: Coverage of the ``<metric>_low`` / ``<metric>_high`` intervals.
+        resamples: Bootstrap resamples of those intervals.
     """
 
     reduction: Reduction = "abs"
@@ -102,6 +122,8 @@ class MetricSettings:
     blur_sigma: float = 5.0
     sanity_samples: int = 0
     seed: int = 0
+    confidence: float = 0.95
+    resamples: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -109,7 +131,8 @@ class MethodEvaluation:
     """The result of :func:`evaluate_method`.
 
     Attributes:
-        row: ``{"model", "method", <metric>: mean, ...}`` — one ``metrics.json`` row.
+        row: ``{"model", "method", <metric>: mean, <metric>_low, <metric>_high, ...}`` — one
+            ``metrics.json`` row.
         samples: ``{<metric>: (N,) values}`` (sanity columns cover the first inputs only).
         explanation: The explanation the metrics were computed from.
         seconds: Wall time of explaining and measuring.
@@ -186,6 +209,7 @@ def evaluate_method(
     options: Mapping[str, Any] | None = None,
     settings: MetricSettings = MetricSettings(),
     batch_size: int | None = None,
+    smooth: float | None = None,
 ) -> MethodEvaluation:
     """Explain ``inputs`` with ``method`` and compute every metric: one row per model × method.
 
@@ -201,10 +225,17 @@ def evaluate_method(
         options: The method's options (e.g. ``DEMO_METHOD_OPTIONS[method]``).
         settings: How to compute the metrics.
         batch_size: Points per forward/backward chunk (None: automatic).
+        smooth: β of a Softplus surrogate (:func:`saliency.smooth_relu`) to explain through,
+            for second-order methods on ReLU models (None: the model itself); the metrics
+            always score the model itself.
     """
     started = time.perf_counter()
     options = dict(options or {})
-    explanation = explain(model, inputs, method, target, batch_size=batch_size, **options)
+    surrogate: AbstractContextManager[Any] = (
+        nullcontext() if smooth is None else smooth_relu(model, smooth)
+    )
+    with surrogate:
+        explanation = explain(model, inputs, method, target, batch_size=batch_size, **options)
     assert explanation.targets is not None
     samples = sample_metrics(
         model,
@@ -228,9 +259,100 @@ def evaluate_method(
             batch_size=batch_size,
         )
         samples.update({f"sanity_{layer}": rho for layer, rho in correlations.items()})
-    row: dict[str, Any] = {"model": model_name, "method": method}
-    row.update({name: float(value.double().mean()) for name, value in samples.items()})
+    row = {"model": model_name, "method": method, **summary_columns(samples, settings)}
     return MethodEvaluation(row, samples, explanation, time.perf_counter() - started)
+
+
+def evaluate_control(
+    model: nn.Module,
+    inputs: Tensor,
+    masks: Tensor,
+    control: Control,
+    *,
+    model_name: str,
+    target: Tensor,
+    marker_masks: Tensor | None = None,
+    settings: MetricSettings = MetricSettings(),
+    batch_size: int | None = None,
+) -> MethodEvaluation:
+    """Score a control map (:func:`saliency.metrics.controls.control_map`) like a method.
+
+    The same metrics as :func:`evaluate_method`; the parameter-randomisation columns recompute
+    the control under each randomised model (a control ignores the weights, so they stay 1:
+    what failing the sanity check looks like). ``baseline:random`` is seeded with
+    ``settings.seed``.
+
+    Args:
+        model: The model the faithfulness metrics query.
+        inputs: ``(N, C, H, W)`` model inputs.
+        masks: ``(N, H, W)`` object masks.
+        control: ``"baseline:centre"``, ``"baseline:random"`` or ``"baseline:edges"``.
+        model_name: The row's ``model`` value.
+        target: ``(N,)`` classes whose probability deletion/insertion track.
+        marker_masks: Marker masks, for the ``marker_mass`` and ``object_mass`` columns.
+        settings: How to compute the metrics.
+        batch_size: Perturbed inputs per forward pass (None: automatic).
+    """
+    started = time.perf_counter()
+    maps = control_map(control, inputs, seed=settings.seed)
+    targets = torch.as_tensor(target, device=inputs.device).reshape(-1).expand(len(inputs))
+    samples = sample_metrics(
+        model,
+        inputs,
+        maps,
+        masks,
+        targets,
+        marker_masks=marker_masks,
+        settings=settings,
+        batch_size=batch_size,
+    )
+    if settings.sanity_samples > 0:
+        count = min(settings.sanity_samples, len(inputs))
+        reference = relevance_map(maps[:count], settings.reduction)
+        for layer, _randomised in cascading_randomisation(model, seed=settings.seed):
+            again = control_map(control, inputs[:count], seed=settings.seed)
+            again_map = relevance_map(again, settings.reduction)
+            samples[f"sanity_{layer}"] = spearman_correlation(reference, again_map).float()
+    explanation = Explanation(maps, targets, control, {"seed": settings.seed}, inputs=inputs)
+    row = {"model": model_name, "method": control, **summary_columns(samples, settings)}
+    return MethodEvaluation(row, samples, explanation, time.perf_counter() - started)
+
+
+def interval_columns(
+    name: str, values: Tensor, *, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> dict[str, float]:
+    """``{<name>_low, <name>_high}``: the interval of the mean of ``values`` over samples.
+
+    Columns in :data:`PROPORTIONS` (0/1 per sample) get the Wilson score interval, the others
+    the seeded percentile bootstrap (:mod:`saliency.metrics.intervals`). NaN values are left
+    out; no value left gives NaN ends.
+    """
+    finite = values.detach().double().flatten()
+    finite = finite[~finite.isnan()].cpu()
+    if len(finite) == 0:
+        return {f"{name}_low": math.nan, f"{name}_high": math.nan}
+    if name in PROPORTIONS:
+        interval = wilson_interval(int(finite.sum().round()), len(finite), confidence=confidence)
+    else:
+        interval = bootstrap_interval(finite, confidence=confidence, resamples=resamples, seed=seed)
+    return {f"{name}_low": float(interval.low), f"{name}_high": float(interval.high)}
+
+
+def summary_columns(samples: Mapping[str, Tensor], settings: MetricSettings) -> dict[str, float]:
+    """Per metric: its mean over the samples, then ``<metric>_low`` and ``<metric>_high``."""
+    columns: dict[str, float] = {}
+    for name, value in samples.items():
+        columns[name] = float(value.double().mean())
+        columns.update(
+            interval_columns(
+                name,
+                value,
+                confidence=settings.confidence,
+                resamples=settings.resamples,
+                seed=settings.seed,
+            )
+        )
+    return columns
 
 
 def evaluate_scenes(

@@ -53,6 +53,7 @@ __all__ = [
     "TrainingStart",
     "accuracy",
     "add_noise",
+    "architecture",
     "augment",
     "evaluation_splits",
     "finish_training",
