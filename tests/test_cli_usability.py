@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import types
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,7 @@ def demo_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Any]:
 
     def fake_run(out: str, settings: Any, on_step: Any = None) -> Any:
         seen.append(settings)
-        return types.SimpleNamespace(rows=[], out=Path(out), gallery=None, seconds=0.1)
+        return DemoResult(out=Path(out), rows=[], gallery=None, seconds=0.1)
 
     monkeypatch.setattr(saliency.demo, "run_demo", fake_run)
     return seen
