@@ -23,6 +23,7 @@ from saliency.cli.model import available_devices, resolve_device
 from saliency.cli.names import demo_model_names, split_names
 from saliency.cli.progress import Progress, format_rate
 from saliency.demo.models import DEMO_MODELS
+from saliency.demo.runner import DemoResult
 from saliency.framing import Framing
 
 # ---- the same spellings in explain and demo ---------------------------------------------------

@@ -295,7 +295,7 @@ def test_marker_models_report_the_marker_area_and_the_shortcut_finding(demo_run:
     rows = json.loads((demo_run / "metrics.json").read_text())["rows"]
     notes = json.loads((demo_run / "metrics.json").read_text())["notes"]
     for row in rows:
-        if row["model"] == "demo:shapes":
+        if DEMO_MODELS[row["model"].removeprefix("demo:")].config.marker == "none":
             assert "marker_area" not in row
         else:
             assert 0.005 < row["marker_area"] < 0.05
