@@ -232,7 +232,8 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> Run:
         metavar="NAME",
         help="a demo model, spelled as for explain (demo:shapes) or bare (shapes): one of "
         + ", ".join(sorted(DEMO_MODELS))
-        + " (repeatable and/or comma-separated; default: every installed one)",
+        + " (repeatable and/or comma-separated), or all; default: every installed one but "
+        "shapes-vit",
     )
     parser.add_argument(
         "--method",
@@ -254,13 +255,13 @@ def _run_demo(arguments: argparse.Namespace) -> int:
     from saliency.cli.names import demo_model_names
     from saliency.cli.progress import Progress, format_duration, say
     from saliency.demo import DemoSettings, run_demo
-    from saliency.demo.models import DEMO_MODELS, installed_demo_models
+    from saliency.demo.models import DEMO_MODELS, default_demo_models, installed_demo_models
     from saliency.demo.runner import demo_methods
     from saliency.errors import SaliencyError
 
     try:
         # The same spellings as `saliency explain`, parsed by the same code.
-        named = demo_model_names(arguments.model, DEMO_MODELS)
+        named = demo_model_names(arguments.model, DEMO_MODELS, installed_demo_models())
         chosen = method_names(arguments.method) if arguments.method else None
         settings = DemoSettings(
             images=arguments.scenes,
@@ -273,7 +274,7 @@ def _run_demo(arguments: argparse.Namespace) -> int:
     except (SaliencyError, UsageError) as error:
         say(f"saliency demo: error: {error}", sys.stderr)
         return 2
-    models = settings.models or installed_demo_models()
+    models = settings.models or default_demo_models()
     methods = demo_methods(settings.methods)
     progress = Progress(
         len(models) * len(methods), enabled=not arguments.quiet, label="saliency demo", unit="steps"

@@ -27,22 +27,28 @@ def split_names(values: Sequence[str] | None) -> list[str]:
     return names
 
 
-def demo_model_names(values: Sequence[str] | None, installed: Iterable[str]) -> list[str]:
-    """The demo models named by ``--model`` values (``demo:NAME`` or ``NAME``), as bare names.
+def demo_model_names(
+    values: Sequence[str] | None, known_models: Iterable[str], installed: Iterable[str] = ()
+) -> list[str]:
+    """The demo models named by ``--model`` values (``demo:NAME`` or ``NAME``, or ``all``: every
+    installed one), as bare names.
 
     Raises:
         UsageError: A name that is not a demo model, or values that name none.
     """
-    known = sorted(installed)
+    known = sorted(known_models)
     names: list[str] = []
     for text in split_names(values):
+        if text == "all":
+            names += [name for name in installed if name not in names]
+            continue
         prefix, colon, rest = text.partition(":")
         name = rest if colon and prefix == DEMO_SOURCE else text
         if name not in known:
             spelled = ", ".join(f"{DEMO_SOURCE}:{model}" for model in known)
             raise UsageError(
                 f"--model {text!r} is not a demo model; accepted: {spelled} (or the bare names "
-                f"{', '.join(known)}), repeatable or comma-separated"
+                f"{', '.join(known)}), repeatable or comma-separated, or all"
             )
         if name not in names:
             names.append(name)

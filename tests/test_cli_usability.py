@@ -45,6 +45,9 @@ def test_demo_models_take_the_explain_spelling_and_the_bare_name() -> None:
     ]
     assert demo_model_names(["demo:shapes,shapes"], DEMO_MODELS) == ["shapes"]
     assert demo_model_names(None, DEMO_MODELS) == []
+    installed = ("shapes", "shapes-vit")
+    assert demo_model_names(["all"], DEMO_MODELS, installed) == ["shapes", "shapes-vit"]
+    assert demo_model_names(["shapes-vit,all"], DEMO_MODELS, installed) == ["shapes-vit", "shapes"]
     with pytest.raises(UsageError, match=r"'resnet50' is not a demo model; accepted: demo:shapes"):
         demo_model_names(["resnet50"], DEMO_MODELS)
     with pytest.raises(UsageError, match="not a demo model"):

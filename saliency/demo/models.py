@@ -51,6 +51,7 @@ __all__ = [
     "ShapesNet",
     "demo_preprocess",
     "demo_scenes",
+    "default_demo_models",
     "installed_demo_models",
     "load_demo",
     "read_manifest",
@@ -139,6 +140,8 @@ class DemoModel:
         architecture: ``"shapesnet"`` (:class:`ShapesNet` with ``widths``) or ``"vit"``
             (:class:`~saliency.demo.vit.ShapesViT`).
         learning_rate: Peak learning rate of its training recipe (AdamW, one cycle).
+        by_default: Measured by a ``saliency demo`` that names no model (the ViT is not: it
+            doubles the run's time; ``--model all`` or ``--model shapes-vit`` adds it).
         weight_decay: AdamW weight decay of its training recipe.
     """
 
@@ -156,6 +159,7 @@ class DemoModel:
     penalty_score: PenaltyScore = "label"
     architecture: Architecture = "shapesnet"
     learning_rate: float = 4e-3
+    by_default: bool = True
     weight_decay: float = 5e-4
 
     def build(self) -> nn.Module:
@@ -205,6 +209,7 @@ DEMO_MODELS: dict[str, DemoModel] = {
         architecture="vit",
         learning_rate=1e-3,
         weight_decay=0.05,
+        by_default=False,
     ),
 }
 """The demo models by name (``load_model("demo:NAME")``)."""
@@ -283,6 +288,11 @@ def _shipped_weights(spec: DemoModel) -> Path:
             f"`python -m saliency.demo.training --model {spec.name} --out {WEIGHTS_DIR}`"
         )
     return path
+
+
+def default_demo_models() -> tuple[str, ...]:
+    """The installed demo models a ``saliency demo`` without ``--model`` measures."""
+    return tuple(name for name in installed_demo_models() if DEMO_MODELS[name].by_default)
 
 
 def installed_demo_models() -> tuple[str, ...]:

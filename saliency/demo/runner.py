@@ -30,7 +30,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from saliency.demo.models import DEMO_MODELS, demo_scenes, installed_demo_models
+from saliency.demo.models import DEMO_MODELS, default_demo_models, demo_scenes
 from saliency.demo.report import write_model, write_run
 from saliency.demo.scenes import TEST_SEED, Scenes
 from saliency.demo.training import accuracy
@@ -102,7 +102,8 @@ class DemoSettings:
         images: Test scenes per model (``saliency demo --scenes``).
         seed: Seed of the scenes (default: the test split of the weights manifest).
         device: Where to run (None: CPU).
-        models: Demo model names (None: every installed one).
+        models: Demo model names (None: the installed ones measured by default, see
+            :func:`~saliency.demo.models.default_demo_models`).
         methods: Registered method names (None: :data:`DEFAULT_METHODS`; ``("all",)``: every
             method registered one by one).
         sanity_samples: Scenes of the parameter-randomisation check (0 skips it).
@@ -181,7 +182,7 @@ def run_demo(
     started = time.perf_counter()
     stamp = _now()
     folder = Path(out).absolute()
-    models = settings.models if settings.models is not None else installed_demo_models()
+    models = settings.models if settings.models is not None else default_demo_models()
     if not models:
         raise InvalidOptionError("no demo model weights are installed; reinstall saliency-kit")
     methods = demo_methods(settings.methods)
