@@ -129,7 +129,9 @@ def _pixel_ranks(relevance: Tensor) -> Tensor:
     return torch.empty_like(order).scatter_(1, order, positions)
 
 
-def _scorer(score: Score, target: ClassTarget | None) -> Callable[[Tensor, Tensor], Tensor]:
+def target_scorer(
+    score: Score, target: ClassTarget | None
+) -> Callable[[Tensor, Tensor], Tensor]:
     """Maps (outputs, sample indices) to float32 target scores."""
     if score not in _SCORES:
         raise InvalidOptionError(f"score={score!r}; accepted: {accepted(_SCORES)}")
@@ -206,7 +208,7 @@ def perturbation_curve(
         resolved = resolve_target(target, outputs, count)
         if not isinstance(resolved, ClassTarget):
             raise InvalidTargetError("deletion/insertion need class targets, not a function")
-        scorer = _scorer(score, resolved)
+        scorer = target_scorer(score, resolved)
         for begin in range(0, total, chunk):
             point = torch.arange(begin, min(total, begin + chunk), device=inputs.device)
             sample, level = point % count, point // count

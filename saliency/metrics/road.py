@@ -32,7 +32,7 @@ from torch import Tensor
 from saliency.engine import Engine, EngineOptions, automatic_chunk_size
 from saliency.errors import InvalidOptionError, InvalidTargetError
 from saliency.explain import check_inputs
-from saliency.metrics.faithfulness import Curve, _pixel_ranks
+from saliency.metrics.faithfulness import Curve, _pixel_ranks, target_scorer
 from saliency.metrics.imputation import linear_imputation
 from saliency.metrics.relevance import Reduction, relevance_map
 from saliency.model_state import evaluation_state
@@ -62,16 +62,14 @@ def _removed_counts(fractions: Sequence[float], pixels: int) -> list[int]:
 
 
 def _scorer(score: RoadScore, target: ClassTarget) -> Callable[[Tensor, Tensor], Tensor]:
-    def scores(outputs: Tensor, samples: Tensor) -> Tensor:
-        classes = target.indices[samples]
-        values = outputs.float()
-        if score == "accuracy":
-            return (values.argmax(dim=1) == classes).float()
-        if score == "probability":
-            values = values.softmax(dim=1)
-        return values.gather(1, classes[:, None]).squeeze(1)
+    """The perturbation metrics' scorer (:func:`target_scorer`), plus ROAD's ``"accuracy"``."""
+    if score != "accuracy":
+        return target_scorer(score, target)
 
-    return scores
+    def hits(outputs: Tensor, samples: Tensor) -> Tensor:
+        return (outputs.float().argmax(dim=1) == target.indices[samples]).float()
+
+    return hits
 
 
 def road_curve(
