@@ -201,8 +201,9 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> Run:
         "masks, explains them with the default methods (or --method all) on each shipped demo "
         "model "
         f"({', '.join('demo:' + name for name in DEMO_MODELS)}), measures every metric "
-        "(pointing game, relevance mass and rank, deletion/insertion AUC, parameter "
-        "randomisation, marker vs object mass, robustness), each with its 95% interval over "
+        "(pointing game, relevance mass and rank, deletion/insertion AUC, ROAD, parameter "
+        "randomisation, input invariance, random-logit, marker vs object mass, robustness, "
+        "sparseness and complexity), each with its 95% interval over "
         "the scenes, for the methods and the controls baseline:centre, baseline:random and "
         "baseline:edges, and writes OUT/metrics.json, "
         "OUT/metrics.csv, the overlays and an HTML gallery OUT/index.html."
@@ -286,7 +287,7 @@ def _run_demo(arguments: argparse.Namespace) -> int:
         say(f"saliency demo: error: {error}", sys.stderr)
         return 2
     progress.close()
-    print(metrics_table(result.rows))
+    print(metrics_tables(result.rows))
     for finding in result.findings:
         print(f"\n{finding}")
     print(f"\nmetrics: {result.out / 'metrics.csv'}")
@@ -296,13 +297,30 @@ def _run_demo(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def metrics_table(rows: list[dict[str, Any]]) -> str:
-    """The main columns of the metrics rows as an aligned text table; a mean with an interval
-    reads ``0.81 [0.72,0.88]`` (the 95% interval over the scenes)."""
-    from saliency.metrics.report import METRIC_NAMES
+def metrics_tables(rows: list[dict[str, Any]]) -> str:
+    """The metrics rows as two aligned text tables: localisation and faithfulness, then the
+    checks (ROAD, invariance, random-logit, robustness, complexity)."""
+    from saliency.metrics.report import (
+        COMPLEXITY_NAMES,
+        LOCALISATION_AND_FAITHFULNESS,
+        SUBSET_METRIC_NAMES,
+    )
 
-    columns = ["model", "method", "accuracy", *METRIC_NAMES, "robustness"]
-    present = [c for c in columns if any(c in row for row in rows)]
+    tables = (
+        ["accuracy", *LOCALISATION_AND_FAITHFULNESS],
+        [*SUBSET_METRIC_NAMES, "robustness", *COMPLEXITY_NAMES],
+    )
+    printed = [metrics_table(rows, columns) for columns in tables]
+    return "\n\n".join(table for table in printed if table)
+
+
+def metrics_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """The ``columns`` of the metrics rows that any row has, after model and method, as an
+    aligned text table; a mean with an interval reads ``0.81 [0.72,0.88]`` (the 95% interval
+    over the scenes). Empty when no row has any of them."""
+    present = [c for c in ["model", "method", *columns] if any(c in row for row in rows)]
+    if len(present) <= 2:
+        return ""
     cells = [[_interval_cell(row, column) for column in present] for row in rows]
     widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(present)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(present, widths, strict=True))]

@@ -100,3 +100,19 @@ def test_channels_last_must_be_a_bool() -> None:
         EngineOptions(channels_last="yes")  # type: ignore[arg-type]
     with pytest.raises(InvalidOptionError, match="channels_last"):
         saliency.explain(nn.Conv2d(3, 2, 1), inputs(), "gradient", channels_last=1)
+
+
+def test_perturbation_metrics_score_the_same_in_channels_last(resnet: nn.Module) -> None:
+    from saliency.metrics import deletion_auc, insertion_auc, road
+
+    images = inputs()
+    maps = torch.rand(2, 32, 32, generator=torch.Generator().manual_seed(4))
+    weights = {name: p.stride() for name, p in resnet.named_parameters()}
+    for metric in (deletion_auc, insertion_auc):
+        plain = metric(resnet, images, maps, target=[1, 2], step=0.25)
+        fast = metric(resnet, images, maps, target=[1, 2], step=0.25, channels_last=True)
+        torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+    plain = road(resnet, images, maps, target=[1, 2], fractions=(0.3, 0.7))
+    fast = road(resnet, images, maps, target=[1, 2], fractions=(0.3, 0.7), channels_last=True)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+    assert {name: p.stride() for name, p in resnet.named_parameters()} == weights

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from saliency.cli.main import main, metrics_table
+from saliency.cli.main import main, metrics_table, metrics_tables
 from saliency.demo import DemoSettings, run_demo
 from saliency.demo.models import DEMO_MODELS, default_demo_models, installed_demo_models
 from saliency.demo.report import mask_outlines, outlined_pictures
@@ -96,6 +97,17 @@ def test_demo_writes_metrics_for_every_model_and_method(demo_run: Path) -> None:
         if not row["method"].startswith("baseline:"):
             assert -1.0 <= row["robustness"] <= 1.0
         assert any(key.startswith("sanity_") for key in row)
+        for name in ("road_morf", "road_lerf", "sparseness"):
+            assert 0.0 <= row[name] <= 1.0, (name, row["method"])
+        assert 0.0 <= row["complexity"] <= math.log(96 * 96)
+        assert 0.0 <= row["random_logit"] <= 1.0 and row["input_invariance"] >= 0.0
+        if row["method"].startswith("baseline:"):
+            assert row["random_logit"] == 1.0  # a control ignores the class
+        if row["method"] in ("baseline:centre", "baseline:random"):
+            assert row["input_invariance"] < 1e-5, row["method"]
+        if row["method"] in ("gradient", "gradcam"):
+            # invariant up to float32 rounding, which flips the odd ReLU near zero
+            assert row["input_invariance"] < 0.05, row["method"]
         has_marker = DEMO_MODELS[row["model"].removeprefix("demo:")].config.marker != "none"
         assert ("marker_mass" in row) == has_marker
         if has_marker:
@@ -203,13 +215,23 @@ def test_metrics_table_aligns_columns() -> None:
         {"model": "demo:shapes", "method": "gradient", "pointing_game": 0.5},
         {"model": "m", "method": "gradcam", "pointing_game": 1.0, "robustness": None},
     ]
-    lines = metrics_table(rows).splitlines()
+    columns = ["pointing_game", "robustness", "road_morf"]
+    lines = metrics_table(rows, columns).splitlines()
     assert lines[0].split() == ["model", "method", "pointing_game", "robustness"]
     assert lines[1].split() == ["demo:shapes", "gradient", "0.500", "-"]
     column = lines[0].index("pointing_game")
     assert lines[1][column:].startswith("0.500") and lines[2][column:].startswith("1.000")
     with_interval = [{**rows[0], "pointing_game_low": 0.25, "pointing_game_high": 0.75}]
-    assert metrics_table(with_interval).splitlines()[1].split()[2:4] == ["0.50", "[0.25,0.75]"]
+    cells = metrics_table(with_interval, columns).splitlines()[1].split()
+    assert cells[2:4] == ["0.50", "[0.25,0.75]"]
+    assert metrics_table(rows, ["sparseness"]) == ""  # no row has it: no table
+
+
+def test_the_printed_tables_split_localisation_from_the_checks() -> None:
+    row = {"model": "m", "method": "g", "pointing_game": 0.5, "road_morf": 0.2, "complexity": 7.0}
+    first, second = metrics_tables([row]).split("\n\n")
+    assert first.splitlines()[0].split() == ["model", "method", "pointing_game"]
+    assert second.splitlines()[0].split() == ["model", "method", "road_morf", "complexity"]
 
 
 def test_every_registered_method_runs_in_the_demo(tmp_path: Path) -> None:

@@ -350,7 +350,8 @@ def test_evaluate_method_row_and_write_metrics(tmp_path: Path) -> None:
     sanity = [k for k in row if k.startswith("sanity_") and not k.endswith(("_low", "_high"))]
     assert sanity == ["sanity_4", "sanity_0"]
     for name in METRIC_NAMES:
-        assert 0.0 <= row[name] <= 1.0 and result.samples[name].shape == (3,)
+        top = math.log(10 * 10) if name == "complexity" else 1.0  # entropy of 100 pixels
+        assert 0.0 <= row[name] <= top and result.samples[name].shape == (3,)
     assert result.samples["sanity_4"].shape == (2,)
     assert result.explanation.attributions.shape == (3, 1, 10, 10)
 
@@ -455,3 +456,90 @@ def test_a_control_is_scored_like_a_method(control: str) -> None:
         torch.testing.assert_close(result.samples[name], torch.ones(2))
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_the_checks_on_the_first_inputs_are_the_metrics_themselves() -> None:
+    from saliency.inference_copy import inference_copy
+    from saliency.metrics import complexity, input_invariance, random_logit, road, sparseness
+
+    model = _tiny_cnn()
+    inputs = torch.randn(5, 3, 10, 10, generator=torch.Generator().manual_seed(5))
+    masks = box_mask(10, 2, 2, 4, 4).expand(5, 10, 10)
+    target = torch.tensor([0, 1, 2, 0, 1])
+    settings = MetricSettings(
+        step=0.25,
+        road_samples=3,
+        road_fractions=(0.3, 0.6),
+        road_noise=0.05,
+        invariance_samples=2,
+        random_logit_samples=4,
+        resamples=200,
+    )
+    method = "gradient_x_input"
+    result = evaluate_method(
+        model, inputs, masks, method, model_name="tiny", target=target, settings=settings
+    )
+    maps = result.explanation.attributions
+    for order in ("morf", "lerf"):
+        expected = road(
+            model,
+            inputs[:3],
+            maps[:3],
+            order=order,
+            fractions=(0.3, 0.6),
+            target=target[:3],
+            noise=0.05,
+        )
+        torch.testing.assert_close(result.samples[f"road_{order}"], expected)
+        assert result.row[f"road_{order}_low"] <= result.row[f"road_{order}"]
+    invariance = input_invariance(model, inputs[:2], method, target=target[:2])
+    torch.testing.assert_close(result.samples["input_invariance"], invariance)
+    assert bool((invariance > 0.1).all())  # gradient × input carries the shift
+    logit = random_logit(model, inputs[:4], method, target=target[:4])
+    torch.testing.assert_close(result.samples["random_logit"], logit)
+    torch.testing.assert_close(result.samples["sparseness"], sparseness(maps))
+    torch.testing.assert_close(result.samples["complexity"], complexity(maps))
+
+    # the gradient is input invariant; a faster scorer gives the same perturbation metrics
+    gradient = evaluate_method(
+        model, inputs, masks, "gradient", model_name="tiny", target=target, settings=settings
+    )
+    assert float(gradient.samples["input_invariance"].max()) < 1e-5
+    scored = evaluate_method(
+        model,
+        inputs,
+        masks,
+        "gradient",
+        model_name="tiny",
+        target=target,
+        settings=settings,
+        scorer=inference_copy(model),
+    )
+    for name in ("deletion_auc", "insertion_auc", "road_morf", "road_lerf"):
+        torch.testing.assert_close(scored.samples[name], gradient.samples[name], atol=1e-5, rtol=0)
+
+
+def test_controls_are_input_invariant_and_blind_to_the_class() -> None:
+    from saliency.metrics.report import evaluate_control
+
+    model = _tiny_cnn()
+    inputs = torch.randn(4, 3, 10, 10, generator=torch.Generator().manual_seed(6))
+    masks = box_mask(10, 2, 2, 4, 4).expand(4, 10, 10)
+    settings = MetricSettings(
+        step=0.25, road_samples=2, invariance_samples=3, random_logit_samples=3, resamples=200
+    )
+    for control in ("baseline:centre", "baseline:random", "baseline:edges"):
+        result = evaluate_control(
+            model,
+            inputs,
+            masks,
+            control,  # type: ignore[arg-type]
+            model_name="tiny",
+            target=torch.tensor([0, 1, 2, 0]),
+            settings=settings,
+        )
+        assert result.samples["road_morf"].shape == (2,)
+        # a control ignores the class: its map for another class is the same map
+        torch.testing.assert_close(result.samples["random_logit"], torch.ones(3))
+        # the centre and the seeded noise ignore the image; edges read differences of it
+        assert float(result.samples["input_invariance"].max()) < 1e-5, control

@@ -37,6 +37,7 @@ from saliency.demo.training import accuracy
 from saliency.errors import InvalidOptionError, accepted
 from saliency.explanation import Explanation
 from saliency.images import Preprocess
+from saliency.inference_copy import inference_copy
 from saliency.methods.registry import get_method, list_methods
 from saliency.metrics.controls import CONTROLS, Control, control_map
 from saliency.metrics.fragility import fragility
@@ -85,6 +86,18 @@ def demo_methods(chosen: Sequence[str] | None) -> tuple[str, ...]:
 ROBUSTNESS_EPSILON = 8 / 255
 """L∞ radius of the robustness attack, in pixel units ([0, 1] images)."""
 
+CHECK_SHARE = 8
+"""ROAD, input invariance and random-logit run on one scene in this many (8 of the default 64;
+64 of the README's 512): each costs about as much per scene as the method itself."""
+
+ROAD_NOISE = 0.01
+"""σ of ROAD's imputation noise in pixel units, as in the paper (converted to input units)."""
+
+ROAD_TOLERANCE = 1e-3
+"""Relative residual of ROAD's imputation solve in the demo: its largest pixel error stays
+below the noise ROAD adds (measured ≤ 0.006 in pixel units on 96² scenes), at about 60% of the
+time of the default 1e-5."""
+
 SMOOTH_BETA = 10.0
 """β of the Softplus surrogate second-order methods explain the ReLU demo models through (their
 Hessian is zero almost everywhere; see :func:`saliency.smooth_relu`)."""
@@ -109,6 +122,11 @@ class DemoSettings:
         sanity_samples: Scenes of the parameter-randomisation check (0 skips it).
         robustness_samples: Scenes of the robustness attack (0 skips it).
         robustness_steps: Ascent steps of the attack.
+        road_samples: Scenes scored by ROAD, most and least relevant first (0 skips it; None:
+            one scene in :data:`CHECK_SHARE`, at least one).
+        road_fractions: Shares of the pixels ROAD removes.
+        invariance_samples: Scenes of the input-invariance check (0 skips it; None: as ROAD).
+        random_logit_samples: Scenes of the random-logit check (0 skips it; None: as ROAD).
         step: Deletion/insertion step, a fraction of the pixels.
         gallery: Build ``index.html``.
     """
@@ -121,13 +139,25 @@ class DemoSettings:
     sanity_samples: int = 2
     robustness_samples: int = 2
     robustness_steps: int = 2
+    road_samples: int | None = None
+    road_fractions: tuple[float, ...] = (0.2, 0.5, 0.8)
+    invariance_samples: int | None = None
+    random_logit_samples: int | None = None
     step: float = 0.1
     gallery: bool = True
+
+    def check_samples(self, name: str) -> int:
+        """Scenes of the check ``name`` (``"road_samples"``, ...): the field, or by default one
+        scene in :data:`CHECK_SHARE`."""
+        chosen: int | None = getattr(self, name)
+        return max(1, self.images // CHECK_SHARE) if chosen is None else chosen
 
     def __post_init__(self) -> None:
         for name in ("images", "sanity_samples", "robustness_samples", "robustness_steps"):
             least = 1 if name in ("images", "robustness_steps") else 0
             require_int(name, getattr(self, name), least)
+        for name in ("road_samples", "invariance_samples", "random_logit_samples"):
+            require_int(name, getattr(self, name), 0, none=f"1 in {CHECK_SHARE} scenes")
         if self.models is not None:
             unknown = [m for m in self.models if m not in DEMO_MODELS]
             if unknown:
@@ -237,7 +267,21 @@ def _evaluate_model(
         common["counterfactual_accuracy"] = counterfactual
         common.update(_proportion("counterfactual_accuracy", counterfactual, len(swapped)))
     has_markers = scenes.config.marker != "none"
-    metric_settings = MetricSettings(sanity_samples=settings.sanity_samples, step=settings.step)
+    metric_settings = MetricSettings(
+        sanity_samples=settings.sanity_samples,
+        step=settings.step,
+        road_samples=settings.check_samples("road_samples"),
+        road_fractions=settings.road_fractions,
+        road_noise=ROAD_NOISE / _input_scale(loaded.transform),
+        road_tolerance=ROAD_TOLERANCE,
+        invariance_samples=settings.check_samples("invariance_samples"),
+        random_logit_samples=settings.check_samples("random_logit_samples"),
+    )
+    scorer = inference_copy(loaded.model)  # the same scores, faster: the curves' many passes
+    # explanation-only checks re-explain the scenes: second-order methods skip them (below)
+    second_order = replace(
+        metric_settings, sanity_samples=0, invariance_samples=0, random_logit_samples=0
+    )
     if has_markers:
         area = scenes.marker_masks.flatten(1).double().mean(dim=1)
         common.update(summary_columns({"marker_area": area}, metric_settings))
@@ -249,7 +293,8 @@ def _evaluate_model(
             continue
         options = DEMO_METHOD_OPTIONS.get(method, {})
         # the query pixels dominate an interaction map, so randomising weights cannot move its
-        # ranking: the sanity check says nothing about second-order methods and costs the most
+        # ranking: the sanity check says nothing about second-order methods and costs the most;
+        # invariance and random-logit would explain them twice more, the demo's largest cost
         first_order = get_method(method).derivative_order <= 1  # 0: forward passes only
         evaluation = evaluate_method(
             loaded.model,
@@ -260,8 +305,9 @@ def _evaluate_model(
             target=scenes.labels,
             marker_masks=scenes.marker_masks if has_markers else None,
             options=options,
-            settings=metric_settings if first_order else replace(metric_settings, sanity_samples=0),
+            settings=metric_settings if first_order else second_order,
             smooth=None if first_order else SMOOTH_BETA,
+            scorer=scorer,
         )
         evaluation.row.update(common)
         robustness = _robustness(loaded.model, inputs, method, options, settings)
@@ -281,6 +327,7 @@ def _evaluate_model(
             target=scenes.labels,
             marker_masks=scenes.marker_masks if has_markers else None,
             settings=metric_settings,
+            scorer=scorer,
         )
         evaluation.row.update(common)
         robustness = _control_robustness(cast(Control, control), inputs, settings)
@@ -288,6 +335,11 @@ def _evaluate_model(
         evaluation.row["seconds"] = round(evaluation.seconds, 3)
         controls.append(evaluation)
     return evaluations, controls, scenes, hits
+
+
+def _input_scale(transform: Preprocess) -> float:
+    """Input units per pixel unit: the normalisation's mean σ."""
+    return sum(transform.std) / len(transform.std)
 
 
 def _proportion(name: str, share: float, count: int) -> dict[str, float]:
@@ -403,6 +455,10 @@ def shortcut_findings(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def _notes(settings: DemoSettings, accuracy: dict[str, float]) -> str:
     shown = ", ".join(f"{model} {value:.3f}" for model, value in accuracy.items())
+    fractions = "/".join(f"{share:.0%}" for share in settings.road_fractions)
+    road = settings.check_samples("road_samples")
+    invariance = settings.check_samples("invariance_samples")
+    logit = settings.check_samples("random_logit_samples")
     return (
         f"{settings.images} test scenes per model (seed {settings.seed}); the true class is "
         f"explained. Accuracy on them: {shown}; counterfactual_accuracy: on as many scenes "
@@ -423,7 +479,19 @@ def _notes(settings: DemoSettings, accuracy: dict[str, float]) -> str:
         f"Gaussian, baseline:random seeded uniform noise, baseline:edges the Sobel edge "
         f"magnitude of the image. <metric>_low / <metric>_high: 95% interval of the mean over "
         f"the scenes (Wilson for pointing_game and accuracies, percentile bootstrap of 10,000 "
-        f"seeded resamples otherwise). marker_area: the marker's share of the image area."
+        f"seeded resamples otherwise). marker_area: the marker's share of the image area. "
+        f"road_morf / road_lerf: ROAD (Rong et al. 2022), the mean probability of the true "
+        f"class after noisy linear imputation of the {fractions} most (MoRF: low is "
+        f"faithful) or least (LeRF: high is faithful) relevant pixels ({road} scenes; "
+        f"noise σ {ROAD_NOISE:g} in pixel units, solver tolerance {ROAD_TOLERANCE:g}). "
+        f"input_invariance: relative L2 change of the map when every input is shifted by "
+        f"-1 (input units) and the first convolution's bias absorbs the shift (Kindermans "
+        f"et al. 2019; 0 is invariant, float32 rounding leaves up to ~0.05; {invariance} "
+        f"scenes). random_logit: SSIM of the map of the true class and of a random other "
+        f"class (Sixt et al. 2020; low is class-sensitive, a control scores 1; {logit} "
+        f"scenes). Input invariance and random-logit are not measured for second-order "
+        f"methods. sparseness: Gini index of |attribution| (high is sparse); complexity: its "
+        f"entropy (low is simple)."
     )
 
 

@@ -38,7 +38,7 @@ from saliency.model_state import evaluation_state, model_lock
 from saliency.targets import TargetSpec
 from saliency.validation import is_real
 
-__all__ = ["first_linear_layer", "input_invariance", "shift_compensation"]
+__all__ = ["first_linear_layer", "input_invariance", "relative_change", "shift_compensation"]
 
 _LINEAR = (nn.Linear, nn.modules.conv._ConvNd)
 
@@ -195,10 +195,16 @@ def input_invariance(
         moved = explain(
             model, inputs + shift, method, targets, batch_size=batch_size, **moved_options
         )
-    before = original.attributions.detach().flatten(1).double()
-    after = moved.attributions.detach().flatten(1).double()
-    change = (after - before).norm(dim=1)
-    size = before.norm(dim=1)
+    return relative_change(original.attributions, moved.attributions)
+
+
+def relative_change(before: Tensor, after: Tensor) -> Tensor:
+    """``(N,)`` float32 :math:`\\lVert a' - a\\rVert_2 / \\lVert a \\rVert_2` per sample, in
+    float64: 0 when both maps are zero, inf when only ``before`` is."""
+    first = before.detach().flatten(1).double()
+    second = after.detach().flatten(1).double()
+    change = (second - first).norm(dim=1)
+    size = first.norm(dim=1)
     relative = torch.where(
         size > 0, change / size.clamp_min(1e-300), torch.where(change > 0, torch.inf, 0.0)
     )

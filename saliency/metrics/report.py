@@ -35,18 +35,24 @@ from saliency.errors import InvalidOptionError
 from saliency.explain import explain
 from saliency.explanation import Explanation
 from saliency.images import Preprocess
+from saliency.methods.base import Method
 from saliency.methods.registry import get_method
+from saliency.metrics.complexity import NonNegativeReduction, complexity, sparseness
 from saliency.metrics.controls import Control, control_map
 from saliency.metrics.faithfulness import deletion_auc, insertion_auc
 from saliency.metrics.intervals import bootstrap_interval, wilson_interval
+from saliency.metrics.invariance import input_invariance, relative_change
 from saliency.metrics.localisation import pointing_game, relevance_mass, relevance_rank
+from saliency.metrics.random_logit import random_logit
 from saliency.metrics.relevance import Reduction, relevance_map
+from saliency.metrics.road import DEFAULT_FRACTIONS, road
 from saliency.metrics.sanity import (
     cascading_randomisation,
     parameter_randomisation,
     spearman_correlation,
 )
 from saliency.metrics.shortcut import marker_object_mass
+from saliency.metrics.similarity import map_similarity
 from saliency.models import load_model
 from saliency.output_files import write_text_atomic
 from saliency.smooth_relu import smooth_relu
@@ -55,9 +61,12 @@ if TYPE_CHECKING:  # the demo is above the core: only its type is named here
     from saliency.demo.scenes import Scenes
 
 __all__ = [
+    "COMPLEXITY_NAMES",
     "DEMO_METHOD_OPTIONS",
+    "LOCALISATION_AND_FAITHFULNESS",
     "METRIC_NAMES",
     "PROPORTIONS",
+    "SUBSET_METRIC_NAMES",
     "MethodEvaluation",
     "MetricSettings",
     "evaluate_control",
@@ -69,7 +78,7 @@ __all__ = [
     "write_metrics",
 ]
 
-METRIC_NAMES: tuple[str, ...] = (
+LOCALISATION_AND_FAITHFULNESS: tuple[str, ...] = (
     "pointing_game",
     "relevance_mass",
     "relevance_rank",
@@ -78,7 +87,22 @@ METRIC_NAMES: tuple[str, ...] = (
     "marker_mass",
     "object_mass",
 )
+"""The per-sample columns that compare a map with the masks or query the model."""
+
+COMPLEXITY_NAMES: tuple[str, ...] = ("sparseness", "complexity")
+"""The per-sample columns read from the map alone."""
+
+METRIC_NAMES: tuple[str, ...] = (*LOCALISATION_AND_FAITHFULNESS, *COMPLEXITY_NAMES)
 """Row columns computed per sample (the marker columns only with marker masks)."""
+
+SUBSET_METRIC_NAMES: tuple[str, ...] = (
+    "road_morf",
+    "road_lerf",
+    "input_invariance",
+    "random_logit",
+)
+"""Row columns computed on the first inputs only, when :class:`MetricSettings` asks for them
+(``road_samples``, ``invariance_samples``, ``random_logit_samples``)."""
 
 DEMO_METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"steps": 8},
@@ -109,7 +133,18 @@ class MetricSettings:
         blur_sigma: σ in pixels of the ``"blur"`` substrate.
         sanity_samples: Inputs (the first ones) used for the parameter-randomisation check;
             0 skips it. It adds one ``sanity_<layer>`` column per randomised layer.
-        seed: Seeds the parameter randomisation, the bootstrap and ``baseline:random``.
+        road_samples: Inputs (the first ones) scored by ROAD, most and least relevant first
+            (``road_morf``, ``road_lerf``: :mod:`saliency.metrics.road`); 0 skips it.
+        road_fractions: Shares of the pixels ROAD removes.
+        road_noise: σ of ROAD's imputation noise, in input units (0.01 on [0, 1] images).
+        road_tolerance: Relative residual of ROAD's imputation solve.
+        invariance_samples: Inputs (the first ones) of the ``input_invariance`` column
+            (:mod:`saliency.metrics.invariance`); 0 skips it.
+        invariance_shift: The constant input shift it compensates, in input units.
+        random_logit_samples: Inputs (the first ones) of the ``random_logit`` column
+            (:mod:`saliency.metrics.random_logit`, SSIM); 0 skips it.
+        seed: Seeds the parameter randomisation, ROAD's noise, the random-logit classes, the
+            bootstrap and ``baseline:random``.
         confidence: Coverage of the ``<metric>_low`` / ``<metric>_high`` intervals.
         resamples: Bootstrap resamples of those intervals.
     """
@@ -121,6 +156,13 @@ class MetricSettings:
     insertion_substrate: Any = "blur"
     blur_sigma: float = 5.0
     sanity_samples: int = 0
+    road_samples: int = 0
+    road_fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+    road_noise: float = 0.01
+    road_tolerance: float = 1e-5
+    invariance_samples: int = 0
+    invariance_shift: float = -1.0
+    random_logit_samples: int = 0
     seed: int = 0
     confidence: float = 0.95
     resamples: int = 10_000
@@ -133,7 +175,8 @@ class MethodEvaluation:
     Attributes:
         row: ``{"model", "method", <metric>: mean, <metric>_low, <metric>_high, ...}`` — one
             ``metrics.json`` row.
-        samples: ``{<metric>: (N,) values}`` (sanity columns cover the first inputs only).
+        samples: ``{<metric>: (N,) values}`` (sanity columns and :data:`SUBSET_METRIC_NAMES`
+            cover the first inputs only).
         explanation: The explanation the metrics were computed from.
         seconds: Wall time of explaining and measuring.
     """
@@ -155,10 +198,13 @@ def sample_metrics(
     settings: MetricSettings = MetricSettings(),
     batch_size: int | None = None,
 ) -> dict[str, Tensor]:
-    """Per-sample localisation, faithfulness and (with marker masks) shortcut metrics.
+    """Per-sample localisation, faithfulness, complexity and (with marker masks) shortcut
+    metrics; ROAD on the first ``settings.road_samples`` inputs.
 
     Args:
-        model: The explained model.
+        model: The explained model, or a forward-only copy of it that computes the same scores
+            faster (:func:`saliency.inference_copy.inference_copy`): only the perturbation
+            metrics query it.
         inputs: ``(N, C, H, W)`` model inputs on its device.
         attributions: Their raw attributions.
         masks: ``(N, H, W)`` object masks.
@@ -168,7 +214,8 @@ def sample_metrics(
         batch_size: Perturbed inputs per forward pass (None: automatic).
 
     Returns:
-        ``{name: (N,) float32}`` for the names of :data:`METRIC_NAMES` that apply.
+        ``{name: (N,) float32}`` for the names of :data:`METRIC_NAMES` that apply, and
+        ``road_morf`` / ``road_lerf`` of the first inputs.
     """
     reduction = settings.reduction
     values = {
@@ -194,6 +241,26 @@ def sample_metrics(
     if marker_masks is not None:
         mass = marker_object_mass(attributions, masks, marker_masks, reduction=reduction)
         values["marker_mass"], values["object_mass"] = mass.marker, mass.object
+    # complexity reads magnitudes: a signed reduction would cancel, so "abs" for those
+    magnitude: NonNegativeReduction = "positive" if reduction == "positive" else "abs"
+    values["sparseness"] = sparseness(attributions, reduction=magnitude)
+    values["complexity"] = complexity(attributions, reduction=magnitude)
+    if settings.road_samples > 0:
+        count = min(settings.road_samples, len(inputs))
+        for order in ("morf", "lerf"):
+            values[f"road_{order}"] = road(
+                model,
+                inputs[:count],
+                attributions[:count],
+                order=order,
+                fractions=settings.road_fractions,
+                target=targets[:count],
+                noise=settings.road_noise,
+                seed=settings.seed,
+                reduction=reduction,
+                tolerance=settings.road_tolerance,
+                batch_size=batch_size,
+            )
     return {name: value.float() for name, value in values.items()}
 
 
@@ -210,6 +277,7 @@ def evaluate_method(
     settings: MetricSettings = MetricSettings(),
     batch_size: int | None = None,
     smooth: float | None = None,
+    scorer: Callable[[Tensor], Tensor] | None = None,
 ) -> MethodEvaluation:
     """Explain ``inputs`` with ``method`` and compute every metric: one row per model × method.
 
@@ -228,17 +296,23 @@ def evaluate_method(
         smooth: β of a Softplus surrogate (:func:`saliency.smooth_relu`) to explain through,
             for second-order methods on ReLU models (None: the model itself); the metrics
             always score the model itself.
+        scorer: What the perturbation metrics query: the model (None), or a forward-only
+            copy that computes its scores faster (:func:`saliency.inference_copy`).
     """
     started = time.perf_counter()
     options = dict(options or {})
+    instance = get_method(method)(**options)  # an instance: its own `seed` stays apart
     surrogate: AbstractContextManager[Any] = (
         nullcontext() if smooth is None else smooth_relu(model, smooth)
     )
     with surrogate:
         explanation = explain(model, inputs, method, target, batch_size=batch_size, **options)
-    assert explanation.targets is not None
+        assert explanation.targets is not None
+        checks = _explanation_checks(
+            model, inputs, instance, explanation.targets, settings, batch_size
+        )
     samples = sample_metrics(
-        model,
+        model if scorer is None else scorer,
         inputs,
         explanation.attributions,
         masks,
@@ -252,15 +326,51 @@ def evaluate_method(
         correlations = parameter_randomisation(
             model,
             inputs[:count],
-            get_method(method)(**options),  # an instance: the method's own `seed` stays apart
+            instance,
             target=explanation.targets[:count],
             seed=settings.seed,
             reduction=settings.reduction,
             batch_size=batch_size,
         )
         samples.update({f"sanity_{layer}": rho for layer, rho in correlations.items()})
+    samples.update(checks)
     row = {"model": model_name, "method": method, **summary_columns(samples, settings)}
     return MethodEvaluation(row, samples, explanation, time.perf_counter() - started)
+
+
+def _explanation_checks(
+    model: nn.Module,
+    inputs: Tensor,
+    method: Method,
+    targets: Tensor,
+    settings: MetricSettings,
+    batch_size: int | None,
+) -> dict[str, Tensor]:
+    """``input_invariance`` and ``random_logit`` of the first inputs, as the settings ask: each
+    explains them again (shifted inputs; another class)."""
+    checks: dict[str, Tensor] = {}
+    if settings.invariance_samples > 0:
+        count = min(settings.invariance_samples, len(inputs))
+        checks["input_invariance"] = input_invariance(
+            model,
+            inputs[:count],
+            method,
+            shift=settings.invariance_shift,
+            target=targets[:count],
+            batch_size=batch_size,
+        )
+    if settings.random_logit_samples > 0:
+        count = min(settings.random_logit_samples, len(inputs))
+        checks["random_logit"] = random_logit(
+            model,
+            inputs[:count],
+            method,
+            target=targets[:count],
+            seed=settings.seed,
+            reduction=settings.reduction,
+            batch_size=batch_size,
+        )
+    return checks
 
 
 def evaluate_control(
@@ -274,13 +384,15 @@ def evaluate_control(
     marker_masks: Tensor | None = None,
     settings: MetricSettings = MetricSettings(),
     batch_size: int | None = None,
+    scorer: Callable[[Tensor], Tensor] | None = None,
 ) -> MethodEvaluation:
     """Score a control map (:func:`saliency.metrics.controls.control_map`) like a method.
 
     The same metrics as :func:`evaluate_method`; the parameter-randomisation columns recompute
     the control under each randomised model (a control ignores the weights, so they stay 1:
-    what failing the sanity check looks like). ``baseline:random`` is seeded with
-    ``settings.seed``.
+    what failing the sanity check looks like), ``random_logit`` compares the map with itself
+    (a control ignores the class: 1) and ``input_invariance`` recomputes the control on the
+    shifted inputs. ``baseline:random`` is seeded with ``settings.seed``.
 
     Args:
         model: The model the faithfulness metrics query.
@@ -292,12 +404,13 @@ def evaluate_control(
         marker_masks: Marker masks, for the ``marker_mass`` and ``object_mass`` columns.
         settings: How to compute the metrics.
         batch_size: Perturbed inputs per forward pass (None: automatic).
+        scorer: What the perturbation metrics query, as in :func:`evaluate_method`.
     """
     started = time.perf_counter()
     maps = control_map(control, inputs, seed=settings.seed)
     targets = torch.as_tensor(target, device=inputs.device).reshape(-1).expand(len(inputs))
     samples = sample_metrics(
-        model,
+        model if scorer is None else scorer,
         inputs,
         maps,
         masks,
@@ -313,6 +426,17 @@ def evaluate_control(
             again = control_map(control, inputs[:count], seed=settings.seed)
             again_map = relevance_map(again, settings.reduction)
             samples[f"sanity_{layer}"] = spearman_correlation(reference, again_map).float()
+    if settings.invariance_samples > 0:
+        count = min(settings.invariance_samples, len(inputs))
+        shifted = control_map(
+            control, inputs[:count] + settings.invariance_shift, seed=settings.seed
+        )
+        samples["input_invariance"] = relative_change(maps[:count], shifted)
+    if settings.random_logit_samples > 0:
+        count = min(settings.random_logit_samples, len(inputs))
+        # the map of any other class is the same map
+        relevance = relevance_map(maps[:count], settings.reduction)
+        samples["random_logit"] = map_similarity(relevance, relevance, "ssim")
     explanation = Explanation(maps, targets, control, {"seed": settings.seed}, inputs=inputs)
     row = {"model": model_name, "method": control, **summary_columns(samples, settings)}
     return MethodEvaluation(row, samples, explanation, time.perf_counter() - started)
