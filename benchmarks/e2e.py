@@ -15,6 +15,7 @@ interleaved (rotated order each round) after an untimed warm-up round.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -134,6 +135,33 @@ def make_photos(folder: Path, count: int, min_side: int, max_side: int, seed: in
 def save_random_weights(model: str, path: Path) -> None:
     torch.manual_seed(0)
     torch.save(torchvision.models.get_model(model, weights=None).state_dict(), path)
+
+
+def ceiling_images_per_second(config: E2EConfig, threads: int, rounds: int = 5) -> float:
+    """The CPU ceiling of the job: images/s of one forward+backward to the input per image
+    (the same model, input size and batch as the pipelines), best of ``rounds`` timed batches
+    after one warm-up batch, with ``threads`` torch threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(config.model, weights=None).eval()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        size = config.input_size or 224
+        inputs = torch.randn(config.batch, 3, size, size)
+        best = math.inf
+        for round_index in range(rounds + 1):
+            points = inputs.clone().requires_grad_(True)
+            started = time.perf_counter()
+            (gradient,) = torch.autograd.grad(model(points)[:, 0].sum(), points)
+            seconds = time.perf_counter() - started
+            if round_index:  # the first batch warms up
+                best = min(best, seconds)
+        del gradient
+        return config.batch / best
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _saliency_command() -> list[str]:
