@@ -7,10 +7,11 @@ folded into the convolution or linear layer before them,
 .. math:: W' = \\frac{\\gamma}{\\sqrt{\\sigma^2 + \\epsilon}}\\,W,\\qquad
           b' = \\frac{\\gamma\\,(b - \\mu)}{\\sqrt{\\sigma^2 + \\epsilon}} + \\beta,
 
-(``torch.fx``), with its 4-D weights in channels-last memory format: the same function as the
-eval-mode model up to float rounding (outputs differ in the last bits), about 1.7× faster on a
-2-core CPU for the demo models. The model itself is never changed. A model that ``torch.fx``
-cannot trace keeps its BatchNorm layers; the copy is then only in channels-last format.
+(``torch.fx``), its ``nn.ReLU`` modules in place where nothing else reads their input, and its
+4-D weights in channels-last memory format: the same function as the eval-mode model up to
+float rounding (outputs differ in the last bits), about 1.9× faster on a 2-core CPU for the demo
+models. The model itself is never changed. A model that ``torch.fx`` cannot trace keeps its
+BatchNorm layers and ReLUs; the copy is then only in channels-last format.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.fx.experimental.optimization import fuse
 
 __all__ = ["inference_copy"]
@@ -38,7 +39,28 @@ def inference_copy(model: nn.Module) -> nn.Module:
     for parameter in duplicate.parameters():
         parameter.requires_grad_(False)
     try:
-        duplicate = fuse(duplicate, inplace=True)
+        traced = fuse(duplicate, inplace=True)
     except _UNTRACEABLE:
         return duplicate.to(memory_format=torch.channels_last)  # data-dependent control flow
-    return duplicate.to(memory_format=torch.channels_last)
+    if isinstance(traced, fx.GraphModule):  # what fuse returns
+        _relu_in_place(traced)
+    return traced.to(memory_format=torch.channels_last)
+
+
+def _relu_in_place(traced: fx.GraphModule) -> None:
+    """Make each ``nn.ReLU`` in place when, at every call, its input is an intermediate result
+    that nothing else reads (never the model's own input): no new tensor per activation."""
+    modules = dict(traced.named_modules())
+    safe: dict[str, bool] = {}
+    for node in traced.graph.nodes:
+        if node.op == "call_module" and isinstance(modules.get(node.target), nn.ReLU):
+            source = node.args[0] if node.args else None
+            alone = (
+                isinstance(source, fx.Node)
+                and source.op != "placeholder"
+                and len(source.users) == 1
+            )
+            safe[node.target] = safe.get(node.target, True) and alone
+    for name, in_place in safe.items():
+        if in_place:
+            modules[name].inplace = True

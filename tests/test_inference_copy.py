@@ -84,3 +84,36 @@ def test_an_untraceable_model_keeps_its_batchnorm_and_its_scores() -> None:
     assert any(isinstance(m, nn.BatchNorm2d) for m in copy.modules())
     with torch.no_grad():
         torch.testing.assert_close(copy(images), model(images), rtol=1e-5, atol=1e-6)
+
+
+class _Residual(nn.Module):
+    """ReLUs whose input is read again (the residual sum) or is the model's own input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.ReLU()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.second = nn.ReLU()
+        self.third = nn.ReLU()
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.conv(self.first(x))
+        mixed = self.second(features) + features  # features is read twice
+        return self.head(self.third(mixed).mean(dim=(2, 3)))
+
+
+def test_relus_go_in_place_only_where_nothing_else_reads_their_input() -> None:
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    images = torch.randn(2, 3, 8, 8)
+    kept = images.clone()
+    copy = inference_copy(model)
+    modules = dict(copy.named_modules())
+    assert not modules["first"].inplace  # the caller's tensor is never written
+    assert not modules["second"].inplace  # its input feeds the sum as well
+    assert modules["third"].inplace
+    with torch.no_grad():
+        torch.testing.assert_close(copy(images), model(images), rtol=1e-5, atol=1e-6)
+    assert torch.equal(images, kept)
+    assert not any(getattr(m, "inplace", False) for m in model.modules())

@@ -215,8 +215,14 @@ def perturbation_curve(
         if not isinstance(resolved, ClassTarget):
             raise InvalidTargetError("deletion/insertion need class targets, not a function")
         scorer = target_scorer(score, resolved)
-        for begin in range(0, total, chunk):
-            point = torch.arange(begin, min(total, begin + chunk), device=inputs.device)
+        # the level that is the inputs themselves (deletion's first, insertion's last) was just
+        # evaluated: its scores come from those outputs
+        unchanged = 0 if mode == "deletion" else steps
+        samples = torch.arange(count, device=inputs.device)
+        scores[unchanged * count : (unchanged + 1) * count] = scorer(outputs, samples)
+        first_point, last_point = (count, total) if mode == "deletion" else (0, total - count)
+        for begin in range(first_point, last_point, chunk):
+            point = torch.arange(begin, min(last_point, begin + chunk), device=inputs.device)
             sample, level = point % count, point // count
             swap = ranks[sample] < changed[level].view(-1, 1, 1, 1)
             perturbed = torch.where(swap, first[sample], second[sample])
