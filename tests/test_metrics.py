@@ -543,3 +543,23 @@ def test_controls_are_input_invariant_and_blind_to_the_class() -> None:
         torch.testing.assert_close(result.samples["random_logit"], torch.ones(3))
         # the centre and the seeded noise ignore the image; edges read differences of it
         assert float(result.samples["input_invariance"].max()) < 1e-5, control
+
+
+def test_summary_columns_bootstrap_columns_together_with_the_same_intervals() -> None:
+    from saliency.metrics.report import interval_columns, summary_columns
+
+    generator = torch.Generator().manual_seed(7)
+    samples = {f"metric_{i}": torch.rand(12, generator=generator) for i in range(4)}
+    samples["short"] = torch.rand(3, generator=generator)  # another length: its own call
+    samples["pointing_game"] = (torch.rand(12, generator=generator) > 0.5).float()  # Wilson
+    samples["gappy"] = torch.tensor([0.2, float("nan"), 0.6])  # NaN left out: one by one
+    settings = MetricSettings(resamples=300)
+    together = summary_columns(samples, settings)
+    one_by_one: dict[str, float] = {}
+    for name, values in samples.items():
+        one_by_one[name] = float(values.double().mean())
+        one_by_one.update(interval_columns(name, values, resamples=300))
+    assert list(together) == list(one_by_one)
+    for key, value in one_by_one.items():
+        # the same resamples: equal up to the summation order of one matrix product
+        assert together[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key

@@ -463,12 +463,38 @@ def interval_columns(
 
 
 def summary_columns(samples: Mapping[str, Tensor], settings: MetricSettings) -> dict[str, float]:
-    """Per metric: its mean over the samples, then ``<metric>_low`` and ``<metric>_high``."""
+    """Per metric: its mean over the samples, then ``<metric>_low`` and ``<metric>_high``.
+
+    The bootstrapped columns of one length without NaN share one call of
+    :func:`~saliency.metrics.intervals.bootstrap_interval`: the same seeded resamples serve
+    them all, so the ends equal those of one call per column up to the last bits (one matrix
+    product sums in another order), and a row's dozens of columns cost one resampling.
+    """
+    together: dict[int, list[str]] = {}
+    for name, value in samples.items():
+        flat = value.detach().flatten()
+        if name not in PROPORTIONS and len(flat) > 0 and not bool(flat.isnan().any()):
+            together.setdefault(len(flat), []).append(name)
+    shared: dict[str, dict[str, float]] = {}
+    for names in together.values():
+        stacked = torch.stack([samples[n].detach().double().flatten().cpu() for n in names])
+        interval = bootstrap_interval(
+            stacked,
+            confidence=settings.confidence,
+            resamples=settings.resamples,
+            seed=settings.seed,
+        )
+        for row, name in enumerate(names):
+            shared[name] = {
+                f"{name}_low": float(interval.low[row]),
+                f"{name}_high": float(interval.high[row]),
+            }
     columns: dict[str, float] = {}
     for name, value in samples.items():
         columns[name] = float(value.double().mean())
         columns.update(
-            interval_columns(
+            shared.get(name)
+            or interval_columns(
                 name,
                 value,
                 confidence=settings.confidence,
