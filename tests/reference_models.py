@@ -1,5 +1,6 @@
-"""Randomly initialised torchvision models for agreement tests against captum, built once per
-test process (vgg11's classifier alone holds 100M parameters)."""
+"""Seeded models for tests: randomly initialised torchvision models for agreement tests against
+captum, built once per test process (vgg11's classifier alone holds 100M parameters), and a
+tiny hand-built CNN for metric and rendering tests."""
 
 from __future__ import annotations
 
@@ -31,3 +32,16 @@ def relative_error(actual: Tensor, expected: Tensor) -> float:
     scale = expected.detach().abs().max().item()
     assert scale > 0, "the reference is all zeros: the comparison would be vacuous"
     return ((actual.detach() - expected.detach()).abs().max() / scale).item()
+
+
+def tiny_cnn() -> nn.Module:
+    """Conv(3→4)–ReLU–global pool–Linear(4→3), seeded with 0 (the global RNG is left as after
+    ``torch.manual_seed(0)`` and the build)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from reference_models import tiny_cnn
+from torch import Tensor
 
 import saliency
 from saliency.class_names import class_names_of, remember_class_names
@@ -27,17 +28,6 @@ matplotlib.use("Agg")
 
 NAMES = ("cat", "dog", "fox")
 SIZE = 160  # a panel's size is kept as it is between 160 and 320 pixels
-
-
-def tiny_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
-    )
 
 
 def inputs(n: int = 3, size: int = 8) -> Tensor:
@@ -116,7 +106,7 @@ def test_names_remembered_by_load_model_reach_the_titles() -> None:
 
 
 def test_given_class_names_win_and_are_checked() -> None:
-    model = tiny_model()
+    model = tiny_cnn()
     ex = saliency.explain(model, inputs(), "gradient", target=2, class_names=list(NAMES))
     assert ex.class_names == NAMES and caption(ex, 0).startswith("fox · p=")
     with pytest.raises(InvalidOptionError, match="2 names but the model has 3 outputs"):
@@ -130,19 +120,19 @@ def test_given_class_names_win_and_are_checked() -> None:
 
 
 def test_without_names_captions_show_the_class_index() -> None:
-    ex = saliency.explain(tiny_model(), inputs(), "gradient", target=1)
+    ex = saliency.explain(tiny_cnn(), inputs(), "gradient", target=1)
     assert ex.class_names is None and caption(ex, 0).startswith("class 1 · p=")
 
 
 def test_remembered_names_of_another_length_are_dropped() -> None:
-    model = tiny_model()
+    model = tiny_cnn()
     remember_class_names(model, ("only", "two"))
     assert class_names_of(model) == ("only", "two")
     assert saliency.explain(model, inputs(), "gradient").class_names is None
 
 
 def test_hugging_face_id2label_names() -> None:
-    model = tiny_model()
+    model = tiny_cnn()
     model.config = SimpleNamespace(id2label={0: "cat", 2: "fox", 1: "dog"})  # type: ignore[assignment]
     assert class_names_of(model) == NAMES
     assert saliency.explain(model, inputs(), "gradient").class_names == NAMES
@@ -159,7 +149,7 @@ def test_timm_imagenet_names() -> None:
 
 
 def test_torch_compile_wrapper_keeps_the_names() -> None:
-    model = tiny_model()
+    model = tiny_cnn()
     remember_class_names(model, NAMES)
     wrapper = SimpleNamespace(_orig_mod=model)
     assert class_names_of(wrapper) == NAMES
@@ -170,7 +160,7 @@ def test_torch_compile_wrapper_keeps_the_names() -> None:
 
 @pytest.mark.parametrize("method", ["gradient", "integrated_gradients", "gradcam"])
 def test_target_scores_of_class_targets_are_the_outputs_of_the_class(method: str) -> None:
-    model, x = tiny_model(), inputs()
+    model, x = tiny_cnn(), inputs()
     options = {"steps": 3} if method == "integrated_gradients" else {}
     ex = saliency.explain(model, x, method, target=[2, 0, 1], **options)
     expected = model(x).detach()[torch.arange(3), torch.tensor([2, 0, 1])]
@@ -183,7 +173,7 @@ def test_target_scores_of_class_targets_are_the_outputs_of_the_class(method: str
 
 @pytest.mark.parametrize("method", ["gradient", "integrated_gradients", "gradcam"])
 def test_target_scores_of_a_callable_are_its_values_at_the_inputs(method: str) -> None:
-    model, x = tiny_model(), inputs()
+    model, x = tiny_cnn(), inputs()
     options = {"steps": 3} if method == "integrated_gradients" else {}
 
     def score(outputs: Tensor) -> Tensor:
@@ -198,7 +188,7 @@ def test_target_scores_of_a_callable_are_its_values_at_the_inputs(method: str) -
 
 
 def test_explain_many_records_the_same_scores_for_every_method() -> None:
-    model, x = tiny_model(), inputs()
+    model, x = tiny_cnn(), inputs()
     many = saliency.explain_many(
         model, x, ["gradient", "gradcam", "integrated_gradients"], target=lambda o: o[:, 0], steps=3
     )
@@ -208,7 +198,7 @@ def test_explain_many_records_the_same_scores_for_every_method() -> None:
 
 
 def test_target_scores_leave_the_model_as_it_was() -> None:
-    model = tiny_model().train()
+    model = tiny_cnn().train()
     before = [p.requires_grad for p in model.parameters()]
     saliency.explain(model, inputs(), "gradient", target=lambda o: o[:, 0])
     assert model.training and [p.requires_grad for p in model.parameters()] == before
@@ -252,7 +242,7 @@ def test_strip_shows_the_exact_overlay_pixels_and_the_colour_bar() -> None:
 
 
 def test_strip_of_explain_many_has_one_row_per_method() -> None:
-    model, x = tiny_model(), inputs(2, 16)
+    model, x = tiny_cnn(), inputs(2, 16)
     many = saliency.explain_many(model, x, ["gradient", "gradcam"], class_names=NAMES)
     one = strip(many["gradient"])
     both = strip(many)
@@ -303,7 +293,7 @@ def test_reduce_channels_matches_the_legend_input() -> None:
 def test_gallery_from_explanations_names_the_classes(tmp_path: Any) -> None:
     from saliency.gallery.from_explanations import write_run_folder
 
-    ex = saliency.explain(tiny_model(), inputs(2, 16), "gradient", target=[2, 1], class_names=NAMES)
+    ex = saliency.explain(tiny_cnn(), inputs(2, 16), "gradient", target=[2, 1], class_names=NAMES)
     folder = write_run_folder(ex, tmp_path / "run")
     manifest = json.loads((folder / "manifest.json").read_text())
     assert [entry["target"]["label"] for entry in manifest["inputs"]] == ["fox", "dog"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from reference_models import tiny_cnn
 from torch import Tensor, nn
 
 import saliency
@@ -323,14 +324,7 @@ def test_gradcam_sanity_on_a_cnn() -> None:
 
 
 def test_evaluate_method_row_and_write_metrics(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
-    )
+    model = tiny_cnn()  # seeds the global generator: the inputs below follow from it
     inputs = torch.randn(3, 3, 10, 10)
     masks = box_mask(10, 2, 2, 4, 4).expand(3, 10, 10)
     markers = box_mask(10, 8, 8, 2, 2).expand(3, 10, 10)
@@ -366,21 +360,10 @@ def test_evaluate_method_row_and_write_metrics(tmp_path: Path) -> None:
         write_metrics([{"method": "x"}], tmp_path)
 
 
-def _tiny_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
-    )
-
-
 def test_every_metric_column_has_its_interval() -> None:
     from saliency.metrics.intervals import bootstrap_interval, wilson_interval
 
-    model = _tiny_cnn()
+    model = tiny_cnn()
     inputs = torch.randn(6, 3, 10, 10, generator=torch.Generator().manual_seed(2))
     masks = box_mask(10, 2, 2, 4, 4).expand(6, 10, 10)
     settings = MetricSettings(step=0.1, sanity_samples=2, resamples=500)
@@ -422,7 +405,7 @@ def test_a_control_is_scored_like_a_method(control: str) -> None:
     from saliency.metrics import control_map
     from saliency.metrics.report import evaluate_control, sample_metrics
 
-    model = _tiny_cnn()
+    model = tiny_cnn()
     inputs = torch.randn(4, 3, 10, 10, generator=torch.Generator().manual_seed(3))
     masks = box_mask(10, 2, 2, 4, 4).expand(4, 10, 10)
     markers = box_mask(10, 8, 8, 2, 2).expand(4, 10, 10)
@@ -462,7 +445,7 @@ def test_the_checks_on_the_first_inputs_are_the_metrics_themselves() -> None:
     from saliency.inference_copy import inference_copy
     from saliency.metrics import complexity, input_invariance, random_logit, road, sparseness
 
-    model = _tiny_cnn()
+    model = tiny_cnn()
     inputs = torch.randn(5, 3, 10, 10, generator=torch.Generator().manual_seed(5))
     masks = box_mask(10, 2, 2, 4, 4).expand(5, 10, 10)
     target = torch.tensor([0, 1, 2, 0, 1])
@@ -522,7 +505,7 @@ def test_the_checks_on_the_first_inputs_are_the_metrics_themselves() -> None:
 def test_controls_are_input_invariant_and_blind_to_the_class() -> None:
     from saliency.metrics.report import evaluate_control
 
-    model = _tiny_cnn()
+    model = tiny_cnn()
     inputs = torch.randn(4, 3, 10, 10, generator=torch.Generator().manual_seed(6))
     masks = box_mask(10, 2, 2, 4, 4).expand(4, 10, 10)
     settings = MetricSettings(
