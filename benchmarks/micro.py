@@ -499,7 +499,7 @@ def _ceiling_cases(config: MicroConfig, model: nn.Module, device: torch.device) 
                         "forward+backward",
                         TORCH,
                         f"{kind} {precision}, batch {batch}",
-                        _under(context, _forward_backward(net, inputs, target)),
+                        _under(context, forward_backward(net, inputs, target)),
                         batch,
                     )
                 )
@@ -516,7 +516,7 @@ def _channels_last(model: nn.Module) -> Callable[[Tensor], Any]:
     return run
 
 
-def _forward_backward(net: Callable[..., Any], inputs: Tensor, target: Tensor):
+def forward_backward(net: Callable[..., Any], inputs: Tensor, target: Tensor):
     def run() -> Tensor:
         points = inputs.detach().requires_grad_(True)
         scores = net(points).float().gather(1, target[:, None]).sum()
