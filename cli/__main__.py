@@ -1,7 +1,5 @@
 """``python -m saliency.cli``."""
 
-import sys
+from saliency.cli.launch import console
 
-from saliency.cli.main import main
-
-sys.exit(main())
+console()

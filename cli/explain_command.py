@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from saliency.cli import UsageError, distributed, explain_options, method_options
+from saliency.cli.collection import set_up_without_collecting
 from saliency.cli.distributed import Group
 from saliency.cli.explain_options import (
     BATCH_CPU,
@@ -58,7 +59,7 @@ from saliency.cli.plan import Job, Plan, ResumeConflict, RunRecorder, adopt_jour
 from saliency.cli.progress import Progress, format_duration, format_rate, say
 from saliency.engine import EngineOptions
 from saliency.errors import SaliencyError
-from saliency.methods.registry import get_method, list_methods
+from saliency.methods.registry import family_prefixes, get_method, list_methods
 from saliency.output_files import remove_stale_temporaries
 from saliency.run_folder import (
     InputRecord,
@@ -157,7 +158,8 @@ def _run(arguments: argparse.Namespace, world: Group) -> int:
     world.barrier()  # every rank has looked before one creates the folder
     with contextlib.ExitStack() as held:  # rank 0: the run folder's lock, until the end
         try:
-            setup, error = _set_up(arguments, world, held), None
+            with set_up_without_collecting():  # imports torchvision, loads the model
+                setup, error = _set_up(arguments, world, held), None
         except UsageError as exc:
             setup, error = None, str(exc)
         error, started_at = distributed.agree(world, error, started_at)
@@ -293,7 +295,8 @@ def _plan(
             extension=arguments.format,
             save_raw=arguments.save_raw,
             overwrite=arguments.overwrite,
-            output_names=list_methods(),
+            output_names=list_methods(families=False),  # imports no family's library
+            family_prefixes=family_prefixes(),
         )
     except ResumeConflict as exc:
         raise UsageError(str(exc)) from None

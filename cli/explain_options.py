@@ -313,8 +313,7 @@ def add_arguments(parser: argparse.ArgumentParser, families: bool = True) -> lis
         "--input-size",
         type=positive_int,
         metavar="N",
-        help="the model's square input side (default: the model's crop size, else "
-        f"{DEFAULT_SIZE})",
+        help=f"the model's square input side (default: the model's crop size, else {DEFAULT_SIZE})",
     )
     model.add_argument(
         "--fit",

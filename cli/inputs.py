@@ -29,6 +29,7 @@ from pathlib import Path
 
 from PIL import EpsImagePlugin, Image, ImageFile
 
+from saliency.output_files import file_stem
 from saliency.run_folder import (
     OUTPUT_EXTENSIONS,
     RESERVED_NAMES,
@@ -202,20 +203,41 @@ class RelpathAllocator:
     """Gives each input a relpath whose outputs collide with no other input's.
 
     Args:
-        output_names: The file stems an input folder may hold (every registered method name);
-            a relpath may not pass through ``<other relpath>/<stem>.<ext>``.
+        output_names: The methods whose files an input folder may hold (every method registered
+            one by one); a relpath may not pass through ``<other relpath>/<file stem>.<ext>``.
+        family_prefixes: The method families' prefixes (``"captum:"``): any file named
+            ``<prefix stem><member>.<ext>`` (``captum-Saliency.png``) is reserved the same way,
+            without listing the members (which would import the family's library).
     """
 
     output_names: Sequence[str]
+    family_prefixes: Sequence[str] = ()
     _relpaths: set[str] = field(default_factory=set)
     _folders: set[str] = field(default_factory=set)
+    _children: dict[str, set[str]] = field(default_factory=dict)
+    """Folder key → the keys of the components claimed directly inside it."""
     _output_files: frozenset[str] = field(init=False)
+    _family_stems: tuple[str, ...] = field(init=False)
+    _extensions: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self._output_files = frozenset(
-            _key([f"{name}.{extension}"])
+            _key([f"{file_stem(name)}.{extension}"])
             for name in self.output_names
             for extension in OUTPUT_EXTENSIONS
+        )
+        self._family_stems = tuple(_key([file_stem(prefix)]) for prefix in self.family_prefixes)
+        self._extensions = tuple(f".{extension}" for extension in OUTPUT_EXTENSIONS)
+
+    def _is_output_name(self, key: str) -> bool:
+        """Whether a file name (its key) is one a method's output may have."""
+        if key in self._output_files:
+            return True
+        stem, dot, extension = key.rpartition(".")
+        return (
+            bool(dot)
+            and f".{extension}" in self._extensions
+            and any(stem.startswith(prefix) and stem != prefix for prefix in self._family_stems)
         )
 
     def claim(self, relpath: str) -> None:
@@ -224,6 +246,7 @@ class RelpathAllocator:
         self._relpaths.add(_key(parts))
         for end in range(1, len(parts) + 1):
             self._folders.add(_key(parts[:end]))
+            self._children.setdefault(_key(parts[: end - 1]), set()).add(_key(parts[end - 1 : end]))
 
     def allocate(self, natural: Sequence[str]) -> str:
         """Claim and return ``natural`` (components), suffixed ``~N`` where it collides.
@@ -252,7 +275,7 @@ class RelpathAllocator:
         """Whether ``parts`` names a file of the run folder or of a claimed input."""
         if len(parts) == 1 and parts[0].casefold() in RESERVED_NAMES:
             return True
-        return _key(parts[-1:]) in self._output_files and _key(parts[:-1]) in self._relpaths
+        return self._is_output_name(_key(parts[-1:])) and _key(parts[:-1]) in self._relpaths
 
     def _first_collision(self, parts: Sequence[str]) -> int | None:
         """Index of the first component that makes ``parts`` collide, or None."""
@@ -262,9 +285,9 @@ class RelpathAllocator:
         last = len(parts) - 1
         if _key(parts) in self._relpaths or self._is_file(parts):
             return last
-        for name in self._output_files:  # this input's outputs must not be others' folders
-            if f"{_key(parts)}/{name}" in self._folders:
-                return last
+        inside = self._children.get(_key(parts), set())
+        if any(self._is_output_name(name) for name in inside):  # its outputs: others' folders
+            return last
         return None
 
 
@@ -272,6 +295,7 @@ def assign_relpaths(
     inputs: Sequence[tuple[str, Sequence[str]]],
     kept: Mapping[str, str],
     output_names: Sequence[str],
+    family_prefixes: Sequence[str] = (),
 ) -> list[str]:
     """Relpaths for ``inputs`` (``(source, natural components)``, in processing order).
 
@@ -280,11 +304,12 @@ def assign_relpaths(
         kept: Relpaths already in use in the output folder, by source (from the manifest of an
             earlier run). An input whose source is there keeps that relpath, so reruns resume.
         output_names: See :class:`RelpathAllocator`.
+        family_prefixes: See :class:`RelpathAllocator`.
 
     Returns:
         One relpath per input, in order; all distinct and collision-free.
     """
-    allocator = RelpathAllocator(output_names)
+    allocator = RelpathAllocator(output_names, family_prefixes)
     for relpath in kept.values():
         allocator.claim(relpath)
     return [

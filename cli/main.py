@@ -19,6 +19,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import saliency
+from saliency.cli.collection import start_collecting
 
 ENTRY_POINT_GROUP = "saliency.methods"
 """The registry's entry-point group (``saliency.methods.registry.ENTRY_POINT_GROUP``, whose
@@ -72,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if parsed.command is None:
         parser.print_help()
         return 0
+    start_collecting()  # the command's modules are imported
     code: int = parsed.run(parsed)
     return code
 

@@ -176,6 +176,7 @@ def make_plan(
     save_raw: bool,
     overwrite: bool,
     output_names: Sequence[str],
+    family_prefixes: Sequence[str] = (),
 ) -> Plan:
     """Decide the work of a run.
 
@@ -188,7 +189,9 @@ def make_plan(
         extension: The overlay format's extension.
         save_raw: Whether raw arrays are asked for.
         overwrite: Redo complete pairs and replace results made with other settings.
-        output_names: Every registered method name (see :class:`RelpathAllocator`).
+        output_names: The methods registered one by one, and
+        family_prefixes: the method families' prefixes, whose output files no input's relpath
+            may cross (see :class:`~saliency.cli.inputs.RelpathAllocator`).
 
     Raises:
         ResumeConflict: The earlier results were made with other settings and not
@@ -224,7 +227,9 @@ def make_plan(
         for path, entry in entries.items()
         if entry.source in current_sources or os.path.lexists(entry.source)
     }
-    relpaths = assign_relpaths([(item.source, item.natural) for item in found], kept, output_names)
+    relpaths = assign_relpaths(
+        [(item.source, item.natural) for item in found], kept, output_names, family_prefixes
+    )
     taken = set(relpaths)
     for path in [p for p, e in entries.items() if e.source not in kept and p in taken]:
         del entries[path]

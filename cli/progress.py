@@ -39,6 +39,7 @@ def say(text: str, file: TextIO | None = None, *, lines: bool = False) -> None:
     message goes through here, so no user string reaches the terminal raw."""
     print(terminal_text(text, lines=lines), file=file if file is not None else sys.stdout)
 
+
 # A terminal bar is redrawn at most this often; plain lines come at each tenth of the work, at
 # most this often, and at least once a minute.
 _REDRAW_SECONDS = 0.1

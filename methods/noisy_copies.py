@@ -76,7 +76,11 @@ class NoisyCopies:
         generator = None
         if self.seed is not None:
             generator = torch.Generator(device=inputs.device).manual_seed(self.seed)
-        block = engine.block_size(inputs, self.samples)
+        # Copies per block: what memory allows, and no more than one forward + backward pass
+        # takes (a block is then one pass, and its copies are made just before it: 16 points of
+        # 224² on CPU, not all n × N copies at once).
+        per_pass = engine.points_per_pass(inputs.shape[1:], inputs.device) // max(1, len(inputs))
+        block = min(engine.block_size(inputs, self.samples), max(1, per_pass))
         for start in range(0, self.samples, block):
             copies = min(block, self.samples - start)
             # One draw per copy, in copy order: the noise does not depend on the block size.

@@ -526,7 +526,7 @@ class Engine:
                     if total is None:
                         dtype = torch.promote_types(part.dtype, torch.float32)
                         total = part.new_zeros((points.samples, *part.shape[1:]), dtype=dtype)
-                    totals[position] = total.index_add(0, samples, part.to(total.dtype))
+                    totals[position] = _add_rows(total, samples, part)
         result = [total for total in totals if total is not None]
         assert len(result) == len(shares), "Points with zero samples"
         return result
@@ -670,7 +670,7 @@ class Engine:
                 if total is None:
                     dtype = torch.promote_types(part.dtype, torch.float32)
                     total = part.new_zeros((points.samples, *part.shape[1:]), dtype=dtype)
-                total = total.index_add(0, samples, part.to(total.dtype))
+                total = _add_rows(total, samples, part)
         assert total is not None, "Points with zero samples"
         return total
 
@@ -816,6 +816,15 @@ class Engine:
         if self.precision == "fp32":
             return nullcontext()
         return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[self.precision])
+
+
+def _add_rows(total: Tensor, samples: Tensor, part: Tensor) -> Tensor:
+    """``total`` with ``part``'s rows added to rows ``samples``: in place, unless a graph is kept
+    through either (an out-of-place sum would copy the whole total for every chunk)."""
+    part = part.to(total.dtype)
+    if total.requires_grad or part.requires_grad:
+        return total.index_add(0, samples, part)
+    return total.index_add_(0, samples, part)
 
 
 def automatic_chunk_size(

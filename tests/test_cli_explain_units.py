@@ -8,6 +8,8 @@ import io
 import json
 import os
 import pickle
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +120,36 @@ def test_an_input_may_not_be_named_like_a_folder_of_another_inputs_outputs() -> 
     allocator = RelpathAllocator(METHODS)
     allocator.claim("b.jpg/gradient.png/c.png")
     assert allocator.allocate(["b.jpg"]) == "b.jpg~2"
+
+
+def test_a_method_familys_output_files_are_reserved_by_their_prefix() -> None:
+    # captum:Saliency writes captum-Saliency.png: an input folder "a.jpg" holding an image of
+    # that name would collide with input a.jpg's output, without the family's members listed.
+    allocator = RelpathAllocator(METHODS, family_prefixes=["captum:"])
+    assert allocator.allocate(["a.jpg"]) == "a.jpg"
+    assert allocator.allocate(["a.jpg", "captum-Saliency.png"]) == "a.jpg/captum-Saliency.png~2"
+    assert allocator.allocate(["a.jpg", "CAPTUM-anything.npy"]) == "a.jpg/CAPTUM-anything.npy~2"
+    assert allocator.allocate(["a.jpg", "captum-.png"]) == "a.jpg/captum-.png"  # no member
+    assert allocator.allocate(["a.jpg", "captum-x.txt"]) == "a.jpg/captum-x.txt"  # no output
+    allocator.claim("b.jpg/captum-IntegratedGradients.webp/c.png")
+    assert allocator.allocate(["b.jpg"]) == "b.jpg~2"
+    without = RelpathAllocator(METHODS)  # no family: the name is free
+    without.claim("a.jpg")
+    assert without.allocate(["a.jpg", "captum-Saliency.png"]) == "a.jpg/captum-Saliency.png"
+
+
+def test_a_run_without_family_methods_never_imports_the_familys_library(tmp_path: Path) -> None:
+    # Planning reserves the family's file names by prefix: captum (~1 s to import) stays out.
+    Image.new("RGB", (40, 30), (90, 140, 200)).save(tmp_path / "a.png")
+    program = (
+        "import sys; from saliency.cli.main import main; "
+        f"code = main(['explain', {str(tmp_path / 'a.png')!r}, '--model', 'demo:shapes', "
+        f"'--method', 'gradient,gradcam', '--out', {str(tmp_path / 'out')!r}, '--quiet']); "
+        "print(code, 'captum' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert result.stdout.splitlines()[-1].split() == ["0", "False"], result.stderr
+    assert (tmp_path / "out" / "a.png" / "gradcam.png").is_file()
 
 
 def test_assign_keeps_earlier_relpaths_by_source() -> None:

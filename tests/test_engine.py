@@ -542,3 +542,18 @@ def test_automatic_layer_is_found_once_per_model_and_shape() -> None:
     model.calls.clear()
     saliency.explain(model, inputs, "gradcam", 1)
     assert model.calls == [(1, True), (3, True)]
+
+
+def test_per_sample_sums_add_in_place_unless_a_graph_is_kept() -> None:
+    from saliency.engine import _add_rows
+
+    total = torch.zeros(3, 2)
+    samples = torch.tensor([0, 0, 2])
+    part = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    assert _add_rows(total, samples, part) is total  # no copy of the whole total per chunk
+    assert total.tolist() == [[4.0, 6.0], [0.0, 0.0], [5.0, 6.0]]
+    weights = torch.ones(3, 2, requires_grad=True)
+    summed = _add_rows(torch.zeros(3, 2), samples, part * weights)
+    assert summed.requires_grad
+    (gradient,) = torch.autograd.grad(summed.sum(), weights)
+    assert torch.equal(gradient, part)

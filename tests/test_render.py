@@ -429,3 +429,55 @@ def test_large_images_render_band_by_band_with_the_same_pixels(
         for one, other in pairs:
             assert isinstance(other, torch.Tensor)
             assert torch.equal(one, other)
+
+
+# --- the overlay blend table (uint8 backgrounds) --------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("cmap", "alpha"), [("inferno", 0.5), ("RdBu_r", 0.3), ("gray", 0.77)])
+def test_blend_table_is_the_direct_blend_of_every_colour_and_level(
+    device: str, cmap: str, alpha: float
+) -> None:
+    colours, blend = render_module._colour_tables(cmap, torch.device(device), alpha)
+    lut = colormap_lut(cmap, device)
+    levels = torch.arange(256, dtype=torch.uint8, device=device).float() / 255.0
+    for k in range(256):
+        direct = levels[:, None] * (1.0 - alpha) + lut[k][None, :] * alpha  # (v, c)
+        expected = (direct * 255.0).round().clamp(0, 255).to(torch.uint8)
+        assert torch.equal(blend.view(256, 3, 256)[k].T, expected), k
+    assert torch.equal(colours, (lut * 255.0).round().clamp(0, 255).to(torch.uint8))
+
+
+@pytest.mark.parametrize("sign", ["absolute", "all"])
+@pytest.mark.parametrize("alpha", [0.0, 0.35, 0.5, 1.0])
+def test_uint8_backgrounds_give_the_pixels_of_the_direct_float_blend(
+    sign: Any, alpha: float
+) -> None:
+    # uint8 backgrounds (PIL, uint8 tensors) go through the blend table; the same pixels as
+    # float backgrounds of value v / 255, which are blended element by element.
+    generator = torch.Generator().manual_seed(5)
+    attributions = torch.randn(2, 3, 9, 11, generator=generator)
+    pixels = torch.randint(0, 256, (2, 3, 40, 33), generator=generator, dtype=torch.uint8)
+    as_float = pixels.float() / 255.0
+    direct = render(attributions, as_float, sign=sign, alpha=alpha)
+    table = render(attributions, pixels, sign=sign, alpha=alpha)
+    pil = render(
+        attributions,
+        [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in pixels],
+        sign=sign,
+        alpha=alpha,
+    )
+    assert isinstance(direct, torch.Tensor) and isinstance(table, torch.Tensor)
+    assert isinstance(pil, torch.Tensor)
+    assert torch.equal(table, direct) and torch.equal(pil, direct)
+
+
+def test_blend_tables_are_cached_per_colormap_device_and_alpha() -> None:
+    render_module._colour_tables.cache_clear()
+    attributions = torch.randn(1, 1, 4, 4)
+    image = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    for alpha in (0.5, 0.5, 0.25):
+        render(attributions, image, alpha=alpha)
+    info = render_module._colour_tables.cache_info()
+    assert (info.misses, info.hits) == (2, 1)
