@@ -12,6 +12,7 @@ order, so it does not depend on the block size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -76,11 +77,12 @@ class NoisyCopies:
         generator = None
         if self.seed is not None:
             generator = torch.Generator(device=inputs.device).manual_seed(self.seed)
-        # Copies per block: what memory allows, and no more than one forward + backward pass
-        # takes (a block is then one pass, and its copies are made just before it: 16 points of
-        # 224² on CPU, not all n × N copies at once).
-        per_pass = engine.points_per_pass(inputs.shape[1:], inputs.device) // max(1, len(inputs))
-        block = min(engine.block_size(inputs, self.samples), max(1, per_pass))
+        # Copies per block: what memory allows, and no more than fill whole forward + backward
+        # passes (lcm(pass, N) points), so the copies are made shortly before their passes (16
+        # points of 224² on CPU, not all n × N copies at once) and every pass is full.
+        per_pass = engine.points_per_pass(inputs.shape[1:], inputs.device)
+        whole_passes = math.lcm(per_pass, max(1, len(inputs))) // max(1, len(inputs))
+        block = min(engine.block_size(inputs, self.samples), whole_passes)
         for start in range(0, self.samples, block):
             copies = min(block, self.samples - start)
             # One draw per copy, in copy order: the noise does not depend on the block size.
