@@ -213,7 +213,6 @@ class RelpathAllocator:
     output_names: Sequence[str]
     family_prefixes: Sequence[str] = ()
     _relpaths: set[str] = field(default_factory=set)
-    _folders: set[str] = field(default_factory=set)
     _children: dict[str, set[str]] = field(default_factory=dict)
     """Folder key → the keys of the components claimed directly inside it."""
     _output_files: frozenset[str] = field(init=False)
@@ -245,7 +244,6 @@ class RelpathAllocator:
         parts = split_relpath(relpath)
         self._relpaths.add(_key(parts))
         for end in range(1, len(parts) + 1):
-            self._folders.add(_key(parts[:end]))
             self._children.setdefault(_key(parts[: end - 1]), set()).add(_key(parts[end - 1 : end]))
 
     def allocate(self, natural: Sequence[str]) -> str:

@@ -433,11 +433,17 @@ def _rows_of(maps: Tensor, height: int, top: int, bottom: int) -> Tensor:
     return kept + maps.index_select(1, second) * weight
 
 
-@functools.lru_cache(maxsize=32)
-def _colour_tables(cmap: str, device: torch.device, alpha: float) -> tuple[Tensor, Tensor]:
-    """The colour map's ``(256, 3)`` ``uint8`` colours and its overlay blend table.
+@functools.lru_cache(maxsize=64)
+def _uint8_colours(cmap: str, device: torch.device) -> Tensor:
+    """The colour map's ``(256, 3)`` colours as ``uint8`` (cached: read-only)."""
+    return _to_uint8(_cached_lut(cmap, device))
 
-    The blend table is flat: entry ``(3k + c)·256 + v`` is the ``uint8`` of
+
+@functools.lru_cache(maxsize=32)
+def _blend_table(cmap: str, device: torch.device, alpha: float) -> Tensor:
+    """The overlay blend of the colour map over every ``uint8`` level, flat.
+
+    Entry ``(3k + c)·256 + v`` is the ``uint8`` of
     :math:`(v / 255)(1 - \\alpha) + \\mathrm{lut}_{k,c}\\, \\alpha`, made by the same float32
     operations as blending one pixel directly, so a lookup gives the same bytes in one gather
     instead of ten element-wise passes. Cached per ``(cmap, device, alpha)``: read-only.
@@ -445,7 +451,7 @@ def _colour_tables(cmap: str, device: torch.device, alpha: float) -> tuple[Tenso
     lut = _cached_lut(cmap, device)
     levels = _unit_float(torch.arange(LUT_SIZE, dtype=torch.uint8, device=device))
     blended = levels[None, None, :] * (1.0 - alpha) + lut[:, :, None] * alpha  # (k, c, v)
-    return _to_uint8(lut), _to_uint8(blended).view(-1)
+    return _to_uint8(blended).view(-1)
 
 
 def _compose(
@@ -458,9 +464,6 @@ def _compose(
 ) -> Tensor:
     """Colour and blend normalised ``(n, H, W)`` maps over the backdrop, band by band: a
     ``uint8`` ``(n, h, w, 3)`` tensor (``H × W`` without a backdrop)."""
-    lut = _cached_lut(cmap, maps.device)
-    colours, blend = _colour_tables(cmap, maps.device, alpha)
-    channels = torch.arange(0, 3 * LUT_SIZE, LUT_SIZE, dtype=torch.int32, device=maps.device)
     count = maps.shape[0]
     height, width = maps.shape[1:] if backdrop is None else (backdrop.height, backdrop.width)
     result = torch.empty((count, height, width, 3), dtype=torch.uint8, device=maps.device)
@@ -475,15 +478,19 @@ def _compose(
             continue
         index = _lut_index(band, sign)
         if style == "heatmap":
-            result[:, top:bottom] = colours[index]
+            result[:, top:bottom] = _uint8_colours(cmap, maps.device)[index]
             continue
         assert backdrop is not None
         if backdrop.pixels is not None:  # uint8 backgrounds: one lookup in the blend table
+            channels = torch.arange(
+                0, 3 * LUT_SIZE, LUT_SIZE, dtype=torch.int32, device=index.device
+            )
             at = (index.to(torch.int32) * (3 * LUT_SIZE))[..., None] + channels
             at += backdrop.pixels(top, bottom)
+            blend = _blend_table(cmap, maps.device, alpha)
             result[:, top:bottom] = blend.index_select(0, at.view(-1)).view(at.shape)
         else:
-            colour = lut[index]
+            colour = _cached_lut(cmap, maps.device)[index]
             background = backdrop.rows(top, bottom)
             result[:, top:bottom] = _to_uint8(background * (1.0 - alpha) + colour * alpha)
     return result

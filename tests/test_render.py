@@ -439,7 +439,8 @@ def test_large_images_render_band_by_band_with_the_same_pixels(
 def test_blend_table_is_the_direct_blend_of_every_colour_and_level(
     device: str, cmap: str, alpha: float
 ) -> None:
-    colours, blend = render_module._colour_tables(cmap, torch.device(device), alpha)
+    blend = render_module._blend_table(cmap, torch.device(device), alpha)
+    colours = render_module._uint8_colours(cmap, torch.device(device))
     lut = colormap_lut(cmap, device)
     levels = torch.arange(256, dtype=torch.uint8, device=device).float() / 255.0
     for k in range(256):
@@ -474,10 +475,10 @@ def test_uint8_backgrounds_give_the_pixels_of_the_direct_float_blend(
 
 
 def test_blend_tables_are_cached_per_colormap_device_and_alpha() -> None:
-    render_module._colour_tables.cache_clear()
+    render_module._blend_table.cache_clear()
     attributions = torch.randn(1, 1, 4, 4)
     image = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
     for alpha in (0.5, 0.5, 0.25):
         render(attributions, image, alpha=alpha)
-    info = render_module._colour_tables.cache_info()
+    info = render_module._blend_table.cache_info()
     assert (info.misses, info.hits) == (2, 1)
