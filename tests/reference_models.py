@@ -34,13 +34,13 @@ def relative_error(actual: Tensor, expected: Tensor) -> float:
     return ((actual.detach() - expected.detach()).abs().max() / scale).item()
 
 
-def tiny_cnn() -> nn.Module:
-    """Conv(3→4)–ReLU–global pool–Linear(4→3), seeded with 0 (the global RNG is left as after
-    ``torch.manual_seed(0)`` and the build)."""
+def tiny_cnn(activation: type[nn.Module] = nn.ReLU) -> nn.Module:
+    """Conv(3→4)–activation–global pool–Linear(4→3), seeded with 0 (the global RNG is left as
+    after ``torch.manual_seed(0)`` and the build)."""
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1),
-        nn.ReLU(),
+        activation(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(4, 3),

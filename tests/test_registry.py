@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference_models import tiny_cnn
 from torch import Tensor, nn
 
 import saliency
@@ -92,17 +93,6 @@ def plugin_path(
             del sys.modules[name]
 
 
-def tiny_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.Tanh(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
-    )
-
-
 def test_list_methods_includes_built_ins() -> None:
     names = saliency.list_methods()
     assert set(BUILT_INS) <= set(names)
@@ -127,7 +117,7 @@ def test_unknown_method_lists_names_and_suggests_close_match() -> None:
 
 def test_unknown_method_through_explain() -> None:
     with pytest.raises(UnknownMethodError, match="integrated_gradients"):
-        saliency.explain(tiny_model(), torch.rand(1, 3, 4, 4), method="integrated_gradient")
+        saliency.explain(tiny_cnn(nn.Tanh), torch.rand(1, 3, 4, 4), method="integrated_gradient")
 
 
 def test_unknown_method_without_close_match_still_lists_names() -> None:
@@ -143,7 +133,7 @@ def test_register_and_unregister() -> None:
     try:
         assert "doubled_test" in saliency.list_methods()
         assert saliency.get_method("doubled_test") is Doubled
-        ex = saliency.explain(tiny_model(), torch.rand(2, 3, 4, 4), method="doubled_test")
+        ex = saliency.explain(tiny_cnn(nn.Tanh), torch.rand(2, 3, 4, 4), method="doubled_test")
         assert ex.method == "doubled_test"
         assert torch.equal(ex.attributions, torch.zeros(2, 3, 4, 4))
     finally:
@@ -210,7 +200,7 @@ def test_plugin_discovered_through_entry_points(plugin_path: Path) -> None:
     assert "input_times_gradient" in names
     assert set(BUILT_INS) <= set(names)
 
-    model = tiny_model()
+    model = tiny_cnn(nn.Tanh)
     inputs = torch.rand(2, 3, 5, 5, generator=torch.Generator().manual_seed(0))
     ex = saliency.explain(model, inputs, method="input_times_gradient", target=1)
     assert ex.method == "input_times_gradient"
@@ -341,7 +331,7 @@ def test_method_family_is_loaded_lazily_from_one_entry_point(plugin_path: Path) 
     assert family_module.LOADS == [1]
     double = saliency.get_method("toyfam:Double")
     assert saliency.get_method("toyfam:Double") is double  # the same class every time
-    model = tiny_model()
+    model = tiny_cnn(nn.Tanh)
     inputs = torch.rand(2, 3, 5, 5, generator=torch.Generator().manual_seed(0))
     ex = saliency.explain(model, inputs, method="toyfam:Double", target=1)
     gradient = saliency.explain(model, inputs, method="gradient", target=1).attributions
