@@ -4,6 +4,9 @@ Costs of a short run that are the interpreter's, not the work's, and what the co
 
 - **Garbage collection during start-up**: off until the command is set up (see
   :mod:`saliency.cli.collection`).
+- **``torch._dynamo``**, which ``import torchvision`` imports for one function it calls only
+  in ``roi_align`` (1.2–2.3 s): not imported unless something uses it (see
+  :mod:`saliency.cli.dynamo_deferral`).
 - **Tearing the interpreter down.** Shutdown collects every object once more and then frees
   every module (~1 s with torchvision loaded on a 2-core CPU). Once the command has returned
   (files closed, worker pools joined) and every exit handler has run, the process flushes its
@@ -28,6 +31,7 @@ import sys
 from typing import NoReturn
 
 from saliency.cli.collection import pause_for_start_up
+from saliency.cli.dynamo_deferral import defer_dynamo_import
 
 _exit_code: int | None = None
 """The command's exit code, once it has returned."""
@@ -41,6 +45,7 @@ def console() -> NoReturn:
     up as described above; exits with its code."""
     global _exit_code
     pause_for_start_up()
+    defer_dynamo_import()
     atexit.register(_end_without_teardown)  # the first registered: it runs after all others
     try:
         command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from saliency.class_names import remember_class_names
 from saliency.errors import ModelLoadError, accepted
@@ -368,10 +369,13 @@ def _download_failed_message(name: str, member: Any, exc: BaseException) -> str:
 def _load_state_dict_weights(name: str, path: Path, trust_pickle: bool) -> LoadedModel:
     """torchvision architecture + a local state-dict file."""
     state = read_state_dict(path, trust_pickle)
-    model = _torchvision().get_model(name, weights=None)
+    models = _torchvision()
+    model = built_for_loading(lambda: models.get_model(name, weights=None))
     num_classes = infer_num_classes(model.state_dict(), state)
     if num_classes is not None:
-        model = _torchvision().get_model(name, weights=None, num_classes=num_classes)
+        model = built_for_loading(
+            lambda: models.get_model(name, weights=None, num_classes=num_classes)
+        )
     load_strict(model, state, path)
     categories = _default_categories(name)
     outputs = num_classes if num_classes is not None else len(categories or ())
@@ -474,6 +478,87 @@ def infer_num_classes(expected: Mapping[str, Tensor], state: Mapping[str, Tensor
             return None
         counts.add(int(loaded.shape[0]))
     return counts.pop() if len(counts) == 1 else None
+
+
+def built_for_loading(build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` without its random initialisation, for a strict state-dict load to fill
+    (:func:`load_strict`): drawing random weights is most of building a model (0.2 s of
+    0.25 s for ResNet-18 on a 2-core CPU), and the load overwrites all of them.
+
+    Random fills (``nn.init``'s random initialisers, ``Tensor.normal_``, ``uniform_``, …) are
+    skipped while ``build()`` runs in this thread (a torch function mode); everything else
+    (zeros, ones, computed buffers) runs as usual. If a skipped tensor is not a state-dict
+    entry, or the model holds a tensor the state dict does not (a non-persistent buffer, a
+    tensor kept as a plain attribute), it is built again as usual.
+
+    (The meta device would skip the same work, but its random fills import ``torch._dynamo``,
+    1.5 s, which the console otherwise never imports.)
+    """
+    mode = _RandomFillsSkipped()
+    with mode:
+        model = build()
+    skipped = {t.untyped_storage().data_ptr() for t in mode.skipped}
+    held = {t.untyped_storage().data_ptr() for t in model.state_dict(keep_vars=True).values()}
+    if skipped <= held and _state_dict_covers(model):
+        return model
+    return build()
+
+
+class _RandomFillsSkipped(TorchFunctionMode):
+    """Random in-place fills return their tensor untouched (and are recorded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped: list[Tensor] = []
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func in _RANDOM_FILLS:
+            # nn.init passes its tensor by keyword, Tensor methods as self
+            filled = args[0] if args else kwargs.get("tensor")
+            if isinstance(filled, Tensor):
+                self.skipped.append(filled)
+                return filled
+        return func(*args, **kwargs)
+
+
+_RANDOM_FILLS = frozenset(
+    {
+        *(getattr(nn.init, name) for name in ("kaiming_normal_", "kaiming_uniform_", "normal_")),
+        *(getattr(nn.init, name) for name in ("orthogonal_", "sparse_", "trunc_normal_")),
+        *(getattr(nn.init, name) for name in ("uniform_", "xavier_normal_", "xavier_uniform_")),
+        *(getattr(Tensor, name) for name in ("normal_", "uniform_", "random_", "bernoulli_")),
+        *(getattr(Tensor, name) for name in ("exponential_", "log_normal_", "cauchy_")),
+        Tensor.geometric_,
+    }
+)
+
+
+_MODULE_REGISTERS = frozenset({"_parameters", "_buffers", "_modules"})
+
+
+def _state_dict_covers(model: nn.Module) -> bool:
+    """Whether every tensor of ``model`` is a parameter or buffer of its state dict."""
+    held = {id(t) for t in model.state_dict(keep_vars=True).values()}
+    for module in model.modules():
+        tensors = [*module._parameters.values(), *module._buffers.values()]
+        if any(t is not None and id(t) not in held for t in tensors):
+            return False  # non-persistent buffer
+        for name, value in vars(module).items():
+            if name in _MODULE_REGISTERS:
+                continue
+            items = value.values() if isinstance(value, dict) else value
+            if isinstance(value, Tensor) or (
+                isinstance(value, list | tuple | dict) and any(isinstance(v, Tensor) for v in items)
+            ):
+                return False  # a tensor outside the state dict
+    return True
 
 
 def load_strict(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> None:

@@ -26,6 +26,7 @@ from saliency.images import ImageTransform, Preprocess
 from saliency.models import (
     LoadedModel,
     WeightsArg,
+    built_for_loading,
     infer_num_classes,
     load_strict,
     read_state_dict,
@@ -92,12 +93,16 @@ def _pretrained(timm: Any, name: str) -> nn.Module:
 
 def _from_file(timm: Any, name: str, path: Path) -> nn.Module:
     state = read_state_dict(path, trust_pickle=False)
-    model = timm.create_model(name, pretrained=False)
+    options: dict[str, Any] = {}
+    model = built_for_loading(lambda: timm.create_model(name, pretrained=False))
     classes = infer_num_classes(model.state_dict(), state)
     if classes is not None:
-        model = timm.create_model(name, pretrained=False, num_classes=classes)
+        options["num_classes"] = classes
+        model = built_for_loading(lambda: timm.create_model(name, pretrained=False, **options))
     if set(state) != set(model.state_dict()):
-        # Checkpoints in an architecture's original format: timm converts them itself.
+        # Checkpoints in an architecture's original format: timm converts them itself, and
+        # a conversion may read the model's values, so it gets a model built for real.
+        model = timm.create_model(name, pretrained=False, **options)
         convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
         if callable(convert):
             # not that format either: the strict load below says what differs

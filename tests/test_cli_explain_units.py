@@ -152,6 +152,30 @@ def test_a_run_without_family_methods_never_imports_the_familys_library(tmp_path
     assert (tmp_path / "out" / "a.png" / "gradcam.png").is_file()
 
 
+def test_a_console_run_on_a_torchvision_model_never_imports_torch_dynamo(tmp_path: Path) -> None:
+    # torchvision imports torch._dynamo (1.5–2 s) from roi_align and transforms.v2; the console
+    # defers the first (saliency.cli.dynamo_deferral) and framing uses the classic functional API.
+    import torchvision
+
+    weights = tmp_path / "squeezenet.pth"
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), weights)
+    Image.new("RGB", (50, 30), (90, 140, 200)).save(tmp_path / "a.png")  # resized to 32²
+    argv = ["explain", str(tmp_path / "a.png"), "--model", "squeezenet1_1", "--weights"]
+    argv += [str(weights), "--input-size", "32", "--method", "gradient,gradcam"]
+    argv += ["--out", str(tmp_path / "out"), "--quiet"]
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "saliency.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
+    assert "torchvision.models.squeezenet" in imported and "torch" in imported
+    assert not [name for name in imported if name.startswith("torch._dynamo")]
+    assert (tmp_path / "out" / "a.png" / "gradcam.png").is_file()
+
+
 def test_assign_keeps_earlier_relpaths_by_source() -> None:
     inputs = [("/new/a.jpg", ("a.jpg",)), ("/old/a.jpg", ("a.jpg",))]
     relpaths = assign_relpaths(inputs, {"/old/a.jpg": "a.jpg"}, METHODS)

@@ -597,6 +597,66 @@ def test_local_state_dict_same_outputs(tmp_path: Path) -> None:
         assert torch.equal(loaded.model(probe()), reference.eval()(probe()))
 
 
+def test_a_state_dict_model_is_built_without_its_random_initialisation(tmp_path: Path) -> None:
+    rng = torch.get_rng_state()
+    built = models.built_for_loading(torchvision.models.resnet18)
+    assert torch.equal(torch.get_rng_state(), rng)  # no random number was drawn
+    torchvision.models.resnet18()
+    assert not torch.equal(torch.get_rng_state(), rng)  # as a usual build draws them
+    assert {t.device.type for t in built.state_dict().values()} == {"cpu"}
+    assert built.conv1.weight.requires_grad and not built.bn1.running_mean.requires_grad
+    # fp16 weights still load into the fp32 model as fp32 (copied, not assigned)
+    state = random_state("resnet18")
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    path = tmp_path / "half.pth"
+    torch.save(half, path)
+    loaded = load_model("resnet18", weights=path)
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
+    assert_same_state(
+        loaded.model, {k: v.float() if v.is_floating_point() else v for k, v in half.items()}
+    )
+
+
+class _RampBuffer(nn.Module):
+    """A layer with a non-persistent buffer computed at construction (not in a state dict)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 3)
+        self.register_buffer("ramp", torch.arange(3.0), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.ramp
+
+
+class _TensorAttribute(nn.Linear):
+    def __init__(self) -> None:
+        super().__init__(3, 3)
+        self.offsets = [torch.ones(3)]  # a tensor outside parameters and buffers
+
+
+class _ReadsValues(nn.Linear):
+    def __init__(self) -> None:
+        super().__init__(3, 3)
+        self.scale = float(torch.empty(()).uniform_())  # a random draw kept outside tensors
+
+
+@pytest.mark.parametrize("module", [_RampBuffer, _TensorAttribute, _ReadsValues])
+def test_models_whose_values_the_state_dict_does_not_hold_are_built_for_real(
+    module: type[nn.Module],
+) -> None:
+    torch.manual_seed(0)
+    expected = module()
+    torch.manual_seed(0)
+    built = models.built_for_loading(module)
+    tensors = {**dict(built.named_parameters()), **dict(built.named_buffers())}
+    for name, value in [*expected.named_parameters(), *expected.named_buffers()]:
+        assert tensors[name].device.type == "cpu" and torch.equal(tensors[name], value)
+    assert vars(built).get("scale") == vars(expected).get("scale")
+    if isinstance(expected, _TensorAttribute):
+        assert torch.equal(built.offsets[0], torch.ones(3))
+
+
 @pytest.mark.parametrize("wrap", ["module", "state_dict", "model", "model_state_dict"])
 def test_wrapped_state_dicts(
     tmp_path: Path, mobilenet_state: dict[str, torch.Tensor], wrap: str

@@ -115,3 +115,4 @@ def test_python_m_runs_a_real_command_through_the_console() -> None:
     )
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout.startswith("usage: saliency explain") and "--workers" in result.stdout
+
