@@ -497,9 +497,10 @@ def built_for_loading(build: Callable[[], nn.Module]) -> nn.Module:
     mode = _RandomFillsSkipped()
     with mode:
         model = build()
+    entries = list(model.state_dict(keep_vars=True).values())
     skipped = {t.untyped_storage().data_ptr() for t in mode.skipped}
-    held = {t.untyped_storage().data_ptr() for t in model.state_dict(keep_vars=True).values()}
-    if skipped <= held and _state_dict_covers(model):
+    held = {t.untyped_storage().data_ptr() for t in entries}
+    if skipped <= held and _state_dict_covers(model, entries):
         return model
     return build()
 
@@ -528,24 +529,39 @@ class _RandomFillsSkipped(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+_RANDOM_INITIALISERS = [
+    "kaiming_normal_",
+    "kaiming_uniform_",
+    "normal_",
+    "orthogonal_",
+    "sparse_",
+    "trunc_normal_",
+    "uniform_",
+    "xavier_normal_",
+    "xavier_uniform_",
+]
+_RANDOM_TENSOR_FILLS = [
+    "normal_",
+    "uniform_",
+    "random_",
+    "bernoulli_",
+    "exponential_",
+    "log_normal_",
+    "cauchy_",
+    "geometric_",
+]
 _RANDOM_FILLS = frozenset(
-    {
-        *(getattr(nn.init, name) for name in ("kaiming_normal_", "kaiming_uniform_", "normal_")),
-        *(getattr(nn.init, name) for name in ("orthogonal_", "sparse_", "trunc_normal_")),
-        *(getattr(nn.init, name) for name in ("uniform_", "xavier_normal_", "xavier_uniform_")),
-        *(getattr(Tensor, name) for name in ("normal_", "uniform_", "random_", "bernoulli_")),
-        *(getattr(Tensor, name) for name in ("exponential_", "log_normal_", "cauchy_")),
-        Tensor.geometric_,
-    }
+    [getattr(nn.init, name) for name in _RANDOM_INITIALISERS]
+    + [getattr(Tensor, name) for name in _RANDOM_TENSOR_FILLS]
 )
 
 
 _MODULE_REGISTERS = frozenset({"_parameters", "_buffers", "_modules"})
 
 
-def _state_dict_covers(model: nn.Module) -> bool:
-    """Whether every tensor of ``model`` is a parameter or buffer of its state dict."""
-    held = {id(t) for t in model.state_dict(keep_vars=True).values()}
+def _state_dict_covers(model: nn.Module, entries: list[Tensor]) -> bool:
+    """Whether every tensor of ``model`` is one of ``entries``, its state dict's tensors."""
+    held = {id(t) for t in entries}
     for module in model.modules():
         tensors = [*module._parameters.values(), *module._buffers.values()]
         if any(t is not None and id(t) not in held for t in tensors):
