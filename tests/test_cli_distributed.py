@@ -218,9 +218,8 @@ def test_detect_reads_torchrun_environment() -> None:
             detect(bad)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answers")
 def test_rank_device_without_cuda() -> None:
-    if torch.cuda.is_available():
-        pytest.skip("checks the CPU-only answers")
     ranks = Ranks(rank=1, world_size=2, local_rank=1)
     assert rank_device("cpu", ranks) == torch.device("cpu")
     assert rank_device("auto", ranks).type in ("cpu", "mps")
