@@ -179,14 +179,19 @@ def run_model(
     return rows
 
 
-def evaluations_to_match(rows: list[Row], error: float) -> float | None:
-    """Evaluations the auto rows need for ``error`` (log-log interpolation of their curve)."""
-    curve = sorted((r.evaluations, float(r.attribution.mean())) for r in rows)
-    for (e0, a0), (e1, a1) in itertools.pairwise(curve):
+def cost_at(curve: list[tuple[float, float]], error: float) -> float | None:
+    """The cost at which a curve of (cost, error) points reaches ``error``, interpolated
+    log-log between the two points around it (None: outside the curve)."""
+    for (e0, a0), (e1, a1) in itertools.pairwise(sorted(curve)):
         if (a0 - error) * (a1 - error) <= 0 and a0 != a1:
             t = (math.log(error) - math.log(a0)) / (math.log(a1) - math.log(a0))
             return math.exp(math.log(e0) + t * (math.log(e1) - math.log(e0)))
     return None
+
+
+def evaluations_to_match(rows: list[Row], error: float) -> float | None:
+    """Evaluations the auto rows need for ``error`` (log-log interpolation of their curve)."""
+    return cost_at([(r.evaluations, float(r.attribution.mean())) for r in rows], error)
 
 
 def table(name: str, rows: list[Row]) -> list[str]:

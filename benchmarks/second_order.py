@@ -24,6 +24,7 @@ import torchvision
 
 import saliency
 from saliency.losses import input_gradient_penalty
+from saliency.methods.integrated_hessians import IntegratedHessians
 from saliency.metrics.fragility import fragility
 from saliency.output_files import write_text_atomic
 
@@ -74,7 +75,7 @@ def entries(model: torch.nn.Module, inputs: torch.Tensor) -> dict[str, Callable[
         "gradient": gradient,
         "gradient, create_graph=True (graph kept, not differentiated)": gradient_create_graph,
         "hvp (double backward)": hvp,
-        "integrated_hessians (8×8 steps, 16×16 query)": integrated_hessians,
+        f"integrated_hessians ({IntegratedHessians.steps} nodes, 16×16 query)": integrated_hessians,
         "fragility, 1 ascent step (gradient map)": fragility_step,
         "plain training step (CE)": plain_training_step,
         "RRR training step (CE + input-gradient penalty)": rrr_training_step,

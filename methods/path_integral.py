@@ -106,6 +106,46 @@ def gauss_legendre(steps: int, device: torch.device) -> tuple[Tensor, Tensor]:
     return nodes.to(device), weights.to(device)
 
 
+@lru_cache(maxsize=32)
+def _gauss_log_cpu(steps: int) -> tuple[Tensor, Tensor]:
+    # Lanczos on a discrete measure with the same moments up to degree 2M − 1: the product of
+    # two M-point Gauss–Legendre rules (the density of αβ for α, β uniform is −ln s). The
+    # Jacobi matrix of order n needs moments up to 2n − 1 only, so M = n + 8 is exact; full
+    # reorthogonalisation keeps float64 accurate (the direct moment route is ill-conditioned).
+    alpha, weight = _gauss_legendre_cpu(steps + 8)
+    points = (alpha[:, None] * alpha[None, :]).flatten()
+    vector = (weight[:, None] * weight[None, :]).flatten().sqrt()
+    basis = [vector / vector.norm()]
+    diagonal: list[Tensor] = []
+    off: list[Tensor] = []
+    for k in range(steps):
+        w = points * basis[k]
+        diagonal.append(basis[k] @ w)
+        for q in basis:  # twice is enough (Kahan–Parlett)
+            w = w - (q @ w) * q
+        for q in basis:
+            w = w - (q @ w) * q
+        if k + 1 < steps:
+            off.append(w.norm())
+            basis.append(w / off[-1])
+    jacobi = torch.diag(torch.stack(diagonal))
+    if off:
+        band = torch.stack(off)
+        jacobi = jacobi + torch.diag(band, 1) + torch.diag(band, -1)
+    nodes, vectors = torch.linalg.eigh(jacobi)
+    # μ₀ = ∫₀¹ −ln s ds = 1
+    return nodes, vectors[0].square()
+
+
+def gauss_log(steps: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    r"""Nodes s_k and weights w_k of the ``steps``-point Gauss rule for
+    :math:`\int_0^1 g(s)\,(-\ln s)\,ds` (float64): exact for polynomials g of degree
+    2·steps − 1, as the ``steps × steps`` Gauss–Legendre product rule is for the same integral
+    written as :math:`\int_0^1\!\int_0^1 g(\alpha\beta)\,d\alpha\,d\beta`."""
+    nodes, weights = _gauss_log_cpu(steps)
+    return nodes.to(device), weights.to(device)
+
+
 def completeness_error(attributions: Tensor, gap: Tensor) -> Tensor:
     """``Σ a − gap`` per sample, summed in float64 and returned in the wider of float32 and
     the attributions' dtype: a float64 run is not rounded to float32 (near scores of 1e4

@@ -41,7 +41,7 @@ FAST_OPTIONS: dict[str, dict[str, Any]] = {
     "expected_gradients": {"samples": 2, "seed": 0},
     "blur_ig": {"steps": 3, "max_sigma": 2.0},
     "guided_ig": {"steps": 3},
-    "integrated_hessians": {"inner_steps": 2, "outer_steps": 2},
+    "integrated_hessians": {"steps": 2},
     # Grad-CAM++'s exact derivatives (2 backward passes per activation element, with an engine
     # of its own) cover more of its code than the closed form, which is Grad-CAM's.
     "gradcam_pp": {"exact": True},

@@ -225,7 +225,7 @@ def queries(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 IH = ["--model", "demo:shapes", "--method", "integrated_hessians", "--workers", "1", "--quiet"]
-IH += ["--inner-steps", "1", "--outer-steps", "1"]
+IH += ["--steps", "1"]
 
 
 @pytest.mark.usefixtures("one_torch_thread")

@@ -198,7 +198,6 @@ def test_cli_timm_weights_file_and_all_methods_on_a_transformer(
     code, err = run(
         capsys, photo, "--model", "timm:test_vit", "--weights", timm_weights["safetensors"],
         "--out", out, "--method", "all", "--steps", "2", "--samples", "2",
-        "--inner-steps", "1", "--outer-steps", "1",
     )
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
@@ -213,8 +212,7 @@ def test_cli_all_methods_skip_attention_methods_on_a_cnn(
     out = tmp_path / "out"
     code, err = run(
         capsys, photo, "--model", "timm:test_resnet", "--weights", "none", "--out", out,
-        "--method", "all", "--steps", "2", "--samples", "2", "--inner-steps", "1",
-        "--outer-steps", "1",
+        "--method", "all", "--steps", "2", "--samples", "2",
     )
     assert code == 0, err
     assert "skips attention_rollout, transformer_attribution" in err

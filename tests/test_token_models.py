@@ -740,7 +740,7 @@ def test_second_order_through_fused_attention_in_float32(models: dict[str, nn.Mo
     model, x = models["timm_vit"], inputs_for("timm_vit", n=2)
     v = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
     assert saliency.hvp(model, x, v, target=0).abs().sum() > 0
-    ih = saliency.explain(model, x, "integrated_hessians", inner_steps=2, outer_steps=2)
+    ih = saliency.explain(model, x, "integrated_hessians", steps=2)
     assert torch.isfinite(ih.attributions).all()
     from saliency.losses import input_gradient_penalty
 

@@ -108,7 +108,7 @@ DEMO_METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"steps": 8},
     "smoothgrad": {"samples": 6, "seed": 0},
     "vargrad": {"samples": 6, "seed": 0},
-    "integrated_hessians": {"inner_steps": 2, "outer_steps": 2, "query_steps": 8},
+    "integrated_hessians": {"steps": 4, "query_steps": 8},
     "expected_gradients": {"samples": 8, "seed": 0},
     "blur_ig": {"steps": 8},
     "guided_ig": {"steps": 16},
