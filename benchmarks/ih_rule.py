@@ -1,7 +1,8 @@
 """Integrated Hessians: the single-integral rule against the nested α × β product rule.
 
     python -m benchmarks.ih_rule [--models shapes,shapes-shortcut,shapes-rrr] [--scenes 8]
-                                [--reference 256] [--out benchmarks/IH_RULE.md] [--smoke]
+                                [--reference 256] [--out benchmarks/IH_RULE.md]
+                                [--results benchmarks/RESULTS.md] [--smoke]
 
 The bracket of Integrated Hessians' double integral depends on α and β only through s = αβ, so
 ∫∫ g(αβ) dα dβ = ∫ g(s) (−ln s) ds: ``integrated_hessians`` evaluates that single integral with
@@ -33,6 +34,7 @@ from torch import Tensor
 
 import saliency
 from benchmarks.ig_auto import Counting, cost_at
+from benchmarks.report import write_section
 from saliency.demo.scenes import CLEAN, SHORTCUT, TEST_SEED, generate_scenes
 from saliency.methods.integrated_gradients import gauss_legendre
 from saliency.methods.integrated_hessians import IntegratedHessians, top_pixels
@@ -165,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenes", type=int, default=8)
     parser.add_argument("--reference", type=int, default=256)
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
+    parser.add_argument(
+        "--results", type=Path, default=None, help="also write the summary as a section here"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -190,6 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(summary(results)))
     if args.out is not None:
         write_text_atomic(args.out, "\n".join(lines))
+    if args.results is not None:
+        details = f"Details per rule: [{args.out.name}]({args.out.name})." if args.out else ""
+        write_section(args.results, "ih_rule", "\n".join([*header, *summary(results), details]))
 
 
 if __name__ == "__main__":
