@@ -97,8 +97,22 @@ def measure(
     evaluations = counting.gradient_rows / len(gap)
     forwards = counting.forward_rows / len(gap)
     completeness = (attributions.flatten(1).sum(1) - gap).abs() / gap.abs()
-    error = (attributions - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)
+    error = relative_error(attributions, reference)
     return Row(label, setting, evaluations, forwards, completeness, error)
+
+
+def relative_error(attributions: Tensor, reference: Tensor) -> Tensor:
+    """‖a − a_ref‖₂ / ‖a_ref‖₂ per sample."""
+    return (attributions - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)
+
+
+def demo_scenes(name: str, scenes: int) -> tuple[nn.Module, Tensor]:
+    """A demo model and the first ``scenes`` scenes of its test split, normalised for it."""
+    loaded = saliency.load_model(f"demo:{name}")
+    transform = loaded.transform
+    assert isinstance(transform, saliency.Preprocess)
+    images = generate_scenes(scenes, seed=TEST_SEED, config=CONFIGS[name]).images
+    return loaded.model, transform.normalize(images)
 
 
 def run_model(
@@ -109,13 +123,7 @@ def run_model(
     tolerances: list[float],
     attribution_tolerances: list[float],
 ) -> list[Row]:
-    loaded = saliency.load_model(f"demo:{name}")
-    model = loaded.model
-    transform = loaded.transform
-    assert isinstance(transform, saliency.Preprocess)
-    inputs = transform.normalize(
-        generate_scenes(scenes, seed=TEST_SEED, config=CONFIGS[name]).images
-    )
+    model, inputs = demo_scenes(name, scenes)
     with torch.no_grad():
         target = model(inputs).argmax(1)
         gap = (model(inputs) - model(torch.zeros_like(inputs))).gather(1, target[:, None])[:, 0]
@@ -212,12 +220,17 @@ def table(name: str, rows: list[Row]) -> list[str]:
     return [*lines, ""]
 
 
+def cost_text(cost: float | None, baseline: float) -> str:
+    """An interpolated cost (:func:`cost_at`) and its ratio to ``baseline``'s."""
+    if cost is None:
+        return "beyond the curve"
+    return f"{cost:.1f} ({cost / baseline:.2f})"
+
+
 def needed(curve: list[Row], default: Row) -> str:
     """The passes ``curve`` needs for ``default``'s attribution error, and their ratio."""
     passes = evaluations_to_match(curve, float(default.attribution.mean()))
-    if passes is None:
-        return "beyond the curve"
-    return f"{passes:.1f} ({passes / default.evaluations:.2f})"
+    return cost_text(passes, default.evaluations)
 
 
 def summary(results: dict[str, list[Row]]) -> list[str]:

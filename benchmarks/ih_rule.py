@@ -33,14 +33,12 @@ import torch
 from torch import Tensor
 
 import saliency
-from benchmarks.ig_auto import Counting, cost_at
+from benchmarks.ig_auto import CONFIGS, Counting, cost_at, cost_text, demo_scenes, relative_error
 from benchmarks.report import write_section
-from saliency.demo.scenes import CLEAN, SHORTCUT, TEST_SEED, generate_scenes
 from saliency.methods.integrated_gradients import gauss_legendre
 from saliency.methods.integrated_hessians import IntegratedHessians, top_pixels
 from saliency.output_files import write_text_atomic
 
-CONFIGS = {"shapes": CLEAN, "shapes-shortcut": SHORTCUT, "shapes-rrr": SHORTCUT}
 PRODUCT_STEPS = (2, 4, 8, 16)
 SINGLE_STEPS = (2, 4, 8, 12, 16, 20, 24, 32, 64)
 PREVIOUS_DEFAULT = 8
@@ -71,13 +69,7 @@ class Row:
 def run_model(
     name: str, scenes: int, reference_steps: int, product: tuple[int, ...], single: tuple[int, ...]
 ) -> list[Row]:
-    loaded = saliency.load_model(f"demo:{name}")
-    model = loaded.model
-    transform = loaded.transform
-    assert isinstance(transform, saliency.Preprocess)
-    inputs = transform.normalize(
-        generate_scenes(scenes, seed=TEST_SEED, config=CONFIGS[name]).images
-    )
+    model, inputs = demo_scenes(name, scenes)
     counting = Counting(model)
     rows = []
     with saliency.smooth_relu(model):
@@ -94,21 +86,16 @@ def run_model(
             return attributions.detach(), counting.gradient_rows / len(inputs)
 
         reference, _ = run(IntegratedHessians(query=query, steps=reference_steps))
-        norm = reference.flatten(1).norm(dim=1)
 
         def row(label: str, method: IntegratedHessians) -> Row:
             attributions, passes = run(method)
-            error = (attributions - reference).flatten(1).norm(dim=1) / norm
-            return Row(label, passes, error)
+            return Row(label, passes, relative_error(attributions, reference))
 
-        half, _ = run(IntegratedHessians(query=query, steps=reference_steps // 2))
-        rows.append(
-            Row(
-                f"single integral, {reference_steps // 2} nodes (the reference's own error)",
-                float("nan"),
-                (half - reference).flatten(1).norm(dim=1) / norm,
-            )
+        half = row(
+            f"single integral, {reference_steps // 2} nodes (the reference's own error)",
+            IntegratedHessians(query=query, steps=reference_steps // 2),
         )
+        rows.append(Row(half.rule, float("nan"), half.error))  # a reference: no pass count
         for m in product:
             method = ProductRule(query=query, inner_steps=m, outer_steps=m)
             label = f"nested α × β, {m} × {m} pairs"
@@ -149,11 +136,7 @@ def summary(results: dict[str, list[Row]]) -> list[str]:
         default = next(r for r in rows if "(the default)" in r.rule)
         single = [r for r in rows if r.rule.startswith("single") and not math.isnan(r.passes)]
         passes = cost_at([(r.passes, float(r.error.mean())) for r in single], former.error.mean())
-        matched = (
-            "beyond the curve"
-            if passes is None
-            else (f"{passes:.1f} ({passes / former.passes:.2f})")
-        )
+        matched = cost_text(passes, former.passes)
         lines.append(
             f"| demo:{name} | {former.passes:.0f}, {former.error.mean():.2e} "
             f"| {default.passes:.0f}, {default.error.mean():.2e} | {matched} |"

@@ -121,10 +121,9 @@ def _gauss_log_cpu(steps: int) -> tuple[Tensor, Tensor]:
     for k in range(steps):
         w = points * basis[k]
         diagonal.append(basis[k] @ w)
-        for q in basis:  # twice is enough (Kahan–Parlett)
-            w = w - (q @ w) * q
-        for q in basis:
-            w = w - (q @ w) * q
+        for _ in range(2):  # twice is enough (Kahan–Parlett)
+            for q in basis:
+                w = w - (q @ w) * q
         if k + 1 < steps:
             off.append(w.norm())
             basis.append(w / off[-1])
