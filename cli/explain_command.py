@@ -318,7 +318,7 @@ def _load_model(
     ready = load_ready_model(arguments.model, weights, device, arguments.input_size, arguments.fit)
     methods = _applicable(methods, ready, arguments.method, world.ranks.is_main)
     instances = {name: chosen.instance for name, chosen in methods.items()}
-    ready = replace(ready, layers=check_layers(ready, instances))
+    ready = replace(ready, layers=check_layers(ready, instances, _engine_options(arguments)))
     check_queries(ready, instances)
     return ready, methods
 

@@ -26,17 +26,17 @@ import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import PIL.Image
 import torch
 from torch import Tensor, nn
 
 from saliency.cli import UsageError
+from saliency.engine import Engine, EngineOptions
 from saliency.errors import LayerNotFoundError, ModelLoadError, ModelOutputError, SaliencyError
 from saliency.framing import Fit, Framing
 from saliency.images import ImageTransform, Preprocess
-from saliency.layers import find_layer, layer_name
+from saliency.layers import layer_name
 from saliency.methods.base import Method
 from saliency.models import list_model_sources, load_model, model_file
 from saliency.targets import check_outputs
@@ -359,8 +359,14 @@ def _class_by_name(text: str, names: Sequence[str] | None, classes: int) -> int:
     )
 
 
-def check_layers(ready: ReadyModel, methods: Mapping[str, Method]) -> dict[str, str]:
+def check_layers(
+    ready: ReadyModel, methods: Mapping[str, Method], options: EngineOptions
+) -> dict[str, str]:
     """Resolve the layer of every chosen method that has a ``layer`` option.
+
+    The automatic choice is probed on a blank image through an engine with the run's
+    ``options``, as the methods probe their first batch: the choice is remembered, so the run
+    uses the layer recorded here and probes no more (:meth:`Engine.find_layer`).
 
     Returns:
         The dotted name of each method's layer (the automatic choice resolved).
@@ -368,17 +374,15 @@ def check_layers(ready: ReadyModel, methods: Mapping[str, Method]) -> dict[str, 
     Raises:
         UsageError: A named layer that does not exist, or no automatic layer.
     """
-
-    def probe() -> Any:
-        return ready.model(blank_batch(ready.model_input, ready.device))
-
+    engine = Engine(ready.model, options)
+    blank = blank_batch(ready.model_input, ready.device)
     layers = {}
     for name, method in methods.items():
         spec = method.options().get("layer", _NO_LAYER)
         if spec is not None and not isinstance(spec, str):
             continue  # no layer option, or a module object (not from the command line)
         try:
-            layers[name] = layer_name(ready.model, find_layer(ready.model, spec, probe))
+            layers[name] = layer_name(ready.model, engine.find_layer(spec, blank))
         except LayerNotFoundError as exc:
             raise UsageError(f"{name}: {exc} (choose one with --layer NAME)") from None
     return layers

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from saliency.engine import Engine
 from saliency.errors import InvalidOptionError, ModelOutputError, accepted
 from saliency.forward_args import ForwardArgs
-from saliency.layers import LayerSpec, find_layer
+from saliency.layers import LayerSpec
 from saliency.methods.base import Method
 from saliency.model_state import modules_preserved
 from saliency.targets import Target, check_outputs
@@ -170,10 +170,7 @@ class CaptumMethod(Method):
         for name in self.constructor_options:
             value = getattr(self, name)
             if name == "layer":
-                signature = (inputs.shape[1:], inputs.dtype, inputs.device, engine.precision)
-                value = find_layer(
-                    engine.model, value, lambda: engine.forward(inputs[:1]), signature
-                )
+                value = engine.find_layer(value, inputs)
             elif value is None and name in self.captum_defaulted:
                 continue
             arguments[self.renamed.get(name, name)] = value

@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from saliency.engine import Chunk, Engine, Points, Share
 from saliency.errors import LayerNotFoundError
-from saliency.layers import find_layer
 from saliency.methods.base import Method
 from saliency.targets import Target
 from saliency.validation import require_bool
@@ -102,8 +101,7 @@ class GradCAM(Method):
 
     def resolve_layer(self, engine: Engine, inputs: Tensor) -> nn.Module:
         """The hooked module: ``layer`` itself, or the automatic choice for these inputs."""
-        signature = (inputs.shape[1:], inputs.dtype, inputs.device, engine.precision)
-        return find_layer(engine.model, self.layer, lambda: engine.forward(inputs[:1]), signature)
+        return engine.find_layer(self.layer, inputs)
 
     def layer_maps(self, engine: Engine, inputs: Tensor, target: Target) -> tuple[Tensor, Tensor]:
         """The resolved layer's ``(N, C, h, w)`` output and the target scores at ``inputs``,

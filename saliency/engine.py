@@ -36,7 +36,7 @@ from saliency import compiled as compiled_forwards
 from saliency.attention import differentiable_attention
 from saliency.errors import InvalidOptionError, LayerNotFoundError, ModelOutputError
 from saliency.forward_args import ForwardArgs
-from saliency.layers import Capture, capture_output
+from saliency.layers import Capture, LayerSpec, capture_output, find_layer
 from saliency.memory import CostMeter, default_memory_budget
 from saliency.targets import PendingTarget, Target, class_scores, pending_base
 from saliency.validation import check_choice, require_bool, require_int
@@ -305,6 +305,14 @@ class Engine:
             if samples is None or len(samples) != len(points):
                 samples = self.forward_args.first(len(points), points.device)
             return self.forward_args.call(self.model, points, samples)
+
+    def find_layer(self, spec: LayerSpec, inputs: Tensor) -> nn.Module:
+        """The module ``spec`` gives (see :func:`saliency.layers.find_layer`); the automatic
+        choice is probed with a forward of ``inputs[:1]`` and remembered for the model, the
+        inputs' shape, dtype and device and the engine's precision, so that every later call
+        with such inputs (a method's next batch, or the CLI's run after its check) reuses it."""
+        signature = (inputs.shape[1:], inputs.dtype, inputs.device, self.precision)
+        return find_layer(self.model, spec, lambda: self.forward(inputs[:1]), signature)
 
     def _laid_out(self, points: Tensor) -> Tensor:
         """``points`` in the engine's memory format (a differentiable copy if it changes)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -265,3 +266,36 @@ def test_a_query_box_outside_the_crop_fails_that_input(
     assert bool(queries[-1][0, 0, y0:y1, x0:x1].all()) and int(queries[-1].sum()) == (
         (y1 - y0) * (x1 - x0)
     )
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_automatic_layer_is_probed_once_per_run_and_is_the_one_recorded(
+    capsys: pytest.CaptureFixture[str],
+    wide_photo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    precision: str,
+) -> None:
+    import saliency.layers
+
+    probed: list[str] = []
+    automatic = saliency.layers._automatic
+
+    def counted(model: Any, probe: Any) -> Any:
+        resolution = automatic(model, probe)
+        probed.append(saliency.layers.layer_name(model, resolution.module()))
+        return resolution
+
+    monkeypatch.setattr(saliency.layers, "_automatic", counted)
+    shutil.copy(wide_photo, tmp_path / "second.png")
+    out = tmp_path / "o"
+    code = main(["explain", str(wide_photo), str(tmp_path / "second.png"), "--out", str(out),
+                 "--model", "demo:shapes", "--method", "gradcam,layercam", "--workers", "1",
+                 "--quiet", "--batch-size", "1", "--precision", precision])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    # One probe, at the check before any work: both methods and both batches reuse it.
+    assert len(probed) == 1
+    run = json.loads((out / "manifest.json").read_text())["run"]
+    assert run["method_options"]["gradcam"]["layer"] == probed[0]
+    assert run["method_options"]["layercam"]["layer"] == probed[0]

@@ -15,6 +15,7 @@ import textwrap
 
 import pytest
 
+from saliency.cli.allocation import runs_on_glibc
 from saliency.cli.collection import set_up_without_collecting, start_collecting
 
 
@@ -116,3 +117,48 @@ def test_python_m_runs_a_real_command_through_the_console() -> None:
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout.startswith("usage: saliency explain") and "--workers" in result.stdout
 
+
+# Faults of touching a 64 MiB malloc block a second time, after freeing the first: each page
+# faults again when the block is mapped anew, none when the heap keeps it.
+_REFAULTS = """
+import ctypes, resource
+process = ctypes.CDLL(None)
+process.malloc.restype = ctypes.c_void_p
+process.free.argtypes = [ctypes.c_void_p]
+size = 64 << 20
+def touch_once():
+    block = process.malloc(size)
+    ctypes.memset(block, 1, size)
+    process.free(block)
+touch_once()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+touch_once()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+return 0
+"""
+
+
+@pytest.mark.skipif(not runs_on_glibc(), reason="a glibc malloc setting")
+def test_explain_keeps_freed_large_blocks_for_the_next_batch_other_commands_do_not() -> None:
+    pages = (64 << 20) // os.sysconf("SC_PAGE_SIZE")
+    code, out, err = console_with(_REFAULTS, "explain", "x")
+    assert code == 0, err
+    assert int(out) < pages // 20
+    code, out, err = console_with(_REFAULTS, "methods")
+    assert code == 0, err
+    assert int(out) >= pages * 9 // 10
+
+
+@pytest.mark.skipif(not runs_on_glibc(), reason="a glibc malloc setting")
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"MALLOC_MMAP_THRESHOLD_": "65536"},
+        {"MALLOC_TRIM_THRESHOLD_": "65536"},
+        {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"},
+    ],
+)
+def test_a_malloc_setting_of_the_users_is_left_alone(setting: dict[str, str]) -> None:
+    code, out, err = console_with(_REFAULTS, "explain", "x", env=setting)
+    assert code == 0, err
+    assert int(out) >= (64 << 20) // os.sysconf("SC_PAGE_SIZE") * 9 // 10
