@@ -16,7 +16,7 @@ and unmapped alone.
 
 The cost is memory: blocks freed in the middle of the heap are kept for reuse, and requests
 of other sizes may grow the heap beside them. On the large-input cases of
-``benchmarks/hostile_memory.py`` the peak resident set grows by 12–18% (``benchmarks/RESULTS.md``).
+``benchmarks/hostile_memory.py`` the peak resident set grows by 12–16% (``benchmarks/RESULTS.md``).
 
 The setting is the process's: the console sets it for ``explain`` (see
 :mod:`saliency.cli.launch`), forked workers inherit it, importing saliency never sets it.
