@@ -242,11 +242,33 @@ def children(pid: int) -> list[int]:
 
 
 def alive(pid: int) -> bool:
+    """Whether a thread of the process is still running or exiting. A zombie leader is not
+    enough: its other threads may still be tearing down the memory and the open files they
+    share (a forked worker's inherited run lock among them)."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return False
-    return state != "Z"
+    for thread in threads:
+        try:
+            stat = Path(f"/proc/{pid}/task/{thread}/stat").read_text()
+        except OSError:
+            continue  # it has just been released
+        if stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def lock_released(out: Path) -> bool:
+    """Whether no process holds the run folder's lock any more."""
+    from saliency.errors import SaliencyError
+    from saliency.run_lock import lock_run_folder
+
+    try:
+        lock_run_folder(out).release()
+    except SaliencyError:
+        return False
+    return True
 
 
 def stop(process: subprocess.Popen[str], workers: list[int]) -> None:
@@ -333,6 +355,7 @@ def test_a_killed_run_is_resumed_without_redoing_finished_outputs(
     finally:
         stop(process, workers)
     wait_for(lambda: not any(alive(pid) for pid in workers), timeout=30)
+    wait_for(lambda: lock_released(out), timeout=30)  # the kernel drops it with the last holder
     saved = listed_ok(out)
     journaled = {r.path for j in read_journals(out) for r in j.inputs if "smoothgrad" in r.methods}
     done = saved | journaled
