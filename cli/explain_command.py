@@ -202,7 +202,7 @@ def _set_up(arguments: argparse.Namespace, world: Group, held: contextlib.ExitSt
     Raises:
         UsageError: Anything that stops the run before any work.
     """
-    _engine_options(arguments)
+    engine_options = _engine_options(arguments)
     names = method_names(arguments.method)
     given = method_options.given_options(arguments, arguments.generated_options)
     methods = choose_methods(names, given)
@@ -215,7 +215,7 @@ def _set_up(arguments: argparse.Namespace, world: Group, held: contextlib.ExitSt
         held.callback(_lock(out).release)
         remove_stale_temporaries(out)  # of killed runs: no other run writes here now
     found = _discover(arguments, out, world.ranks.is_main)
-    ready, methods = _load_model(arguments, methods, world)
+    ready, methods = _load_model(arguments, methods, world, engine_options)
     target = parse_target(arguments.target, ready)
     run = RunInfo(
         model=ready.name,
@@ -309,7 +309,10 @@ def _plan(
 
 
 def _load_model(
-    arguments: argparse.Namespace, methods: dict[str, ChosenMethod], world: Group
+    arguments: argparse.Namespace,
+    methods: dict[str, ChosenMethod],
+    world: Group,
+    engine_options: EngineOptions,
 ) -> tuple[ReadyModel, dict[str, ChosenMethod]]:
     """The checked model, on this process's device, and the methods that apply to it."""
     torch.set_num_threads(_torch_threads(arguments.threads))
@@ -318,7 +321,7 @@ def _load_model(
     ready = load_ready_model(arguments.model, weights, device, arguments.input_size, arguments.fit)
     methods = _applicable(methods, ready, arguments.method, world.ranks.is_main)
     instances = {name: chosen.instance for name, chosen in methods.items()}
-    ready = replace(ready, layers=check_layers(ready, instances, _engine_options(arguments)))
+    ready = replace(ready, layers=check_layers(ready, instances, engine_options))
     check_queries(ready, instances)
     return ready, methods
 

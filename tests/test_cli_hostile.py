@@ -227,16 +227,22 @@ def wait_for(condition: Callable[[], bool], timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+def stat_fields(path: str) -> list[str] | None:
+    """The fields of a /proc ``stat`` file after the command name (state, parent id, ...),
+    or None once the process or thread is gone."""
+    try:
+        return Path(path).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def children(pid: int) -> list[int]:
     """Process ids whose parent is ``pid`` (from /proc)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
+            fields = stat_fields(f"/proc/{entry}/stat")
+            if fields is not None and int(fields[1]) == pid:
                 found.append(int(entry))
     return found
 
@@ -250,11 +256,8 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     for thread in threads:
-        try:
-            stat = Path(f"/proc/{pid}/task/{thread}/stat").read_text()
-        except OSError:
-            continue  # it has just been released
-        if stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+        fields = stat_fields(f"/proc/{pid}/task/{thread}/stat")
+        if fields is not None and fields[0] not in ("Z", "X"):
             return True
     return False
 

@@ -8,6 +8,7 @@ handlers, the garbage collector and the environment torch starts with.
 from __future__ import annotations
 
 import gc
+import mmap
 import os
 import subprocess
 import sys
@@ -118,14 +119,17 @@ def test_python_m_runs_a_real_command_through_the_console() -> None:
     assert result.stdout.startswith("usage: saliency explain") and "--workers" in result.stdout
 
 
+_BLOCK_BYTES = 64 << 20
+_BLOCK_PAGES = _BLOCK_BYTES // mmap.PAGESIZE
+
 # Faults of touching a 64 MiB malloc block a second time, after freeing the first: each page
 # faults again when the block is mapped anew, none when the heap keeps it.
-_REFAULTS = """
+_REFAULTS = f"""
 import ctypes, resource
 process = ctypes.CDLL(None)
 process.malloc.restype = ctypes.c_void_p
 process.free.argtypes = [ctypes.c_void_p]
-size = 64 << 20
+size = {_BLOCK_BYTES}
 def touch_once():
     block = process.malloc(size)
     ctypes.memset(block, 1, size)
@@ -140,13 +144,12 @@ return 0
 
 @pytest.mark.skipif(not runs_on_glibc(), reason="a glibc malloc setting")
 def test_explain_keeps_freed_large_blocks_for_the_next_batch_other_commands_do_not() -> None:
-    pages = (64 << 20) // os.sysconf("SC_PAGE_SIZE")
     code, out, err = console_with(_REFAULTS, "explain", "x")
     assert code == 0, err
-    assert int(out) < pages // 20
+    assert int(out) < _BLOCK_PAGES // 20
     code, out, err = console_with(_REFAULTS, "methods")
     assert code == 0, err
-    assert int(out) >= pages * 9 // 10
+    assert int(out) >= _BLOCK_PAGES * 9 // 10
 
 
 @pytest.mark.skipif(not runs_on_glibc(), reason="a glibc malloc setting")
@@ -161,4 +164,4 @@ def test_explain_keeps_freed_large_blocks_for_the_next_batch_other_commands_do_n
 def test_a_malloc_setting_of_the_users_is_left_alone(setting: dict[str, str]) -> None:
     code, out, err = console_with(_REFAULTS, "explain", "x", env=setting)
     assert code == 0, err
-    assert int(out) >= (64 << 20) // os.sysconf("SC_PAGE_SIZE") * 9 // 10
+    assert int(out) >= _BLOCK_PAGES * 9 // 10
